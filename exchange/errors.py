@@ -1,0 +1,87 @@
+"""One exception tree for the exchange; each type carries its HTTP status.
+
+Third-party errors are translated once, at the boundary that meets them
+(``raise ... from exc``).  A *policy denial* is not an exception: the policy
+engine returns a decision with a reason.
+"""
+
+from __future__ import annotations
+
+
+class ExchangeError(Exception):
+    """Root of every error cti-exchange raises on purpose."""
+
+    status: int = 500
+    title: str = "ExchangeError"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ExchangeError):
+    """A node configuration or policy file is invalid (names file and key/line)."""
+
+    status = 500
+    title = "ConfigError"
+
+
+class BadRequest(ExchangeError):
+    """The request is malformed: bad filter, bad ``next`` cursor, bad envelope (TAXII 2.1 s3.6)."""
+
+    status = 400
+    title = "BadRequest"
+
+
+class Unauthorized(ExchangeError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(ExchangeError):
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(ExchangeError):
+    status = 404
+    title = "NotFound"
+
+
+class NotAcceptable(ExchangeError):
+    status = 406
+    title = "NotAcceptable"
+
+
+class PayloadTooLarge(ExchangeError):
+    status = 413
+    title = "PayloadTooLarge"
+
+
+class UnsupportedMediaType(ExchangeError):
+    status = 415
+    title = "UnsupportedMediaType"
+
+
+class UnprocessableEntity(ExchangeError):
+    status = 422
+    title = "UnprocessableEntity"
+
+
+class StorageError(ExchangeError):
+    """The database failed underneath us."""
+
+    status = 500
+    title = "StorageError"
+
+
+class PartnerError(ExchangeError):
+    """A partner node answered badly or could not be reached (sync agent)."""
+
+    status = 502
+    title = "PartnerError"

@@ -1,0 +1,1 @@
+"""Sharing policies and the pure policy engine."""
