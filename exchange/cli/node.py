@@ -2,4 +2,190 @@
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from exchange.errors import BadRequest
+
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The node's data folder (SQLite file, secrets).",
+)
+DATABASE = click.option("--database", metavar="URL", help="A database URL instead of the SQLite file under --data-dir.")
+
+
+def _need_store(data_dir: Path | None, database: str | None) -> None:
+    if data_dir is None and database is None:
+        raise click.UsageError("give --data-dir DIR (or --database URL)")
+
+
+@click.command()
+@click.argument("node")
+@DATA_DIR
+@DATABASE
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=6100, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server worker processes.")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Threads per worker.")
+@click.option("--strict-validation", is_flag=True, help="Also run the full stix2 parser (pattern grammar) on every posted object.")
+def serve(
+    node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int, strict_validation: bool
+) -> None:
+    """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL."""
+    from exchange.node import open_node
+    from exchange.server import data_dir_factory, serve as run
+
+    _need_store(data_dir, database)
+    opened = open_node(node, data_dir=data_dir, database=database)  # fail fast, before forking workers
+    api_root = opened.node.config.api_root.path
+    opened.close()
+    factory = data_dir_factory(node, data_dir, database, strict_validation=strict_validation)
+    run(factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root)
+
+
+@click.group()
+def account() -> None:
+    """Manage a node's accounts (passwords are stored only as salted hashes)."""
+
+
+@account.command("add")
+@click.argument("node")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@click.option("--read", "read", multiple=True, metavar="COLLECTION", help="Grant read on a collection (id or alias); repeatable.")
+@click.option("--write", "write", multiple=True, metavar="COLLECTION", help="Grant write on a collection (id or alias); repeatable.")
+@click.option("--partner", help="The partner this account stands for (a name under partners: in node.yaml).")
+@DATA_DIR
+@DATABASE
+def account_add(
+    node: str, name: str, password_stdin: bool, read: tuple[str, ...], write: tuple[str, ...], partner: str | None,
+    data_dir: Path | None, database: str | None,
+) -> None:
+    """Create or update account NAME on NODE."""
+    import re
+
+    from exchange.node import add_account, open_node
+
+    _need_store(data_dir, database)
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
+        raise BadRequest(f"account name {name!r}: use lower-case letters, digits, '-' and '_' (at most 63)")
+    password = None
+    if password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise BadRequest("--password-stdin: no password on stdin")
+    opened = open_node(node, data_dir=data_dir, database=database)
+    try:
+        add_account(opened, name, password, list(read), list(write), partner=partner)
+    finally:
+        opened.close()
+    click.echo(f"account {name!r} saved on node {node!r}" + (" (password set)" if password else ""))
+
+
+@account.command("list")
+@click.argument("node")
+@DATA_DIR
+@DATABASE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def account_list(node: str, data_dir: Path | None, database: str | None, as_json: bool) -> None:
+    """List NODE's accounts and their grants."""
+    from exchange.node import open_node
+
+    _need_store(data_dir, database)
+    opened = open_node(node, data_dir=data_dir, database=database)
+    try:
+        cfg = opened.node.config
+        alias = {c.id: c.alias for c in cfg.collections}
+        rows = [
+            {
+                "name": name,
+                "password_set": has_pw,
+                "partner": partner,
+                "read": sorted(alias.get(c, c) for c in readable),
+                "write": sorted(alias.get(c, c) for c in writable),
+            }
+            for name, has_pw, partner, readable, writable in opened.store.accounts()
+        ]
+    finally:
+        opened.close()
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"accounts on {node}")
+    for col in ("account", "password", "partner", "read", "write"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "set" if r["password_set"] else "-", r["partner"] or "-", ", ".join(r["read"]), ", ".join(r["write"]))
+    Console().print(table)
+
+
+@click.command()
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@DATA_DIR
+@DATABASE
+def collections(node: str, as_json: bool, data_dir: Path | None, database: str | None) -> None:
+    """List NODE's collections: id, alias, title, who may read and write.
+
+    Without --data-dir, the grants come from node.yaml alone; with it, grants
+    added by `account add` are included.
+    """
+    from exchange.config import load_node
+
+    loaded = load_node(node)
+    cfg = loaded.config
+    readers: dict[str, set[str]] = {c.id: set() for c in cfg.collections}
+    writers: dict[str, set[str]] = {c.id: set() for c in cfg.collections}
+    if data_dir is not None or database is not None:
+        from exchange.node import open_node
+
+        opened = open_node(node, data_dir=data_dir, database=database)
+        try:
+            for name, _has_pw, _partner, readable, writable in opened.store.accounts():
+                for cid in readable:
+                    readers.setdefault(cid, set()).add(name)
+                for cid in writable:
+                    writers.setdefault(cid, set()).add(name)
+        finally:
+            opened.close()
+    else:
+        for acct in cfg.accounts:
+            for ref in acct.read:
+                readers[cfg.collection(ref).id].add(acct.name)
+            for ref in acct.write:
+                writers[cfg.collection(ref).id].add(acct.name)
+    rows = [
+        {
+            "id": c.id,
+            "alias": c.alias,
+            "title": c.title,
+            "role": c.role,
+            "partner": c.partner,
+            "read": sorted(readers.get(c.id, ())),
+            "write": sorted(writers.get(c.id, ())),
+        }
+        for c in cfg.collections
+    ]
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.title}: API root /{cfg.api_root.path}/")
+    for col in ("id", "alias", "title", "read", "write"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["id"], r["alias"], r["title"], ", ".join(r["read"]) or "-", ", ".join(r["write"]) or "-")
+    Console().print(table)
+
+
+COMMANDS = [serve, account, collections]

@@ -1,0 +1,256 @@
+"""Node configuration: ``collections/<node>/node.yaml``.
+
+A node file declares the node's STIX ``identity``, its TAXII ``api_root``, its
+collections (own intelligence, one read collection per partner, one inbox per
+partner), the partners it knows and the accounts with their per-collection
+``read``/``write`` rights.  Passwords are never in this file: they are set with
+``cti-exchange account add`` and stored only as salted hashes in the data dir.
+
+Validated on load; a bad file is a ``ConfigError`` naming the file, line and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from exchange._yaml import load_model
+from exchange.errors import ConfigError
+
+NODE_FILE = "node.yaml"
+IDENTITIES_FILE = "identities.json"
+_IDENTITY_RE = re.compile(r"^identity--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+Role = Literal["own", "partner-read", "partner-inbox"]
+
+
+def collections_dir() -> Path:
+    """Where node folders live: ``$CTI_EXCHANGE_COLLECTIONS`` or the repo's ``collections/``."""
+    env = os.environ.get("CTI_EXCHANGE_COLLECTIONS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "collections"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiRootConfig(_Strict):
+    path: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    title: str
+    description: str = ""
+    max_content_length: int = Field(default=10 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024)
+
+
+class CollectionConfig(_Strict):
+    id: str
+    alias: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    title: str
+    description: str = ""
+    role: Role
+    partner: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            parsed = uuid.UUID(value)
+        except ValueError:
+            raise ValueError("must be a UUID (TAXII 2.1 s5.2.1 collection id)") from None
+        if str(parsed) != value:
+            raise ValueError("must be a lower-case hyphenated UUID")
+        return value
+
+    @model_validator(mode="after")
+    def _partner_needed(self) -> "CollectionConfig":
+        if self.role == "own" and self.partner is not None:
+            raise ValueError("an 'own' collection names no partner")
+        if self.role != "own" and self.partner is None:
+            raise ValueError(f"a '{self.role}' collection must name its partner")
+        return self
+
+
+class PartnerConfig(_Strict):
+    name: str
+    identity: str = Field(pattern=_IDENTITY_RE.pattern)
+    # The collection on the partner's node from which this node pulls, and the
+    # inbox on the partner's node to which it pushes (aliases there).
+    pull_from: str | None = None
+    push_to: str | None = None
+    read_only: bool = False
+
+
+class AccountConfig(_Strict):
+    name: str = Field(pattern=_NAME_RE.pattern)
+    partner: str | None = None
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    description: str = ""
+
+
+class NodeConfig(_Strict):
+    node: str = Field(pattern=_NAME_RE.pattern)
+    title: str
+    description: str = ""
+    contact: str = ""
+    identity: str = Field(pattern=_IDENTITY_RE.pattern)
+    api_root: ApiRootConfig
+    max_page_size: int = Field(default=1000, gt=0, le=10000)
+    collections: tuple[CollectionConfig, ...] = Field(min_length=1)
+    partners: dict[str, PartnerConfig] = {}
+    accounts: tuple[AccountConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _cross_references(self, info: ValidationInfo) -> "NodeConfig":
+        ids: set[str] = set()
+        aliases: set[str] = set()
+        for i, coll in enumerate(self.collections):
+            if coll.id in ids:
+                raise _at(("collections", i, "id"), f"duplicate collection id {coll.id}")
+            if coll.alias in aliases:
+                raise _at(("collections", i, "alias"), f"duplicate alias {coll.alias!r}")
+            ids.add(coll.id)
+            aliases.add(coll.alias)
+            if coll.partner is not None and coll.partner not in self.partners:
+                raise _at(("collections", i, "partner"), f"unknown partner {coll.partner!r}")
+        if not any(c.role == "own" for c in self.collections):
+            raise _at(("collections",), "a node needs one 'own' collection")
+        names: set[str] = set()
+        for i, acct in enumerate(self.accounts):
+            if acct.name in names:
+                raise _at(("accounts", i, "name"), f"duplicate account {acct.name!r}")
+            names.add(acct.name)
+            if acct.partner is not None and acct.partner not in self.partners:
+                raise _at(("accounts", i, "partner"), f"unknown partner {acct.partner!r}")
+            for perm in ("read", "write"):
+                for j, ref in enumerate(getattr(acct, perm)):
+                    if ref not in ids and ref not in aliases:
+                        raise _at(("accounts", i, perm, j), f"unknown collection {ref!r}")
+        return self
+
+    # -- lookups -------------------------------------------------------------
+
+    def collection(self, ref: str) -> CollectionConfig:
+        """A collection by id or alias; ``ConfigError`` if there is none."""
+        for coll in self.collections:
+            if ref in (coll.id, coll.alias):
+                return coll
+        known = ", ".join(c.alias for c in self.collections)
+        raise ConfigError(f"node {self.node!r} has no collection {ref!r} (known: {known})")
+
+    @property
+    def own_collection(self) -> CollectionConfig:
+        return next(c for c in self.collections if c.role == "own")
+
+    def partner_collection(self, partner: str, role: Role) -> CollectionConfig:
+        for coll in self.collections:
+            if coll.partner == partner and coll.role == role:
+                return coll
+        raise ConfigError(f"node {self.node!r} has no {role} collection for partner {partner!r}")
+
+
+class _LocatedError(ValueError):
+    """A cross-reference error that knows which key it is about."""
+
+    def __init__(self, loc: tuple, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _at(loc: tuple, message: str) -> _LocatedError:
+    return _LocatedError(loc, message)
+
+
+def resolve_node_dir(node: str) -> Path:
+    """``NODE`` is a node name under the collections dir, or a path to a node folder/file."""
+    path = Path(node)
+    if path.is_file():
+        return path.parent
+    if path.is_dir() and (path / NODE_FILE).is_file():
+        return path
+    candidate = collections_dir() / node
+    if (candidate / NODE_FILE).is_file():
+        return candidate
+    raise ConfigError(f"no node {node!r}: expected {candidate / NODE_FILE}")
+
+
+def load_node(node: str) -> "LoadedNode":
+    """Load and validate a node's configuration and its identity object."""
+    node_dir = resolve_node_dir(node)
+    path = node_dir / NODE_FILE
+    from exchange._yaml import load_with_lines, line_of
+    from pydantic import ValidationError
+
+    data, lines = load_with_lines(path)
+    try:
+        config = NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        located = _located(exc)
+        if located is not None:
+            loc, msg = located
+            line = line_of(lines, loc)
+            key = ".".join(str(p) for p in loc)
+            where = f"{path}:{line}" if line else str(path)
+            raise ConfigError(f"{where}: {key}: {msg}") from exc
+        from exchange._yaml import validation_error
+
+        raise validation_error(path, lines, exc) from exc
+    identities = load_identities(node_dir.parent / IDENTITIES_FILE, node_dir / IDENTITIES_FILE)
+    if config.identity not in identities:
+        raise ConfigError(f"{path}:{line_of(lines, ('identity',))}: identity: {config.identity} is not in {IDENTITIES_FILE}")
+    for name, partner in config.partners.items():
+        if partner.identity not in identities:
+            raise ConfigError(
+                f"{path}:{line_of(lines, ('partners', name, 'identity'))}: partners.{name}.identity: "
+                f"{partner.identity} is not in {IDENTITIES_FILE}"
+            )
+    return LoadedNode(config=config, path=path, identity=identities[config.identity], identities=identities)
+
+
+def _located(exc: "ValidationError") -> tuple[tuple, str] | None:  # type: ignore[name-defined]
+    for err in exc.errors():
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, _LocatedError):
+            return tuple(err["loc"]) + inner.loc, str(inner)
+    return None
+
+
+def load_identities(*paths: Path) -> dict[str, dict]:
+    """STIX ``identity`` objects (by id) from the bundles that exist among ``paths``."""
+    found: dict[str, dict] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            bundle = orjson.loads(path.read_bytes())
+            objects = bundle["objects"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a STIX bundle with 'objects': {exc}") from exc
+        for obj in objects:
+            if isinstance(obj, dict) and obj.get("type") == "identity" and "id" in obj:
+                found[obj["id"]] = obj
+    return found
+
+
+class LoadedNode(BaseModel):
+    """A validated node configuration plus the objects it references."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    config: NodeConfig
+    path: Path
+    identity: dict
+    identities: dict[str, dict]
+
+    @property
+    def name(self) -> str:
+        return self.config.node

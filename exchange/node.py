@@ -1,0 +1,81 @@
+"""Operations on one node: open its store, apply its configuration, manage accounts.
+
+Used by the CLI and by the server factory; no HTTP here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange.accounts import Account, hash_password
+from exchange.config import LoadedNode, load_node
+from exchange.errors import ConfigError
+from exchange.storage.store import Store
+
+
+@dataclass
+class OpenNode:
+    """A node's validated configuration and its open store."""
+
+    node: LoadedNode
+    store: Store
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_node(name: str, data_dir: Path | None = None, database: str | None = None) -> OpenNode:
+    """Load ``name``'s config, open (or create) its store, and apply the config's account grants."""
+    node = load_node(name)
+    store = Store.open(data_dir=data_dir, database=database)
+    store.bind_node(node.name)
+    apply_config_accounts(node, store)
+    return OpenNode(node=node, store=store)
+
+
+def apply_config_accounts(node: LoadedNode, store: Store) -> None:
+    """Declarative grants from ``node.yaml`` (source ``config``) replace the previous config grants."""
+    cfg = node.config
+    for acct in cfg.accounts:
+        store.upsert_account(
+            acct.name,
+            partner=acct.partner,
+            read=[cfg.collection(ref).id for ref in acct.read],
+            write=[cfg.collection(ref).id for ref in acct.write],
+            source="config",
+        )
+
+
+def add_account(
+    opened: OpenNode,
+    name: str,
+    password: str | None,
+    read: list[str],
+    write: list[str],
+    partner: str | None = None,
+) -> None:
+    """Create or update an account (``cti-exchange account add``): password hash and CLI grants."""
+    cfg = opened.node.config
+    if partner is not None and partner not in cfg.partners:
+        raise ConfigError(f"node {cfg.node!r} has no partner {partner!r} (known: {', '.join(cfg.partners) or 'none'})")
+    read_ids = [cfg.collection(ref).id for ref in read]
+    write_ids = [cfg.collection(ref).id for ref in write]
+    grants_given = bool(read or write)
+    opened.store.upsert_account(
+        name,
+        password_hash=hash_password(password) if password is not None else None,
+        partner=partner,
+        read=read_ids if grants_given else None,
+        write=write_ids if grants_given else None,
+        source="cli",
+    )
+
+
+def load_account(store: Store, name: str) -> tuple[str | None, Account] | None:
+    """``(password_hash, Account)`` for ``name``, or ``None`` if there is no such account."""
+    found = store.account(name)
+    if found is None:
+        return None
+    password_hash, partner, readable, writable = found
+    return password_hash, Account(name=name, readable=readable, writable=writable, partner=partner)

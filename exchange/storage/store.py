@@ -1,0 +1,517 @@
+"""The node's durable store: STIX objects per collection, statuses, accounts.
+
+Plain SQLAlchemy Core, no Flask: the TAXII layer (``backend.py``) and the CLI
+both use it.  SQLite (a file under ``--data-dir``) is the embedded default;
+dialect differences (write locking, pragmas) are confined to ``_dialect``.
+
+Writes to a collection are serialised (SQLite ``BEGIN IMMEDIATE``; an
+advisory lock elsewhere) and ``date_added`` is assigned inside that lock as
+``max(now, latest date_added)``, so ``(date_added, seq)`` grows in commit
+order and a reader paging with ``added_after``/``next`` never misses a row
+that commits later with an earlier timestamp.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from exchange.errors import ConfigError, StorageError
+from exchange.storage.schema import accounts, grants, meta, metadata, objects, statuses
+from exchange.stix import format_timestamp, object_version, parse_timestamp
+
+DB_FILE = "cti-exchange.sqlite"
+_CHUNK = 500
+
+
+def now_us() -> int:
+    """Wall-clock time in integer microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{Path(data_dir).resolve() / DB_FILE}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored object version, as the TAXII layer needs it."""
+
+    seq: int
+    stix_id: str
+    version: str
+    spec_version: str
+    date_added: int
+    body: str
+
+    @property
+    def date_added_str(self) -> str:
+        return format_timestamp(self.date_added)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a TAXII request selects from one collection (TAXII 2.1 s3.4.1 filters)."""
+
+    collection_id: str
+    ids: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ("last",)  # 'first' | 'last' | 'all' | timestamps
+    spec_versions: tuple[str, ...] = ()
+    added_after: int | None = None
+
+
+@dataclass
+class AddResult:
+    """Per-object outcome of an add: ``successes``/``failures`` as TAXII status details."""
+
+    successes: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    added: int = 0  # new rows actually written (re-posts of identical objects are successes, not rows)
+    date_added: int | None = None
+
+
+class Store:
+    """A node's database.  Thread-safe; one per process (or per worker)."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, echo=echo, future=True, pool_pre_ping=False)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise ConfigError(f"cannot open database {url!r}: {exc}") from exc
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot initialise database {url!r}: {exc.__class__.__name__}: {exc}") from exc
+        self._secret: bytes | None = None
+
+    @classmethod
+    def open(cls, data_dir: Path | None = None, database: str | None = None) -> "Store":
+        """The store under ``data_dir`` (SQLite) or at a database URL."""
+        if database:
+            return cls(database)
+        if data_dir is None:
+            raise ConfigError("give --data-dir (or --database)")
+        data_dir = Path(data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create data dir {data_dir}: {exc}") from exc
+        return cls(sqlite_url(data_dir))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ----------------------------------------------------------
+
+    def _write(self) -> Connection:
+        """A connection whose transaction takes the write lock up front."""
+        return self.engine.connect().execution_options(cti_write=True)
+
+    # -- node identity and secret -----------------------------------------------
+
+    def bind_node(self, node: str) -> None:
+        """Record which node owns this database; refuse another node's data."""
+        with self._write() as conn, conn.begin():
+            current = conn.execute(select(meta.c.value).where(meta.c.key == "node")).scalar()
+            if current is None:
+                conn.execute(insert(meta).values(key="node", value=node))
+            elif current != node:
+                raise ConfigError(f"this data dir belongs to node {current!r}, not {node!r}")
+
+    def secret(self) -> bytes:
+        """The node's signing secret (``next`` cursors), created once and shared by all workers."""
+        if self._secret is None:
+            with self._write() as conn, conn.begin():
+                value = conn.execute(select(meta.c.value).where(meta.c.key == "secret")).scalar()
+                if value is None:
+                    value = secrets.token_hex(32)
+                    conn.execute(insert(meta).values(key="secret", value=value))
+            self._secret = bytes.fromhex(value)
+        return self._secret
+
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write() as conn, conn.begin():
+            conn.execute(delete(meta).where(meta.c.key == key))
+            conn.execute(insert(meta).values(key=key, value=value))
+
+    # -- accounts -------------------------------------------------------------------
+
+    def upsert_account(
+        self,
+        name: str,
+        *,
+        password_hash: str | None = None,
+        partner: str | None = None,
+        read: Iterable[str] | None = None,
+        write: Iterable[str] | None = None,
+        source: str = "cli",
+    ) -> None:
+        """Create or update an account; given ``read``/``write`` replace that source's grants."""
+        with self._write() as conn, conn.begin():
+            existing = conn.execute(select(accounts.c.name, accounts.c.password_hash).where(accounts.c.name == name)).first()
+            if existing is None:
+                conn.execute(insert(accounts).values(name=name, password_hash=password_hash, partner=partner, updated=now_us()))
+            else:
+                values: dict = {"updated": now_us()}
+                if password_hash is not None:
+                    values["password_hash"] = password_hash
+                if partner is not None:
+                    values["partner"] = partner
+                conn.execute(update(accounts).where(accounts.c.name == name).values(**values))
+            if read is not None or write is not None:
+                conn.execute(delete(grants).where(and_(grants.c.account == name, grants.c.source == source)))
+                rows = [
+                    {"account": name, "collection_id": cid, "permission": perm, "source": source}
+                    for perm, cids in (("read", read or ()), ("write", write or ()))
+                    for cid in sorted(set(cids))
+                ]
+                if rows:
+                    conn.execute(insert(grants), rows)
+
+    def account(self, name: str) -> tuple[str | None, str | None, frozenset[str], frozenset[str]] | None:
+        """``(password_hash, partner, readable, writable)`` or ``None``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(accounts.c.password_hash, accounts.c.partner).where(accounts.c.name == name)).first()
+            if row is None:
+                return None
+            perms = conn.execute(select(grants.c.collection_id, grants.c.permission).where(grants.c.account == name)).all()
+        readable = frozenset(c for c, p in perms if p == "read")
+        writable = frozenset(c for c, p in perms if p == "write")
+        return row.password_hash, row.partner, readable, writable
+
+    def accounts(self) -> list[tuple[str, bool, str | None, frozenset[str], frozenset[str]]]:
+        """Every account: ``(name, has_password, partner, readable, writable)``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(accounts.c.name, accounts.c.password_hash, accounts.c.partner).order_by(accounts.c.name)).all()
+            perms = conn.execute(select(grants.c.account, grants.c.collection_id, grants.c.permission)).all()
+        out = []
+        for row in rows:
+            mine = [(c, p) for a, c, p in perms if a == row.name]
+            out.append(
+                (
+                    row.name,
+                    row.password_hash is not None,
+                    row.partner,
+                    frozenset(c for c, p in mine if p == "read"),
+                    frozenset(c for c, p in mine if p == "write"),
+                )
+            )
+        return out
+
+    # -- objects: writing ---------------------------------------------------------
+
+    def add_objects(self, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None) -> AddResult:
+        """Store already-checked STIX objects in one transaction (TAXII 2.1 s5.5).
+
+        A re-post of an identical object (same ``id`` and version) is a success
+        that writes nothing; a *different* object under an existing ``id`` and
+        version is a failure (STIX 2.1 s3.6: same id and version must be identical).
+        """
+        result = AddResult()
+        if not objs:
+            return result
+        try:
+            with self._write() as conn, conn.begin():
+                self._lock_collection(conn, collection_id)
+                latest = conn.execute(
+                    select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)
+                ).scalar()
+                stamp = max(date_added or now_us(), latest or 0)
+                result.date_added = stamp
+                self._add_locked(conn, collection_id, objs, stamp, result)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"storing objects failed: {exc.__class__.__name__}") from exc
+        return result
+
+    def _lock_collection(self, conn: Connection, collection_id: str) -> None:
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(c)s))", {"c": collection_id})
+
+    def _add_locked(self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult) -> None:
+        stamp_str = format_timestamp(stamp)
+        ids = list(dict.fromkeys(o["id"] for o in objs))
+        existing: dict[str, list] = {}
+        for chunk in _chunks(ids, _CHUNK):
+            for row in conn.execute(
+                select(
+                    objects.c.seq, objects.c.stix_id, objects.c.version_key, objects.c.is_first, objects.c.is_last
+                ).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk))
+            ):
+                existing.setdefault(row.stix_id, []).append(row)
+
+        pending: dict[tuple[str, int], dict] = {}  # (id, version_key) -> row values
+        compare: list[tuple[dict, str, int]] = []  # posted objects that collide with a stored version
+        for obj in objs:
+            sid = obj["id"]
+            version = object_version(obj)
+            if version is None:  # SCO without created/modified: versioned by date_added
+                vkey, vstr = None, stamp_str
+            else:
+                vkey, vstr = parse_timestamp(version), version
+            key_for_match = vkey
+            rows = existing.get(sid, [])
+            if vkey is None:
+                # identical to the latest stored version of this SCO? then nothing new
+                last = next((r for r in rows if r.is_last), None)
+                if last is not None:
+                    compare.append((obj, vstr, last.version_key))
+                    continue
+                key_for_match = stamp
+            elif any(r.version_key == vkey for r in rows):
+                compare.append((obj, vstr, vkey))
+                continue
+            body = orjson.dumps(obj).decode("utf-8")
+            prior = pending.get((sid, key_for_match))
+            if prior is not None:
+                if orjson.loads(prior["body"]) == obj:
+                    result.successes.append({"id": sid, "version": vstr})
+                else:
+                    result.failures.append({"id": sid, "version": vstr, "message": "another object with this id and version is in the same envelope"})
+                continue
+            pending[(sid, key_for_match)] = {
+                "collection_id": collection_id,
+                "stix_id": sid,
+                "stix_type": obj["type"],
+                "version": vstr,
+                "version_key": key_for_match,
+                "spec_version": obj.get("spec_version", "2.1"),
+                "date_added": stamp,
+                "is_first": False,
+                "is_last": False,
+                "body": body,
+            }
+            result.successes.append({"id": sid, "version": vstr})
+
+        # Identical re-posts are successes; different content under a stored version is a failure.
+        for chunk in _chunks(compare, _CHUNK):
+            keys = [(o["id"], k) for o, _, k in chunk]
+            stored = {
+                (r.stix_id, r.version_key): r.body
+                for r in conn.execute(
+                    select(objects.c.stix_id, objects.c.version_key, objects.c.body).where(
+                        objects.c.collection_id == collection_id,
+                        tuple_(objects.c.stix_id, objects.c.version_key).in_(keys),
+                    )
+                )
+            }
+            for obj, vstr, vkey in chunk:
+                body = stored.get((obj["id"], vkey))
+                if body is not None and orjson.loads(body) == obj:
+                    result.successes.append({"id": obj["id"], "version": vstr})
+                elif vstr == stamp_str:  # a changed SCO: store it as a new version
+                    pending[(obj["id"], stamp)] = {
+                        "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"],
+                        "version": vstr, "version_key": stamp, "spec_version": obj.get("spec_version", "2.1"),
+                        "date_added": stamp, "is_first": False, "is_last": False,
+                        "body": orjson.dumps(obj).decode("utf-8"),
+                    }
+                    result.successes.append({"id": obj["id"], "version": vstr})
+                else:
+                    result.failures.append(
+                        {"id": obj["id"], "version": vstr, "message": "a different object with this id and version is already stored (STIX 2.1 s3.6)"}
+                    )
+
+        if not pending:
+            return
+        # Maintain is_first / is_last over stored and new versions of each touched id.
+        by_id: dict[str, list[int]] = {}
+        for sid, vkey in pending:
+            by_id.setdefault(sid, []).append(vkey)
+        clear_first: list[int] = []
+        clear_last: list[int] = []
+        for sid, new_keys in by_id.items():
+            rows = existing.get(sid, [])
+            all_keys = [r.version_key for r in rows] + new_keys
+            lo, hi = min(all_keys), max(all_keys)
+            for k in new_keys:
+                pending[(sid, k)]["is_first"] = k == lo
+                pending[(sid, k)]["is_last"] = k == hi
+            clear_first += [r.seq for r in rows if r.is_first and r.version_key != lo]
+            clear_last += [r.seq for r in rows if r.is_last and r.version_key != hi]
+        for chunk in _chunks(clear_first, _CHUNK):
+            conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_first=False))
+        for chunk in _chunks(clear_last, _CHUNK):
+            conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
+        conn.execute(insert(objects), list(pending.values()))
+        result.added = len(pending)
+
+    def delete_object(self, sel: Selection, object_id: str) -> int:
+        """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many."""
+        try:
+            with self._write() as conn, conn.begin():
+                self._lock_collection(conn, sel.collection_id)
+                where = self._where(sel, object_id=object_id)
+                seqs = [r.seq for r in conn.execute(select(objects.c.seq).where(*where))]
+                for chunk in _chunks(seqs, _CHUNK):
+                    conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
+                if seqs:
+                    self._refresh_flags(conn, sel.collection_id, object_id)
+                return len(seqs)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"deleting {object_id} failed: {exc.__class__.__name__}") from exc
+
+    def _refresh_flags(self, conn: Connection, collection_id: str, object_id: str) -> None:
+        rows = conn.execute(
+            select(objects.c.seq, objects.c.version_key).where(
+                objects.c.collection_id == collection_id, objects.c.stix_id == object_id
+            )
+        ).all()
+        if not rows:
+            return
+        lo = min(r.version_key for r in rows)
+        hi = max(r.version_key for r in rows)
+        base = and_(objects.c.collection_id == collection_id, objects.c.stix_id == object_id)
+        conn.execute(update(objects).where(base).values(is_first=objects.c.version_key == lo, is_last=objects.c.version_key == hi))
+
+    # -- objects: reading -----------------------------------------------------------
+
+    def _where(self, sel: Selection, *, object_id: str | None = None) -> list:
+        c = objects.c
+        where: list = [c.collection_id == sel.collection_id]
+        if object_id is not None:
+            where.append(c.stix_id == object_id)
+        if sel.ids:
+            where.append(c.stix_id.in_(sel.ids))
+        if sel.types:
+            where.append(c.stix_type.in_(sel.types))
+        if "all" not in sel.versions:
+            alternatives = []
+            if "last" in sel.versions:
+                alternatives.append(c.is_last.is_(True))
+            if "first" in sel.versions:
+                alternatives.append(c.is_first.is_(True))
+            stamps = [parse_timestamp(v) for v in sel.versions if v not in ("first", "last")]
+            if stamps:
+                alternatives.append(c.version_key.in_(stamps))
+            where.append(or_(*alternatives) if len(alternatives) > 1 else alternatives[0])
+        if sel.spec_versions:
+            where.append(c.spec_version.in_(sel.spec_versions))
+        if sel.added_after is not None:
+            where.append(c.date_added > sel.added_after)
+        return where
+
+    def page(
+        self,
+        sel: Selection,
+        *,
+        limit: int,
+        after: tuple[int, int] | None = None,
+        object_id: str | None = None,
+        with_body: bool = True,
+    ) -> tuple[list[Row], bool]:
+        """Up to ``limit`` rows in ``(date_added, seq)`` order after ``after``, and whether there are more."""
+        c = objects.c
+        cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
+        cols.append(c.body if with_body else c.stix_type)
+        where = self._where(sel, object_id=object_id)
+        if after is not None:
+            where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
+        stmt = select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
+        try:
+            with self.engine.connect() as conn:
+                rows = [Row(r[0], r[1], r[2], r[3], r[4], r[5] if with_body else "") for r in conn.execute(stmt)]
+        except SQLAlchemyError as exc:
+            raise StorageError(f"reading objects failed: {exc.__class__.__name__}") from exc
+        more = len(rows) > limit
+        return rows[:limit], more
+
+    def exists(self, collection_id: str, object_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(objects.c.seq).where(objects.c.collection_id == collection_id, objects.c.stix_id == object_id).limit(1)
+                ).first()
+                is not None
+            )
+
+    def iter_rows(self, sel: Selection, *, after: tuple[int, int] | None = None, batch: int = 1000) -> Iterator[Row]:
+        """Every selected row in keyset order, fetched page by page (a full pull streams)."""
+        while True:
+            rows, more = self.page(sel, limit=batch, after=after)
+            yield from rows
+            if not more or not rows:
+                return
+            after = (rows[-1].date_added, rows[-1].seq)
+
+    def count(self, collection_id: str, *, all_versions: bool = False) -> int:
+        where = [objects.c.collection_id == collection_id]
+        if not all_versions:
+            where.append(objects.c.is_last.is_(True))
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0
+
+    # -- statuses ------------------------------------------------------------------
+
+    def save_status(self, api_root: str, account: str, body: dict) -> None:
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                insert(statuses).values(
+                    id=body["id"], api_root=api_root, account=account, created=now_us(), body=orjson.dumps(body).decode()
+                )
+            )
+
+    def get_status(self, api_root: str, status_id: str) -> tuple[str, dict] | None:
+        """``(account, status)`` for a stored status resource, or ``None``."""
+        try:
+            uuid.UUID(status_id)
+        except ValueError:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(statuses.c.account, statuses.c.body).where(statuses.c.id == status_id, statuses.c.api_root == api_root)
+            ).first()
+        return None if row is None else (row.account, orjson.loads(row.body))
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, full fsync on commit (an acknowledged add survives kill -9 and power loss), busy wait."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        immediate = conn.get_execution_options().get("cti_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
