@@ -1,0 +1,92 @@
+"""The store on a real SQLite file: keyset paging, version flags, idempotent adds."""
+
+from __future__ import annotations
+
+import pytest
+
+from exchange.storage.store import Selection, Store
+from tests.conftest import new_indicator
+
+CID = "e3a18dc0-a9f3-466f-95d9-d848c4da8e7f"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(data_dir=tmp_path)
+    yield s
+    s.close()
+
+
+def _page_all(store: Store, sel: Selection, limit: int) -> list[str]:
+    ids, after = [], None
+    while True:
+        rows, more = store.page(sel, limit=limit, after=after)
+        ids += [r.stix_id for r in rows]
+        if not more:
+            return ids
+        after = (rows[-1].date_added, rows[-1].seq)
+
+
+def test_keyset_paging_over_one_shared_date_added(store):
+    objs = [new_indicator(i) for i in range(1000)]
+    result = store.add_objects(CID, objs)
+    assert result.added == 1000
+    ids = _page_all(store, Selection(CID), limit=7)
+    assert ids == [o["id"] for o in objs]
+
+
+def test_date_added_never_goes_backwards_even_if_the_clock_does(store):
+    first = store.add_objects(CID, [new_indicator(1)], date_added=2_000_000_000_000_000)
+    second = store.add_objects(CID, [new_indicator(2)], date_added=1_000_000_000_000_000)
+    assert second.date_added >= first.date_added
+
+
+def test_first_and_last_flags_follow_inserts_and_deletes(store):
+    base = new_indicator(1)
+    stamps = ["2024-01-01T00:00:00.000Z", "2024-03-01T00:00:00.000Z", "2024-02-01T00:00:00.000Z"]
+    for s in stamps:
+        store.add_objects(CID, [dict(base, modified=s)])
+    last, _ = store.page(Selection(CID, versions=("last",)), limit=10)
+    first, _ = store.page(Selection(CID, versions=("first",)), limit=10)
+    assert [r.version for r in last] == ["2024-03-01T00:00:00.000Z"]
+    assert [r.version for r in first] == ["2024-01-01T00:00:00.000Z"]
+    store.delete_object(Selection(CID, versions=("2024-03-01T00:00:00.000Z",)), base["id"])
+    last, _ = store.page(Selection(CID, versions=("last",)), limit=10)
+    assert [r.version for r in last] == ["2024-02-01T00:00:00.000Z"]
+
+
+def test_identical_repost_writes_nothing_and_conflict_fails(store):
+    obj = new_indicator(1)
+    assert store.add_objects(CID, [obj]).added == 1
+    again = store.add_objects(CID, [obj, obj])
+    assert again.added == 0 and len(again.successes) == 2 and not again.failures
+    clash = store.add_objects(CID, [dict(obj, name="changed")])
+    assert clash.added == 0 and len(clash.failures) == 1
+    assert store.count(CID, all_versions=True) == 1
+
+
+def test_iter_rows_streams_everything_in_order(store):
+    objs = [new_indicator(i) for i in range(2500)]
+    store.add_objects(CID, objs[:1200])
+    store.add_objects(CID, objs[1200:])
+    assert [r.stix_id for r in store.iter_rows(Selection(CID), batch=500)] == [o["id"] for o in objs]
+
+
+@pytest.mark.parametrize(
+    "sel,index",
+    [(Selection(CID), "ix_objects_last"), (Selection(CID, versions=("all",)), "ix_objects_all"), (Selection(CID, types=("indicator",)), "ix_objects_last")],
+)
+def test_page_queries_use_an_index_and_no_sort(store, sel, index):
+    """One page must not scan or sort the collection: the planner walks the keyset index."""
+    from sqlalchemy import select, text, tuple_
+
+    from exchange.storage.schema import objects
+
+    c = objects.c
+    where = store._where(sel) + [tuple_(c.date_added, c.seq) > tuple_(1, 2)]
+    stmt = select(c.seq, c.body).where(*where).order_by(c.date_added, c.seq).limit(1001)
+    sql = str(stmt.compile(store.engine, compile_kwargs={"literal_binds": True}))
+    with store.engine.connect() as conn:
+        detail = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+    assert f"INDEX {index}" in detail, detail
+    assert "TEMP B-TREE" not in detail and "SCAN" not in detail, detail
