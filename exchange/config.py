@@ -96,6 +96,17 @@ class AccountConfig(_Strict):
     description: str = ""
 
 
+class InboundConfig(_Strict):
+    """What this node accepts from a partner's writes and pulls (see ``exchange.inbound``)."""
+
+    require_tlp: bool = True
+    require_creator: bool = True
+    # identities whose published objects a partner may relay (e.g. MITRE ATT&CK)
+    public_sources: tuple[str, ...] = ("identity--c78cb6e5-0c4b-4611-8297-d1b8b55e40b5",)
+    # object types that are markings or identities themselves: no TLP marking required
+    exempt_types: tuple[str, ...] = ("marking-definition", "extension-definition", "identity")
+
+
 class NodeConfig(_Strict):
     node: str = Field(pattern=_NAME_RE.pattern)
     title: str
@@ -107,6 +118,8 @@ class NodeConfig(_Strict):
     collections: tuple[CollectionConfig, ...] = Field(min_length=1)
     partners: dict[str, PartnerConfig] = {}
     accounts: tuple[AccountConfig, ...] = ()
+    inbound: InboundConfig = InboundConfig()
+    joint_identity: str | None = Field(default=None, pattern=_IDENTITY_RE.pattern)
 
     @model_validator(mode="after")
     def _cross_references(self, info: ValidationInfo) -> "NodeConfig":

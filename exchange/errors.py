@@ -85,3 +85,17 @@ class PartnerError(ExchangeError):
 
     status = 502
     title = "PartnerError"
+
+
+class PartnerUnavailable(PartnerError):
+    """Transient: the partner is unreachable, timed out, or answered 5xx. Retry with backoff."""
+
+    status = 503
+    title = "PartnerUnavailable"
+
+
+class PartnerAuthError(PartnerError):
+    """Fatal: the partner refused our credentials (401) or our rights (403)."""
+
+    status = 401
+    title = "PartnerAuthError"

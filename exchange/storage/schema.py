@@ -81,3 +81,27 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("at", BigInteger, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("partner", String(64), nullable=True),
+    Column("object_id", String(300), nullable=True),
+    Column("version", String(64), nullable=True),
+    Column("decision", String(32), nullable=True),
+    Column("clauses", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_object", "object_id"),
+)

@@ -6,7 +6,7 @@ dialect differences (write locking, pragmas) are confined to ``_dialect``.
 
 Writes to a collection are serialised (SQLite ``BEGIN IMMEDIATE``; an
 advisory lock elsewhere) and ``date_added`` is assigned inside that lock as
-``max(now, latest date_added)``, so ``(date_added, seq)`` grows in commit
+``max(now, latest date_added + 1µs)``, so ``(date_added, seq)`` grows in commit
 order and a reader paging with ``added_after``/``next`` never misses a row
 that commits later with an earlier timestamp.
 """
@@ -17,6 +17,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import ConfigError, StorageError
-from exchange.storage.schema import accounts, grants, meta, metadata, objects, statuses
+from exchange.storage.schema import accounts, grants, meta, metadata, objects, statuses, sync_state
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 
 DB_FILE = "cti-exchange.sqlite"
@@ -237,25 +238,51 @@ class Store:
         that writes nothing; a *different* object under an existing ``id`` and
         version is a failure (STIX 2.1 s3.6: same id and version must be identical).
         """
+        if not objs:
+            return AddResult()
+        with self.transaction() as conn:
+            return self.add_in(conn, collection_id, objs, date_added=date_added)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction holding the write lock; storage errors become ``StorageError``."""
+        try:
+            with self._write() as conn, conn.begin():
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7274556)")
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StorageError(f"storage write failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from exc
+
+    def add_in(self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None) -> AddResult:
+        """``add_objects`` inside a ``transaction()``.
+
+        ``date_added`` is strictly greater than every stored one, so a reader
+        holding ``added_after`` = the last ``date_added`` it saw misses nothing.
+        """
         result = AddResult()
         if not objs:
             return result
-        try:
-            with self._write() as conn, conn.begin():
-                self._lock_collection(conn, collection_id)
-                latest = conn.execute(
-                    select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)
-                ).scalar()
-                stamp = max(date_added or now_us(), latest or 0)
-                result.date_added = stamp
-                self._add_locked(conn, collection_id, objs, stamp, result)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"storing objects failed: {exc.__class__.__name__}") from exc
+        latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)).scalar()
+        stamp = max(date_added or now_us(), (latest or 0) + 1)
+        result.date_added = stamp
+        self._add_locked(conn, collection_id, objs, stamp, result)
         return result
 
-    def _lock_collection(self, conn: Connection, collection_id: str) -> None:
-        if self.dialect == "postgresql":
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(c)s))", {"c": collection_id})
+    # -- sync bookmarks -----------------------------------------------------------
+
+    def get_state(self, name: str, conn: Connection | None = None) -> str | None:
+        """A persisted sync bookmark (or ``None``)."""
+        stmt = select(sync_state.c.value).where(sync_state.c.name == name)
+        if conn is not None:
+            return conn.execute(stmt).scalar()
+        with self.engine.connect() as c:
+            return c.execute(stmt).scalar()
+
+    def set_state(self, conn: Connection, name: str, value: str) -> None:
+        """Persist a bookmark inside the caller's transaction (with the data it covers)."""
+        conn.execute(delete(sync_state).where(sync_state.c.name == name))
+        conn.execute(insert(sync_state).values(name=name, value=value))
 
     def _add_locked(self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult) -> None:
         stamp_str = format_timestamp(stamp)
@@ -367,18 +394,14 @@ class Store:
 
     def delete_object(self, sel: Selection, object_id: str) -> int:
         """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many."""
-        try:
-            with self._write() as conn, conn.begin():
-                self._lock_collection(conn, sel.collection_id)
-                where = self._where(sel, object_id=object_id)
-                seqs = [r.seq for r in conn.execute(select(objects.c.seq).where(*where))]
-                for chunk in _chunks(seqs, _CHUNK):
-                    conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
-                if seqs:
-                    self._refresh_flags(conn, sel.collection_id, object_id)
-                return len(seqs)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"deleting {object_id} failed: {exc.__class__.__name__}") from exc
+        with self.transaction() as conn:
+            where = self._where(sel, object_id=object_id)
+            seqs = [r.seq for r in conn.execute(select(objects.c.seq).where(*where))]
+            for chunk in _chunks(seqs, _CHUNK):
+                conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
+            if seqs:
+                self._refresh_flags(conn, sel.collection_id, object_id)
+            return len(seqs)
 
     def _refresh_flags(self, conn: Connection, collection_id: str, object_id: str) -> None:
         rows = conn.execute(

@@ -1,0 +1,174 @@
+"""TAXII 2.1 client side of the exchange: the only module that imports ``taxii2client``.
+
+Wraps ``taxii2-client`` 2.3.0 with what a sync agent needs and the library
+lacks: a timeout on every request, the ``X-TAXII-Date-Added-*`` headers of
+each page, a progress guard against servers that answer ``more`` without
+``next``, and one translation of HTTP failures into ``PartnerUnavailable``
+(retry) or ``PartnerAuthError`` (stop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from taxii2client.common import _HTTPConnection
+from taxii2client.exceptions import TAXIIServiceException
+from taxii2client.v21 import ApiRoot, Collection, Status
+
+from exchange.errors import PartnerAuthError, PartnerError, PartnerUnavailable
+
+__all__ = ["Page", "PartnerClient"]
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    def __init__(self, timeout: float, **kwargs: Any) -> None:
+        self._timeout = timeout
+        super().__init__(**kwargs)
+
+    def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
+        return super().send(request, **kwargs)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a partner's collection (TAXII 2.1 s3.7 envelope plus headers)."""
+
+    objects: list[dict]
+    more: bool
+    next: str | None
+    date_added_first: str | None
+    date_added_last: str | None
+
+
+class PartnerClient:
+    """A connection to one partner's API root, as one account."""
+
+    def __init__(
+        self,
+        api_root_url: str,
+        user: str,
+        password: str,
+        *,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = api_root_url if api_root_url.endswith("/") else api_root_url + "/"
+        self.user = user
+        self._conn = _HTTPConnection(user=user, password=password, verify=verify, version="2.1", cert=cert)
+        adapter = _TimeoutAdapter(timeout, max_retries=0)
+        self._conn.session.mount("http://", adapter)
+        self._conn.session.mount("https://", adapter)
+        self._last_headers: dict[str, str] = {}
+        self._conn.session.hooks["response"].append(self._remember)
+        self._collections: dict[str, Collection] = {}
+
+    def _remember(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._last_headers = dict(resp.headers)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- errors ------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            detail = _error_detail(exc.response)
+            if status in (401, 403):
+                raise PartnerAuthError(f"{what}: partner {self.url} refused account {self.user!r} ({status}){detail}", status=status) from exc
+            if status >= 500 or status in (408, 429):
+                raise PartnerUnavailable(f"{what}: partner {self.url} answered {status}{detail}") from exc
+            raise PartnerError(f"{what}: partner {self.url} answered {status}{detail}", status=status) from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: {exc.__class__.__name__}") from exc
+        except TAXIIServiceException as exc:
+            raise PartnerError(f"{what}: partner {self.url}: {str(exc).splitlines()[0]}") from exc
+        except ValueError as exc:  # invalid JSON from the partner
+            raise PartnerUnavailable(f"{what}: partner {self.url} sent an unreadable answer: {exc}") from exc
+
+    # -- collections ----------------------------------------------------------------
+
+    def collection(self, ref: str) -> Collection:
+        """A collection on the partner's API root by id or alias (TAXII 2.1 s5.2)."""
+        if ref not in self._collections:
+            root = ApiRoot(self.url, conn=self._conn)
+            found = self._call("list collections", lambda: root.collections)
+            for coll in found:
+                self._collections[coll.id] = coll
+                if getattr(coll, "alias", None):
+                    self._collections[coll.alias] = coll
+            if ref not in self._collections:
+                raise PartnerError(f"partner {self.url} offers account {self.user!r} no collection {ref!r}", status=404)
+        return self._collections[ref]
+
+    def pages(
+        self, ref: str, *, added_after: str | None = None, next_token: str | None = None, limit: int = 1000
+    ) -> Iterator[Page]:
+        """Pages of objects (all versions) after ``added_after``, following ``next`` to the end."""
+        coll = self.collection(ref)
+        seen_tokens: set[str] = set()
+        while True:
+            params: dict[str, Any] = {"limit": limit, "version": "all"}
+            if next_token:
+                params["next"] = next_token
+            elif added_after:
+                params["added_after"] = added_after
+            envelope = self._call("get objects", coll.get_objects, **params)
+            headers = self._last_headers
+            objects = envelope.get("objects", []) or []
+            more = bool(envelope.get("more", False))
+            token = envelope.get("next")
+            if more and (not token or token in seen_tokens):
+                raise PartnerError(f"partner {self.url} said more=true without a new 'next'; stopping to avoid a loop")
+            yield Page(
+                objects=objects,
+                more=more,
+                next=token if more else None,
+                date_added_first=headers.get("X-TAXII-Date-Added-First"),
+                date_added_last=headers.get("X-TAXII-Date-Added-Last"),
+            )
+            if not more:
+                return
+            seen_tokens.add(token)
+            next_token = token
+
+    def push(self, ref: str, objects: list[dict], *, poll_timeout: float = 60.0) -> dict:
+        """Add objects to a partner collection (TAXII 2.1 s5.5) and wait until the status is final."""
+        coll = self.collection(ref)
+        status: Status = self._call(
+            "add objects", coll.add_objects, {"objects": objects}, wait_for_completion=False
+        )
+        deadline = time.monotonic() + poll_timeout
+        while status.status != "complete" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            self._call("get status", status.refresh)
+        return {
+            "id": status.id,
+            "status": status.status,
+            "success_count": status.success_count,
+            "failure_count": status.failure_count,
+            "pending_count": status.pending_count,
+            "successes": list(status.successes or []),
+            "failures": list(status.failures or []),
+            "pendings": list(status.pendings or []),
+        }
+
+
+def _error_detail(resp: requests.Response | None) -> str:
+    if resp is None:
+        return ""
+    try:
+        body = resp.json()
+        return f": {body.get('title', '')}: {body.get('description', '')}"
+    except ValueError:
+        return ""

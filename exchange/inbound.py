@@ -1,0 +1,61 @@
+"""Inbound rules: what a node accepts from a partner (pure, no I/O).
+
+Applied to objects a partner writes into its inbox over TAXII and to objects
+the sync agent pulls from that partner.  Each refusal names its rule id, which
+appears in the TAXII status ``failures`` and in the audit log:
+
+- ``inbound.tlp-required``: every object carries a TLP marking (1.0 or 2.0) in
+  ``object_marking_refs``, except marking definitions, extension definitions
+  and identities, and objects published by a known public source (ATT&CK).
+- ``inbound.creator-is-partner``: ``created_by_ref`` is the writing partner's
+  identity, the joint cell's, or a known public source's; a partner cannot
+  write objects claiming another creator (this node's included).  An object
+  without ``created_by_ref`` is accepted only if an IEP marking in it says
+  ``provider_attribution: must-not`` (the provider was stripped on purpose).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from exchange.config import InboundConfig
+
+
+@dataclass(frozen=True)
+class InboundRules:
+    """The inbound rules of one node for one partner."""
+
+    config: InboundConfig
+    partner_identity: str
+    joint_identity: str | None
+    is_tlp: Callable[[str], bool]
+    strips_provider: Callable[[dict, dict[str, dict]], bool]
+
+    def judge(self, objs: Sequence[dict]) -> dict[int, str]:
+        """``{index: "rule-id: reason"}`` for each refused object; the rest are accepted."""
+        cfg = self.config
+        markings = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
+        allowed = {self.partner_identity, *cfg.public_sources}
+        if self.joint_identity:
+            allowed.add(self.joint_identity)
+        refused: dict[int, str] = {}
+        for i, obj in enumerate(objs):
+            stype = obj.get("type")
+            creator = obj.get("created_by_ref")
+            governance = stype in ("marking-definition", "extension-definition")
+            if cfg.require_creator and not governance:
+                if creator is None:
+                    if stype not in cfg.exempt_types and not self.strips_provider(obj, markings):
+                        refused[i] = "inbound.creator-is-partner: object has no created_by_ref"
+                        continue
+                elif creator not in allowed:
+                    refused[i] = (
+                        f"inbound.creator-is-partner: created_by_ref {creator} is not the partner's identity "
+                        f"({self.partner_identity})"
+                    )
+                    continue
+            if cfg.require_tlp and stype not in cfg.exempt_types and creator not in cfg.public_sources:
+                if not any(self.is_tlp(ref) for ref in obj.get("object_marking_refs", ())):
+                    refused[i] = "inbound.tlp-required: object carries no TLP marking in object_marking_refs"
+        return refused

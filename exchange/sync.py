@@ -1,0 +1,245 @@
+"""The sync agent: pull from and push to one partner, incrementally and resumably.
+
+*Pull* fetches the partner's read collection for this node (``added_after``
+plus ``next``, to the end), judges each object by this node's inbound rules,
+and stores the accepted ones in this node's inbox for that partner.  The
+bookmark (the partner's ``next`` token mid-walk, its last ``date_added`` at
+the end) is written in the same transaction as the objects, so a crash at any
+point resumes with no gap and no duplicate.
+
+*Push* sends what this node's read collection for the partner holds (what
+the outbound policy released) to the partner's inbox, in envelopes of bounded
+size, checks each status, and advances its keyset bookmark only after the
+partner acknowledged the envelope.  Transient failures are retried with
+backoff; 401/403 stop the agent with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from exchange import audit
+from exchange.client import PartnerClient
+from exchange.errors import ConfigError, PartnerAuthError, PartnerError, PartnerUnavailable
+from exchange.inbound import InboundRules
+from exchange.node import OpenNode
+from exchange.stix import check_object, object_version, parse_timestamp
+from exchange.storage.store import Selection
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Transfer:
+    """What one pull or push moved."""
+
+    direction: str
+    partner: str
+    received: int = 0  # objects seen on the wire
+    stored: int = 0  # new rows written here (pull) or acknowledged there (push)
+    rejected: int = 0
+    pages: int = 0
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry schedule for transient partner failures."""
+
+    first: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    attempts: int = 8
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first
+        for _ in range(self.attempts - 1):
+            yield delay
+            delay = min(delay * self.factor, self.cap)
+
+
+def with_retries(what: str, fn: Callable[[], T], backoff: Backoff, transfer: Transfer) -> T:
+    """Run ``fn``; on ``PartnerUnavailable`` wait and retry; auth errors propagate at once."""
+    delays = backoff.delays()
+    while True:
+        try:
+            return fn()
+        except PartnerUnavailable as exc:
+            delay = next(delays, None)
+            if delay is None:
+                raise
+            transfer.retries += 1
+            log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+
+
+def inbound_rules(opened: OpenNode, partner: str) -> InboundRules:
+    """This node's inbound rules for objects coming from ``partner``."""
+    from exchange.policy.markings import is_tlp_marking, provider_attribution_stripped
+
+    cfg = opened.node.config
+    if partner not in cfg.partners:
+        raise ConfigError(f"node {cfg.node!r} has no partner {partner!r}")
+    return InboundRules(
+        config=cfg.inbound,
+        partner_identity=cfg.partners[partner].identity,
+        joint_identity=cfg.joint_identity,
+        is_tlp=is_tlp_marking,
+        strips_provider=provider_attribution_stripped,
+    )
+
+
+def _state(opened: OpenNode, key: str) -> dict:
+    raw = opened.store.get_state(key)
+    return orjson.loads(raw) if raw else {}
+
+
+def pull(
+    opened: OpenNode, partner: str, client: PartnerClient, *, backoff: Backoff = Backoff(), page_size: int = 1000,
+    progress: Progress | None = None,
+) -> Transfer:
+    """Fetch what ``partner`` released to this node since the bookmark; store it in the partner's inbox here."""
+    cfg = opened.node.config
+    pcfg = cfg.partners.get(partner)
+    if pcfg is None or not pcfg.pull_from:
+        raise ConfigError(f"node {cfg.node!r}: partner {partner!r} has no pull_from collection")
+    inbox = cfg.partner_collection(partner, "partner-inbox")
+    rules = inbound_rules(opened, partner)
+    key = f"pull:{partner}"
+    transfer = Transfer("pull", partner)
+    delays = backoff.delays()
+    while True:  # restart the page walk from the bookmark after a transient failure
+        mark = _state(opened, key)
+        pages = client.pages(pcfg.pull_from, added_after=mark.get("added_after"), next_token=mark.get("next"), limit=page_size)
+        try:
+            for page in pages:
+                _store_page(opened, partner, inbox.id, rules, page, mark, key, transfer)
+                if progress:
+                    progress(len(page.objects))
+            return transfer
+        except PartnerUnavailable as exc:
+            delay = next(delays, None)
+            if delay is None:
+                raise
+            transfer.retries += 1
+            log.warning("pull from %s: %s; retrying in %.1fs", partner, exc, delay)
+            time.sleep(delay)
+
+
+def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRules, page: Any, mark: dict, key: str, transfer: Transfer) -> None:
+    transfer.pages += 1
+    transfer.received += len(page.objects)
+    entries: list[audit.Entry] = []
+    valid: list[dict] = []
+    for obj in page.objects:
+        problem = check_object(obj)
+        if problem is None:
+            valid.append(obj)
+        else:
+            entries.append(_reject(partner, obj, f"inbound.stix-valid: {problem}"))
+    refused = rules.judge(valid)
+    accepted = [o for i, o in enumerate(valid) if i not in refused]
+    entries += [_reject(partner, valid[i], reason) for i, reason in refused.items()]
+    now = time.time_ns() // 1000
+    for obj in accepted:
+        entries.append(
+            audit.Entry("pull", partner, obj["id"], object_version(obj), "accepted", (), _latency(obj, now))
+        )
+    new_mark = {"added_after": mark.get("added_after"), "next": page.next}
+    if not page.more:
+        new_mark = {"added_after": page.date_added_last or mark.get("added_after"), "next": None}
+    with opened.store.transaction() as conn:
+        result = opened.store.add_in(conn, inbox_id, accepted)
+        bad = {f["id"] for f in result.failures}
+        for f in result.failures:
+            entries.append(audit.Entry("inbound-reject", partner, f["id"], f.get("version"), "rejected", ("inbound.same-version-differs",), {"reason": f["message"]}))
+        audit.append(conn, [e for e in entries if not (e.event == "pull" and e.object_id in bad)])
+        opened.store.set_state(conn, key, orjson.dumps(new_mark).decode())
+    mark.clear()
+    mark.update(new_mark)
+    transfer.stored += result.added
+    transfer.rejected += len(page.objects) - len(accepted) + len(result.failures)
+
+
+def _reject(partner: str, obj: Any, reason: str) -> audit.Entry:
+    oid = obj.get("id") if isinstance(obj, dict) else None
+    version = object_version(obj) if isinstance(obj, dict) else None
+    rule = reason.split(":", 1)[0]
+    return audit.Entry("inbound-reject", partner, oid if isinstance(oid, str) else None, version if isinstance(version, str) else None, "rejected", (rule,), {"reason": reason})
+
+
+def _latency(obj: dict, now_us: int) -> dict:
+    """Seconds from the object's publication (its version timestamp) to its arrival here."""
+    try:
+        published = parse_timestamp(object_version(obj))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return {}
+    return {"latency_s": round((now_us - published) / 1e6, 3), "type": obj.get("type")}
+
+
+def push(
+    opened: OpenNode, partner: str, client: PartnerClient, *, backoff: Backoff = Backoff(), envelope_size: int = 500,
+    progress: Progress | None = None,
+) -> Transfer:
+    """Send the objects released to ``partner`` (its read collection here) to its inbox there."""
+    cfg = opened.node.config
+    pcfg = cfg.partners.get(partner)
+    if pcfg is None or not pcfg.push_to:
+        raise ConfigError(f"node {cfg.node!r}: partner {partner!r} has no push_to collection")
+    source = cfg.partner_collection(partner, "partner-read")
+    key = f"push:{partner}"
+    transfer = Transfer("push", partner)
+    sel = Selection(source.id, versions=("all",))
+    while True:
+        mark = _state(opened, key)
+        after = tuple(mark["after"]) if mark.get("after") else None
+        rows, _more = opened.store.page(sel, limit=envelope_size, after=after)  # type: ignore[arg-type]
+        if not rows:
+            return transfer
+        objs = [orjson.loads(r.body) for r in rows]
+        status = with_retries(f"push to {partner}", lambda: _push_final(client, pcfg.push_to, objs), backoff, transfer)
+        transfer.pages += 1
+        transfer.received += len(objs)
+        transfer.stored += status["success_count"]
+        transfer.rejected += status["failure_count"]
+        now = time.time_ns() // 1000
+        by_id = {o["id"]: o for o in objs}
+        entries = [
+            audit.Entry("push", partner, s.get("id"), s.get("version"), "acknowledged", (), _latency(by_id.get(s.get("id"), {}), now))
+            for s in status["successes"]
+        ]
+        entries += [
+            audit.Entry(
+                "push-reject", partner, f.get("id"), f.get("version"), "rejected",
+                (str(f.get("message", "")).split(":", 1)[0],), {"reason": f.get("message", "")},
+            )
+            for f in status["failures"]
+        ]
+        with opened.store.transaction() as conn:
+            audit.append(conn, entries)
+            opened.store.set_state(conn, key, orjson.dumps({"after": [rows[-1].date_added, rows[-1].seq]}).decode())
+        if progress:
+            progress(len(objs))
+
+
+def _push_final(client: PartnerClient, ref: str, objs: list[dict]) -> dict:
+    status = client.push(ref, objs)
+    if status["status"] != "complete" or status["pending_count"]:
+        raise PartnerUnavailable(f"status {status['id']} still pending after the poll timeout")
+    return status
+
+
+__all__ = ["Backoff", "Transfer", "pull", "push", "with_retries", "PartnerAuthError", "PartnerError"]
