@@ -71,10 +71,27 @@ def line_of(lines: dict[LinePath, int], loc: LinePath) -> int | None:
     return lines.get(())
 
 
+def _data_loc(lines: dict[LinePath, int], raw: LinePath) -> LinePath:
+    """The part of a pydantic error location that names keys of the data.
+
+    pydantic inserts its own steps (``function-...`` validators, the tag of a
+    discriminated union such as ``own-release``); those are dropped when the
+    data has no such key, so the error names ``clauses.3.rule.levels.1``.
+    """
+    parts = [p for p in raw if not (isinstance(p, str) and p.startswith("function-"))]
+    if not lines:
+        return tuple(parts)
+    out: list[Any] = []
+    for i, part in enumerate(parts):
+        if tuple(out) + (part,) in lines or i == len(parts) - 1:
+            out.append(part)
+    return tuple(out)
+
+
 def validation_error(path: Path, lines: dict[LinePath, int], exc: ValidationError) -> ConfigError:
     """Turn the first pydantic error into a one-line ``ConfigError``: file, line, key, message."""
     err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = _data_loc(lines, err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = line_of(lines, loc)
     where = f"{path}:{line}" if line else str(path)

@@ -20,6 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exchange.config import InboundConfig
+from exchange.policy.markings import LEVEL_OF, classify_marking_definition
+
+Resolve = Callable[[str], "dict | None"]
+
+
+def _no_lookup(_marking_id: str) -> dict | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -28,14 +35,23 @@ class InboundRules:
 
     config: InboundConfig
     partner_identity: str
-    joint_identity: str | None
-    is_tlp: Callable[[str], bool]
-    strips_provider: Callable[[dict, dict[str, dict]], bool]
+    joint_identity: str | None = None
 
-    def judge(self, objs: Sequence[dict]) -> dict[int, str]:
-        """``{index: "rule-id: reason"}`` for each refused object; the rest are accepted."""
+    def judge(self, objs: Sequence[dict], resolve: Resolve = _no_lookup) -> dict[int, str]:
+        """``{index: "rule-id: reason"}`` for each refused object; the rest are accepted.
+
+        ``resolve`` finds marking definitions that are not in ``objs`` (e.g. stored earlier).
+        """
         cfg = self.config
-        markings = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
+        in_batch = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
+
+        def provider_stripped(obj: dict) -> bool:
+            for ref in obj.get("object_marking_refs", ()):
+                info = classify_marking_definition(in_batch.get(ref) or resolve(ref), ref)
+                if info.iep is not None and info.iep.provider_attribution == "must-not":
+                    return True
+            return False
+
         allowed = {self.partner_identity, *cfg.public_sources}
         if self.joint_identity:
             allowed.add(self.joint_identity)
@@ -46,7 +62,7 @@ class InboundRules:
             governance = stype in ("marking-definition", "extension-definition")
             if cfg.require_creator and not governance:
                 if creator is None:
-                    if stype not in cfg.exempt_types and not self.strips_provider(obj, markings):
+                    if stype not in cfg.exempt_types and not provider_stripped(obj):
                         refused[i] = "inbound.creator-is-partner: object has no created_by_ref"
                         continue
                 elif creator not in allowed:
@@ -56,6 +72,11 @@ class InboundRules:
                     )
                     continue
             if cfg.require_tlp and stype not in cfg.exempt_types and creator not in cfg.public_sources:
-                if not any(self.is_tlp(ref) for ref in obj.get("object_marking_refs", ())):
+                if not any(ref in LEVEL_OF or _iep_tlp(in_batch.get(ref) or resolve(ref), ref) for ref in obj.get("object_marking_refs", ())):
                     refused[i] = "inbound.tlp-required: object carries no TLP marking in object_marking_refs"
         return refused
+
+
+def _iep_tlp(md: dict | None, ref: str) -> bool:
+    """An IEP 2.0 marking that carries a TLP level counts as a TLP marking."""
+    return ref.startswith("marking-definition--") and classify_marking_definition(md, ref).level is not None

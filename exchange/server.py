@@ -31,7 +31,7 @@ from exchange.accounts import Account, VerificationCache, hash_password
 from exchange.config import LoadedNode
 from exchange.errors import ExchangeError
 from exchange.node import load_account
-from exchange.storage.backend import MEDIA_TYPE_TAXII, ExchangeBackend, InboundCheck
+from exchange.storage.backend import MEDIA_TYPE_TAXII, AfterWrite, ExchangeBackend
 from exchange.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def create_app(
     store: Store,
     *,
     strict_validation: bool = False,
-    inbound_check: InboundCheck | None = None,
+    after_write: AfterWrite | None = None,
 ) -> Flask:
     """A Flask app serving one node's TAXII 2.1 API root."""
     app = Flask(f"cti-exchange-{node.name}")
@@ -70,7 +70,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = node.config.api_root.max_content_length + 64 * 1024
     app.extensions[_EXT] = NodeContext(node=node, store=store)
     # medallion's views read these three attributes from current_app
-    app.medallion_backend = ExchangeBackend(node, store, strict_validation=strict_validation, inbound_check=inbound_check)
+    app.medallion_backend = ExchangeBackend(node, store, strict_validation=strict_validation, after_write=after_write)
     app.taxii_config = {"max_page_size": node.config.max_page_size}
     app.users_backend = {}
     for bp in (v_collections.collections_bp, v_discovery.discovery_bp, v_manifest.manifest_bp, v_objects.objects_bp):

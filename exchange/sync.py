@@ -88,18 +88,10 @@ def with_retries(what: str, fn: Callable[[], T], backoff: Backoff, transfer: Tra
 
 def inbound_rules(opened: OpenNode, partner: str) -> InboundRules:
     """This node's inbound rules for objects coming from ``partner``."""
-    from exchange.policy.markings import is_tlp_marking, provider_attribution_stripped
-
     cfg = opened.node.config
     if partner not in cfg.partners:
         raise ConfigError(f"node {cfg.node!r} has no partner {partner!r}")
-    return InboundRules(
-        config=cfg.inbound,
-        partner_identity=cfg.partners[partner].identity,
-        joint_identity=cfg.joint_identity,
-        is_tlp=is_tlp_marking,
-        strips_provider=provider_attribution_stripped,
-    )
+    return InboundRules(config=cfg.inbound, partner_identity=cfg.partners[partner].identity, joint_identity=cfg.joint_identity)
 
 
 def _state(opened: OpenNode, key: str) -> dict:
@@ -150,7 +142,7 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
             valid.append(obj)
         else:
             entries.append(_reject(partner, obj, f"inbound.stix-valid: {problem}"))
-    refused = rules.judge(valid)
+    refused = rules.judge(valid, opened.store.resolver(inbox_id))
     accepted = [o for i, o in enumerate(valid) if i not in refused]
     entries += [_reject(partner, valid[i], reason) for i, reason in refused.items()]
     now = time.time_ns() // 1000

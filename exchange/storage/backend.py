@@ -20,18 +20,18 @@ from medallion import auth
 from medallion.backends.base import Backend
 from medallion.exceptions import ProcessingError
 
-from exchange import cursor
+from exchange import audit, cursor
 from exchange.accounts import Account
 from exchange.config import CollectionConfig, LoadedNode
 from exchange.errors import BadRequest, ExchangeError
+from exchange.inbound import InboundRules
 from exchange.stix import MEDIA_TYPE_STIX, check_object, check_object_strict, format_timestamp, parse_timestamp
 from exchange.storage.store import AddResult, Row, Selection, Store, now_us
 
 MEDIA_TYPE_TAXII = "application/taxii+json;version=2.1"
 
-#: A hook that may admit or refuse posted objects (inbound rules, a later layer):
-#: given (account, collection, valid objects) it returns {index: failure message}.
-InboundCheck = Callable[[Account, CollectionConfig, Sequence[dict]], Mapping[int, str]]
+#: Called after objects were committed to a collection (e.g. to release them under policy).
+AfterWrite = Callable[[CollectionConfig], None]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ExchangeBackend(Backend):
         store: Store,
         *,
         strict_validation: bool = False,
-        inbound_check: InboundCheck | None = None,
+        after_write: AfterWrite | None = None,
         **_: Any,
     ) -> None:
         self.node = node
@@ -60,7 +60,11 @@ class ExchangeBackend(Backend):
         self.api_root = node.config.api_root.path
         self._secret = store.secret()
         self._check = check_object_strict if strict_validation else check_object
-        self._inbound_check = inbound_check
+        self._after_write = after_write
+        self._rules = {
+            name: InboundRules(node.config.inbound, partner.identity, node.config.joint_identity)
+            for name, partner in node.config.partners.items()
+        }
         self._by_id = {c.id: c for c in node.config.collections}
 
     # -- who is asking -------------------------------------------------------------
@@ -252,14 +256,19 @@ class ExchangeBackend(Backend):
             if problem is None:
                 valid.append(obj)
             else:
-                failures.append(_failure(obj, problem))
-        if valid and self._inbound_check is not None:
-            refused = self._inbound_check(acct, coll, valid)
-            if refused:
-                failures += [_failure(o, refused[i]) for i, o in enumerate(valid) if i in refused]
-                valid = [o for i, o in enumerate(valid) if i not in refused]
-        result = self.store.add_objects(collection_id, valid) if valid else AddResult()
-        failures += result.failures
+                failures.append(_failure(obj, f"inbound.stix-valid: {problem}"))
+        entries: list[audit.Entry] = []
+        if coll.role == "partner-inbox" and valid:
+            refused = self._rules[coll.partner].judge(valid, self.store.resolver(coll.id))  # type: ignore[index]
+            for i, reason in sorted(refused.items()):
+                failures.append(_failure(valid[i], reason))
+            valid = [o for i, o in enumerate(valid) if i not in refused]
+        with self.store.transaction() as conn:
+            result = self.store.add_in(conn, collection_id, valid)
+            failures += result.failures
+            if coll.role == "partner-inbox":
+                entries = _inbound_entries(coll.partner, valid, failures, result)  # type: ignore[arg-type]
+                audit.append(conn, entries)
         status = {
             "id": str(uuid.uuid4()),
             "status": "complete",
@@ -274,6 +283,8 @@ class ExchangeBackend(Backend):
         if failures:
             status["failures"] = failures
         self.store.save_status(api_root, acct.name, status)
+        if result.added and self._after_write is not None:
+            self._after_write(coll)
         return status
 
     def delete_object(self, api_root: str, collection_id: str, object_id: str, filter_args: dict, allowed_filters: Sequence[str]) -> None:
@@ -287,6 +298,25 @@ class ExchangeBackend(Backend):
             sel = Selection(collection_id=collection_id, versions=("all",), spec_versions=sel.spec_versions)
         if self.store.delete_object(sel, object_id) == 0:
             raise ProcessingError(f"Object '{object_id}' not found", 404)
+
+
+def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], result: AddResult) -> list[audit.Entry]:
+    """Audit entries for a partner's write: one per accepted and one per refused object."""
+    refused_ids = {f.get("id") for f in result.failures}
+    now = now_us()
+    out = []
+    for obj in accepted:
+        if obj["id"] in refused_ids:
+            continue
+        version = obj.get("modified") or obj.get("created")
+        detail: dict[str, Any] = {"type": obj.get("type")}
+        if isinstance(version, str):
+            detail["latency_s"] = round((now - parse_timestamp(version)) / 1e6, 3)
+        out.append(audit.Entry("inbound-accept", partner, obj["id"], version, "accepted", (), detail))
+    for f in failures:
+        rule = str(f.get("message", "")).split(":", 1)[0]
+        out.append(audit.Entry("inbound-reject", partner, f.get("id") or None, f.get("version"), "rejected", (rule,), {"reason": f.get("message", "")}))
+    return out
 
 
 def _failure(obj: Any, message: str) -> dict:

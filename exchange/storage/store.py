@@ -486,6 +486,27 @@ class Store:
                 return
             after = (rows[-1].date_added, rows[-1].seq)
 
+    def latest(self, collection_id: str, object_id: str) -> dict | None:
+        """The last version of one object in a collection, parsed, or ``None``."""
+        with self.engine.connect() as conn:
+            body = conn.execute(
+                select(objects.c.body).where(
+                    objects.c.collection_id == collection_id, objects.c.stix_id == object_id, objects.c.is_last == True  # noqa: E712
+                )
+            ).scalar()
+        return None if body is None else orjson.loads(body)
+
+    def resolver(self, collection_id: str):  # type: ignore[no-untyped-def]
+        """A function finding an object's last version in ``collection_id`` by id (cached)."""
+        cache: dict[str, dict | None] = {}
+
+        def resolve(object_id: str) -> dict | None:
+            if object_id not in cache:
+                cache[object_id] = self.latest(collection_id, object_id)
+            return cache[object_id]
+
+        return resolve
+
     def count(self, collection_id: str, *, all_versions: bool = False) -> int:
         where = [objects.c.collection_id == collection_id]
         if not all_versions:
