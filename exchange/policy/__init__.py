@@ -1,1 +1,27 @@
-"""Sharing policies and the pure policy engine."""
+"""Sharing policies and the pure policy engine.
+
+``load_policy(path)`` reads ``policies/`` (or one file, or ``$CTI_EXCHANGE_POLICIES``);
+``evaluate(objects, policy, sender=..., recipient=...)`` returns one ``Decision``
+per object; ``companions(...)`` gives the identities and marking definitions that
+travel with the released objects; ``explain(...)`` traces one object.  The
+marking tables (TLP 2.0 objects, TLP 1.0 -> 2.0, IEP 2.0) are in
+``exchange.policy.markings``.
+"""
+
+from exchange.policy.engine import REDACT, SHARE, WITHHOLD, Decision, Explanation, companions, evaluate, explain
+from exchange.policy.model import Clause, Policy, default_policy_dir, load_policy
+
+__all__ = [
+    "Clause",
+    "Decision",
+    "Explanation",
+    "Policy",
+    "REDACT",
+    "SHARE",
+    "WITHHOLD",
+    "companions",
+    "default_policy_dir",
+    "evaluate",
+    "explain",
+    "load_policy",
+]

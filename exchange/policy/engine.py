@@ -1,0 +1,952 @@
+"""The policy engine: ``evaluate(objects, policy, sender, recipient)`` (pure).
+
+No I/O, no HTTP, no ``stix2`` objects: plain dict access over per-route lookup
+tables precomputed once per (policy, sender, recipient).  The input is never
+mutated; a redacted object is a new copy.  Given ``now`` the result is
+deterministic.
+
+Evaluation of one object (pass 1), each step naming its clause:
+
+1. official TLP/IEP definitions and the parties' identities: shared (held by all);
+2. object markings (STIX 2.1 §7.2.2 ``object_marking_refs``): the most
+   restrictive TLP level wins (TLP 1.0 ids map onto TLP 2.0; an IEP 2.0 marking
+   contributes its ``tlp``); an unknown marking, or an IEP marking outside its
+   ``start_date``..``end_date`` window, decides by its default (withhold);
+3. no TLP level: a known public source (e.g. MITRE ATT&CK) is treated as its
+   configured level without rewriting it; an own critical-infrastructure
+   notification is treated as the MDT level; otherwise the unmarked default;
+4. the release table for the level, the origin (the sender's own object, i.e.
+   ``created_by_ref`` is the sender or a joint body it belongs to, or received
+   from someone else) and the recipient; the CRI ransomware clause; otherwise
+   the no-release default;
+5. content rules (SCCF attribution, undisclosed vulnerabilities, IEP
+   permitted actions / affected-party notifications / resale / encryption);
+6. redactions: IEP ``provider_attribution: must-not`` (onward), granular
+   markings (§7.2.3: a field marked more restrictively than may go is removed),
+   personal-data fields; removing a required property withholds the object.
+
+Pass 2, referential integrity (to a fixpoint): marking references and required
+references (relationship ends, ``sighting_of_ref`` ...) must resolve within what
+is released, held by every party, already held by the recipient (``held``) or
+travels as a companion; containers (report, grouping, note, opinion) drop
+unresolved ``object_refs``; other optional references to withheld objects are
+removed.  Identity, marking-definition and extension-definition objects that
+are unmarked travel when a released object references them (``companions``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from exchange.errors import BadRequest
+from exchange.policy import markings as mk
+from exchange.policy.model import Clause, Policy
+from exchange.stix import REQUIRED, SCO_TYPES, parse_timestamp
+
+__all__ = ["Decision", "Explanation", "evaluate", "explain", "companions", "SHARE", "REDACT", "WITHHOLD"]
+
+SHARE, REDACT, WITHHOLD = "share", "redact", "withhold"
+COMPANION_TYPES = frozenset({"identity", "marking-definition", "extension-definition"})
+_ALWAYS_REQUIRED = ("id", "type", "spec_version", "created", "modified")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer for one object.
+
+    ``shared`` is the object as it may be released: the input itself for
+    ``share``, a new redacted copy for ``redact``, ``None`` for ``withhold``.
+    ``clauses`` are the ids of the clauses that decided it (release clause
+    first, then any redacting clauses); ``removed_fields`` are STIX 2.1
+    §7.2.3.1 selectors of what a redaction removed.
+    """
+
+    id: str
+    type: str
+    version: str | None
+    decision: str
+    clauses: tuple[str, ...]
+    reason: str
+    shared: dict | None
+    removed_fields: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "type": self.type, "decision": self.decision,
+            "clauses": list(self.clauses), "removed_fields": list(self.removed_fields),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    decision: Decision
+    steps: tuple[str, ...]
+
+
+# ---------------------------------------------------------------- per-route tables
+
+
+class _Route:
+    """Everything about (policy, sender, recipient) that does not depend on the object."""
+
+    def __init__(self, policy: Policy, sender: str, recipient: str) -> None:
+        for role, name in (("sender", sender), ("recipient", recipient)):
+            if name not in policy.parties:
+                raise BadRequest(f"unknown {role} party {name!r} (known: {', '.join(sorted(policy.parties))})")
+        if sender == recipient:
+            raise BadRequest(f"sender and recipient are both {sender!r}")
+        self.policy, self.sender, self.recipient = policy, sender, recipient
+        parties = policy.parties
+        self.recipient_public = parties[recipient].public
+        own = {parties[sender].identity}
+        for name, party in parties.items():
+            if sender in party.members:
+                own.add(party.identity)
+        own.discard(None)
+        self.own_ids = frozenset(own)
+        self.party_ids = frozenset(p.identity for p in parties.values() if p.identity)
+        self.identity_party = {p.identity: name for name, p in parties.items() if p.identity}
+        self.universal = frozenset(mk.OFFICIAL_OBJECTS) | self.party_ids
+        one = policy.one
+        self.c_official = one("official-markings")
+        self.c_parties = one("party-identities")
+        self.c_unknown = one("unknown-marking-default")
+        self.c_unmarked = one("unmarked-default")
+        self.c_norelease = one("no-release-default")
+        self.c_public = one("public-source")
+        self.c_never = one("never-automated")
+        self.c_validity = one("iep-validity")
+        self.c_granular = one("granular-redact")
+        self.c_reqrefs = one("integrity-required-refs")
+        self.c_optrefs = one("integrity-optional-refs")
+        self.c_containers = one("integrity-containers")
+        self.c_companions = one("companions")
+        self.c_iep_attr = one("iep-provider-attribution")
+        self.c_iep_actions = one("iep-permitted-actions")
+        self.c_iep_affected = one("iep-affected-party")
+        self.c_iep_resale = one("iep-unmodified-resale")
+        self.c_iep_encrypt = one("iep-encrypt-in-transit")
+        self.c_vuln = one("undisclosed-vulnerability")
+        self.c_attr_rel = one("attribution-relationship")
+        self.c_attr_prod = one("attribution-product")
+        self.c_ci = one("critical-infrastructure")
+        # public sources
+        self.public_ids: frozenset[str] = frozenset()
+        self.public_markings: frozenset[str] = frozenset()
+        self.public_level: int | None = None
+        if self.c_public is not None:
+            r = self.c_public.rule
+            self.public_ids = frozenset(i for s in r.sources for i in s.identities)
+            self.public_markings = frozenset(m for s in r.sources for m in s.statement_markings)
+            self.public_level = mk.parse_level(r.level)
+        # release tables: level -> (decision, clause) or None
+        self.own_table = [self._verdict(lvl, own=True) for lvl in range(5)]
+        self.recv_table = [self._verdict(lvl, own=False) for lvl in range(5)]
+        # CRI ransomware clause
+        self.c_cri = one("ransomware-onward")
+        self.cri_levels: frozenset[int] = frozenset()
+        if self.c_cri is not None and self._inside(self.c_cri.rule.community):
+            r = self.c_cri.rule
+            self.cri_levels = frozenset(mk.parse_level(v) for v in r.levels)
+            self.cri_types = frozenset(r.types)
+            self.cri_labels = frozenset(v.lower() for v in r.labels)
+            self.cri_markers = tuple(r.pattern_markers)
+        # MDT critical-infrastructure notification
+        self.ci_level: int | None = None
+        if self.c_ci is not None:
+            r = self.c_ci.rule
+            self.ci_types = frozenset(r.types)
+            self.ci_labels = frozenset(v.lower() for v in r.labels)
+            if self._inside(r.community):
+                self.ci_level = mk.parse_level(r.unmarked_as)
+        # content rules: does each apply on this route (recipient outside the community)?
+        self.attr_rel_applies = self.c_attr_rel is not None and not self._inside(self.c_attr_rel.rule.inside)
+        self.attr_prod_applies = self.c_attr_prod is not None and not self._inside(self.c_attr_prod.rule.inside)
+        if self.c_attr_rel is not None:
+            self.attr_rel_types = frozenset(self.c_attr_rel.rule.relationship_types)
+        if self.c_attr_prod is not None:
+            r = self.c_attr_prod.rule
+            self.attr_prod_types = frozenset(r.types)
+            self.attr_prod_report_types = frozenset(r.report_types)
+            self.attr_prod_labels = frozenset(v.lower() for v in r.labels)
+            self.attr_prod_rel_types = frozenset(r.relationship_types)
+        self.vuln_applies = self.c_vuln is not None and not self._inside(self.c_vuln.rule.inside)
+        self.iep_affected_applies = self.c_iep_affected is not None and not self._inside(self.c_iep_affected.rule.inside)
+        self.iep_actions = frozenset(self.c_iep_actions.rule.withhold_onward) if self.c_iep_actions else frozenset()
+        # field redactions that apply on this route: type -> ((clause, fields), ...)
+        redact: dict[str, list[tuple[Clause, tuple[str, ...]]]] = {}
+        for clause in policy.clauses_of("field-redact"):
+            if not self._inside(clause.rule.inside):
+                for stype, fields in clause.rule.fields.items():
+                    redact.setdefault(stype, []).append((clause, fields))
+        self.field_redact = {k: tuple(v) for k, v in redact.items()}
+        self.required_refs: dict[str, frozenset[str]] = {}
+        if self.c_reqrefs is not None:
+            self.required_refs = {k: frozenset(v) for k, v in self.c_reqrefs.rule.required.items()}
+        self.container_types = frozenset(self.c_containers.rule.types) if self.c_containers else frozenset()
+        self.container_mode = self.c_containers.rule.mode if self.c_containers else "withhold"
+
+    def creators_of(self, names: Iterable[str]) -> frozenset[str]:
+        parties = self.policy.parties
+        return frozenset(parties[n].identity for n in names if parties[n].identity)
+
+    def _inside(self, community: str) -> bool:
+        members = self.policy.communities[community].members
+        return self.sender in members and self.recipient in members
+
+    def _verdict(self, level: int, *, own: bool) -> tuple[str, Clause, str] | None:
+        name = mk.LEVEL_LABELS[level]
+        lname = mk.LEVEL_NAMES[level]
+        policy, recipient = self.policy, self.recipient
+        if self.c_never is not None and lname in self.c_never.rule.levels:
+            return WITHHOLD, self.c_never, f"{name} is never released by automated exchange"
+        for c in policy.clauses_of("release-any"):
+            if lname in c.rule.levels:
+                return SHARE, c, f"{name} may be shared with anyone"
+        if own:
+            for c in policy.clauses_of("own-withhold"):
+                if lname in c.rule.levels and recipient in c.rule.recipients:
+                    return WITHHOLD, c, f"the sender's own {name} objects are not released automatically to {recipient}"
+            for c in policy.clauses_of("own-release"):
+                r = c.rule
+                if lname in r.levels and self._inside(r.community) and (not r.recipients or recipient in r.recipients):
+                    return SHARE, c, f"the sender's own {name} object goes to {recipient} ({r.community})"
+        else:
+            for c in policy.clauses_of("onward-community"):
+                r = c.rule
+                if lname in r.levels:
+                    for community in r.communities:
+                        if self._inside(community):
+                            return SHARE, c, f"received {name} may go onward within the {community} community"
+            for c in policy.clauses_of("onward-clients"):
+                r = c.rule
+                if lname in r.levels and recipient in r.clients.get(self.sender, ()):
+                    return SHARE, c, f"received {name} may go to {recipient}, a client of {self.sender} named by the policy"
+        return None
+
+
+def _route(policy: Policy, sender: str, recipient: str) -> _Route:
+    key = ("route", sender, recipient)
+    route = policy._cache.get(key)
+    if route is None:
+        route = policy._cache[key] = _Route(policy, sender, recipient)
+    return route
+
+
+def _now_micros(now: Any) -> int:
+    if now is None:
+        now = datetime.now(timezone.utc)
+    if isinstance(now, datetime):
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=timezone.utc)
+        delta = now - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(now, int):
+        return now
+    try:
+        return parse_timestamp(now)
+    except ValueError as exc:
+        raise BadRequest(f"bad 'now': {exc}") from None
+
+
+# ---------------------------------------------------------------- marking summaries
+
+
+class _Marks:
+    __slots__ = ("level", "problem", "problem_clause", "iep", "statements")
+
+    def __init__(self, level: int | None, problem: str, problem_clause: Clause | None, iep: mk.IepPolicy | None,
+                 statements: frozenset[str]) -> None:
+        self.level, self.problem, self.problem_clause, self.iep, self.statements = level, problem, problem_clause, iep, statements
+
+
+class _Ctx:
+    """Per-call state: marking definitions known, caches, ``now``."""
+
+    def __init__(self, route: _Route, now: int, mdefs: dict[str, dict]) -> None:
+        self.route, self.now, self.mdefs = route, now, mdefs
+        self.info_cache: dict[str, mk.MarkingInfo] = {}
+        self.marks_cache: dict[Any, _Marks] = {}
+
+    def info(self, mid: str) -> mk.MarkingInfo:
+        info = self.info_cache.get(mid)
+        if info is None:
+            info = self.info_cache[mid] = mk.classify_marking_definition(self.mdefs.get(mid), mid)
+        return info
+
+    def marks(self, refs: Any) -> _Marks:
+        key = tuple(refs) if isinstance(refs, list) else refs
+        m = self.marks_cache.get(key)
+        if m is None:
+            m = self.marks_cache[key] = self._compute(key)
+        return m
+
+    def _compute(self, refs: Any) -> _Marks:
+        route = self.route
+        if not isinstance(refs, tuple) or not all(isinstance(r, str) for r in refs):
+            return _Marks(None, "object_marking_refs is not a list of identifiers", route.c_unknown, None, frozenset())
+        level: int | None = None
+        ieps: list[mk.IepPolicy] = []
+        statements: set[str] = set()
+        for ref in refs:
+            lvl = mk.LEVEL_OF.get(ref)
+            if lvl is None:
+                info = self.info(ref)
+                if info.kind == "unknown":
+                    return _Marks(None, info.problem, route.c_unknown, None, frozenset())
+                if info.kind == "statement":
+                    statements.add(ref)
+                    continue
+                assert info.iep is not None
+                if not info.iep.in_force(self.now):
+                    clause = route.c_validity or route.c_unknown
+                    return _Marks(None, f"IEP marking {ref} is outside its start_date..end_date window", clause, None, frozenset())
+                ieps.append(info.iep)
+                lvl = info.level
+            if lvl is not None and (level is None or lvl > level):
+                level = lvl
+        return _Marks(level, "", None, mk.combine_iep(ieps), frozenset(statements))
+
+    def field_level(self, ref: str) -> int | None | str:
+        """Level of one granular marking_ref; ``"unknown"`` if it cannot be interpreted."""
+        lvl = mk.LEVEL_OF.get(ref)
+        if lvl is not None:
+            return lvl
+        info = self.info(ref)
+        if info.kind == "unknown":
+            return "unknown"
+        if info.kind == "iep" and info.iep is not None and not info.iep.in_force(self.now):
+            return "unknown"
+        return info.level
+
+
+# ---------------------------------------------------------------- pass 1
+
+
+class _Work:
+    """Mutable per-object state during one evaluation."""
+
+    __slots__ = ("obj", "decision", "clauses", "reason", "shared", "removed", "companion", "origin_own")
+
+    def __init__(self, obj: dict) -> None:
+        self.obj = obj
+        self.decision = WITHHOLD
+        self.clauses: tuple[str, ...] = ()
+        self.reason = ""
+        self.shared: dict | None = None
+        self.removed: tuple[str, ...] = ()
+        self.companion = False
+        self.origin_own = False
+
+
+def _withhold(w: _Work, clause: Clause, reason: str, trace: list[str] | None) -> _Work:
+    w.decision, w.clauses, w.reason, w.shared, w.removed = WITHHOLD, (clause.id,), reason, None, ()
+    if trace is not None:
+        trace.append(f"withhold [{clause.id}]: {reason}")
+    return w
+
+
+def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection[str], trace: list[str] | None) -> _Work:
+    route = ctx.route
+    obj = w.obj
+    oid = obj.get("id")
+    stype = obj.get("type")
+    # 1. objects every party holds
+    if oid in mk.OFFICIAL_OBJECTS and route.c_official is not None and obj == mk.OFFICIAL_OBJECTS[oid]:
+        w.decision, w.clauses, w.shared = SHARE, (route.c_official.id,), obj
+        w.reason = "official TLP/IEP definition held by every party"
+        if trace is not None:
+            trace.append(f"share [{route.c_official.id}]: {oid} is an official object every party holds")
+        return w
+    if stype == "identity" and oid in route.party_ids and route.c_parties is not None and not obj.get("object_marking_refs"):
+        w.decision, w.clauses, w.shared = SHARE, (route.c_parties.id,), obj
+        w.reason = f"identity of the party {route.identity_party[oid]!r} named in the policy"
+        if trace is not None:
+            trace.append(f"share [{route.c_parties.id}]: {w.reason}")
+        return w
+    # 2. object markings
+    refs = obj.get("object_marking_refs")
+    marks = ctx.marks(refs) if refs else _NO_MARKS
+    if trace is not None:
+        trace.append(f"object markings: {list(refs) if refs else 'none'} -> {mk.level_name(marks.level)}"
+                     + (f" (IEP: {marks.iep})" if marks.iep else ""))
+    if marks.problem:
+        return _withhold(w, marks.problem_clause or route.c_unknown, marks.problem, trace)
+    creator = obj.get("created_by_ref")
+    own = creator in route.own_ids
+    w.origin_own = own
+    if trace is not None:
+        trace.append(f"origin: {'the sender' + chr(39) + 's own object' if own else 'received from ' + str(creator or 'an unattributed source')}"
+                     f" (created_by_ref {creator})")
+    level = marks.level
+    lead: tuple[str, ...] = ()
+    # 3. no TLP level
+    if level is None:
+        if route.public_level is not None and (
+            creator in route.public_ids or oid in route.public_ids or not route.public_markings.isdisjoint(marks.statements)
+        ):
+            level = route.public_level
+            lead = (route.c_public.id,)
+            if trace is not None:
+                trace.append(f"[{route.c_public.id}]: known public source, treated as {mk.level_name(level)} (object unchanged)")
+        elif own and route.ci_level is not None and _is_ci(obj, route):
+            level = route.ci_level
+            lead = (route.c_ci.id,)
+            if trace is not None:
+                trace.append(f"[{route.c_ci.id}]: own critical-infrastructure notification, treated as {mk.level_name(level)} for {route.recipient}")
+        else:
+            w.companion = stype in COMPANION_TYPES
+            clause = route.c_unmarked
+            if clause.rule.decision == WITHHOLD:
+                return _withhold(w, clause, "no TLP marking: the policy default withholds unmarked objects", trace)
+            level = mk.CLEAR
+            lead = (clause.id,)
+    # 4. release table
+    verdict = (route.own_table if own else route.recv_table)[level]
+    if verdict is None and route.cri_levels and level in route.cri_levels and _is_ransomware(obj, route):
+        verdict = (SHARE, route.c_cri, f"ransomware indicator at {mk.LEVEL_LABELS[level]} may go onward to CRI members")
+    if verdict is None:
+        return _withhold(w, route.c_norelease, f"no clause releases {'own' if own else 'received'} "
+                         f"{mk.LEVEL_LABELS[level]} objects to {route.recipient}", trace)
+    decision, clause, reason = verdict
+    if decision == WITHHOLD:
+        return _withhold(w, clause, reason, trace)
+    if trace is not None:
+        trace.append(f"release [{clause.id}]: {reason}")
+    clauses = lead + (clause.id,) if clause.id not in lead else lead
+    # 5. content rules
+    iep = marks.iep
+    why = _content_withhold(obj, stype, creator, own, iep, route, index, concurred, bool(lead) and lead[0] == getattr(route.c_public, 'id', None))
+    if why is not None:
+        return _withhold(w, why[0], why[1], trace)
+    # 6. redactions
+    removals: list[tuple[str, Clause]] = []
+    if iep is not None and not own and iep.provider_attribution == "must-not" and route.c_iep_attr is not None:
+        rule = route.c_iep_attr.rule
+        for key in obj:
+            if key in rule.remove or (rule.remove_custom_by_refs and key.startswith("x_") and key.endswith("_by_ref")):
+                removals.append((key, route.c_iep_attr))
+    if "granular_markings" in obj and route.c_granular is not None:
+        bad = _granular_removals(obj, level, own, ctx)
+        if isinstance(bad, str):
+            return _withhold(w, route.c_granular, bad, trace)
+        removals.extend((sel, route.c_granular) for sel in bad)
+    for clause_f, fields in route.field_redact.get(stype, ()):
+        for key in fields:
+            if key in obj:
+                removals.append((key, clause_f))
+    w.reason = reason
+    if not removals:
+        w.decision, w.clauses, w.shared = SHARE, clauses, obj
+        return w
+    return _apply_removals(w, obj, removals, clauses, trace)
+
+
+_NO_MARKS = _Marks(None, "", None, None, frozenset())
+
+
+def _labels(obj: dict) -> set[str]:
+    out = set()
+    for key in ("labels", "indicator_types", "malware_types"):
+        value = obj.get(key)
+        if isinstance(value, list):
+            out.update(v.lower() for v in value if isinstance(v, str))
+    return out
+
+
+def _is_ransomware(obj: dict, route: _Route) -> bool:
+    if obj.get("type") not in route.cri_types:
+        return False
+    if route.cri_labels.isdisjoint(_labels(obj)):
+        return False
+    pattern = obj.get("pattern")
+    if not isinstance(pattern, str):
+        return obj.get("type") != "indicator"
+    return any(marker in pattern for marker in route.cri_markers)
+
+
+def _is_ci(obj: dict, route: _Route) -> bool:
+    return obj.get("type") in route.ci_types and not route.ci_labels.isdisjoint(_labels(obj))
+
+
+def _content_withhold(obj: dict, stype: Any, creator: Any, own: bool, iep: mk.IepPolicy | None, route: _Route,
+                      index: Mapping[str, dict], concurred: Collection[str], public: bool) -> tuple[Clause, str] | None:
+    # a known public source's attribution is already public: the SCCF concerns the partners' own statements
+    if public:
+        return None
+    if route.attr_rel_applies and stype == "relationship" and obj.get("relationship_type") in route.attr_rel_types:
+        rule = route.c_attr_rel.rule
+        if creator not in route.creators_of(rule.allow_creators) and not (rule.accept_recorded_concurrence and obj.get("id") in concurred):
+            return route.c_attr_rel, (f"attribution may not go to {route.recipient} before joint concurrence "
+                                      f"(only joint products may)")
+    if route.attr_prod_applies and stype in route.attr_prod_types and _is_attribution_product(obj, route, index):
+        rule = route.c_attr_prod.rule
+        if creator not in route.creators_of(rule.allow_creators) and not (rule.accept_recorded_concurrence and obj.get("id") in concurred):
+            return route.c_attr_prod, (f"a product about attribution may not go to {route.recipient} before joint "
+                                       f"concurrence (only joint products may)")
+    if route.vuln_applies and stype == "vulnerability":
+        sources = route.c_vuln.rule.public_sources
+        ext = obj.get("external_references")
+        if not (isinstance(ext, list) and any(isinstance(e, dict) and e.get("source_name") in sources and e.get("external_id") for e in ext)):
+            return route.c_vuln, f"a vulnerability without a public identifier ({', '.join(sources)}) stays within the partnership"
+    if iep is not None and not own:
+        if iep.permitted_actions in route.iep_actions:
+            return route.c_iep_actions, f"IEP permitted_actions '{iep.permitted_actions}': the provider must be consulted before onward release"
+        if route.iep_affected_applies and iep.affected_party_notifications == "must-not":
+            return route.c_iep_affected, f"IEP affected_party_notifications 'must-not': not passed to third party {route.recipient}"
+        if route.recipient_public and iep.unmodified_resale == "must-not" and route.c_iep_resale is not None:
+            return route.c_iep_resale, "IEP unmodified_resale 'must-not': no unmodified public release"
+        if route.recipient_public and iep.encrypt_in_transit == "must" and route.c_iep_encrypt is not None:
+            return route.c_iep_encrypt, "IEP encrypt_in_transit 'must': publication is not encrypted transit"
+    return None
+
+
+def _is_attribution_product(obj: dict, route: _Route, index: Mapping[str, dict]) -> bool:
+    rt = obj.get("report_types")
+    if isinstance(rt, list) and not route.attr_prod_report_types.isdisjoint(rt):
+        return True
+    if not route.attr_prod_labels.isdisjoint(_labels(obj)):
+        return True
+    refs = obj.get("object_refs")
+    if isinstance(refs, list):
+        for ref in refs:
+            if isinstance(ref, str) and ref.startswith("relationship--"):
+                target = index.get(ref)
+                if target is not None and target.get("relationship_type") in route.attr_prod_rel_types:
+                    return True
+    return False
+
+
+# ---------------------------------------------------------------- granular markings and redaction
+
+
+def parse_selector(selector: str) -> tuple[Any, ...] | None:
+    """A §7.2.3.1 selector (``external_references.[0].url``) as a path; ``None`` if malformed."""
+    out: list[Any] = []
+    for part in selector.split("."):
+        if part.startswith("[") and part.endswith("]"):
+            try:
+                out.append(int(part[1:-1]))
+            except ValueError:
+                return None
+        elif part:
+            out.append(part)
+        else:
+            return None
+    return tuple(out) if out and isinstance(out[0], str) else None
+
+
+def _format_path(path: tuple[Any, ...]) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else p for p in path)
+
+
+def _exists(obj: Any, path: tuple[Any, ...]) -> bool:
+    for p in path:
+        if isinstance(p, int):
+            if not isinstance(obj, list) or not 0 <= p < len(obj):
+                return False
+        elif not isinstance(obj, dict) or p not in obj:
+            return False
+        obj = obj[p]
+    return True
+
+
+def _granular_removals(obj: dict, level: int, own: bool, ctx: _Ctx) -> list[str] | str:
+    route = ctx.route
+    table = route.own_table if own else route.recv_table
+    gms = obj.get("granular_markings")
+    if not isinstance(gms, list):
+        return "granular_markings is not a list"
+    out: list[str] = []
+    for gm in gms:
+        if not isinstance(gm, dict):
+            return "a granular marking is not an object"
+        ref = gm.get("marking_ref")
+        if ref is None:
+            continue  # a "lang" marking (§7.2.3) restricts nothing
+        flevel = ctx.field_level(ref) if isinstance(ref, str) else "unknown"
+        if flevel == "unknown":
+            allowed = False
+        elif flevel is None or flevel <= level:
+            continue
+        else:
+            verdict = table[flevel]
+            allowed = verdict is not None and verdict[0] == SHARE
+        if allowed:
+            continue
+        for sel in gm.get("selectors") or ():
+            if isinstance(sel, str) and sel not in out:
+                out.append(sel)
+    return out
+
+
+def _apply_removals(w: _Work, obj: dict, removals: list[tuple[str, Clause]], clauses: tuple[str, ...],
+                    trace: list[str] | None) -> _Work:
+    stype = obj.get("type")
+    required = set(REQUIRED.get(stype, ())) | set(_ALWAYS_REQUIRED)
+    paths: list[tuple[tuple[Any, ...], Clause]] = []
+    for sel, clause in removals:
+        path = parse_selector(sel)
+        if path is None or not _exists(obj, path):
+            continue
+        if path[0] in required and len(path) == 1:
+            return _withhold(w, clause, f"{sel!r} must be removed but is a required property of a {stype}", trace)
+        if path[0] in ("granular_markings", "object_marking_refs"):
+            return _withhold(w, clause, f"{sel!r} selects the markings themselves", trace)
+        paths.append((path, clause))
+    if not paths:
+        w.decision, w.clauses, w.shared = SHARE, clauses, obj
+        return w
+    # drop paths inside other removed paths
+    all_paths = {p for p, _ in paths}
+    paths = [(p, c) for p, c in paths if not any(q != p and p[: len(q)] == q for q in all_paths)]
+    out = copy.deepcopy(obj)
+    removed_lists: list[tuple[tuple[Any, ...], int]] = []
+    # remove list elements highest index first so earlier indices stay valid
+    ordered = sorted(paths, key=lambda pc: _sort_key(pc[0]), reverse=True)
+    for path, _ in ordered:
+        parent = out
+        for p in path[:-1]:
+            parent = parent[p]
+        last = path[-1]
+        if isinstance(last, int):
+            del parent[last]
+            removed_lists.append((path[:-1], last))
+        else:
+            del parent[last]
+    # empty lists are not allowed in STIX: drop them (withhold if required)
+    for parent_path, _ in removed_lists:
+        if _exists(out, parent_path) and _get(out, parent_path) == []:
+            if len(parent_path) == 1 and parent_path[0] in required:
+                return _withhold(w, paths[0][1], f"removing marked elements empties the required {parent_path[0]!r}", trace)
+            _delete(out, parent_path)
+            paths.append((parent_path, paths[0][1]))
+    # keep the remaining granular markings consistent with the new shape
+    if "granular_markings" in out:
+        removed_set = [p for p, _ in paths]
+        kept = []
+        for gm in out["granular_markings"]:
+            sels = []
+            for sel in gm.get("selectors") or ():
+                path = parse_selector(sel) if isinstance(sel, str) else None
+                if path is None:
+                    continue
+                new = _reindex(path, removed_set, removed_lists)
+                if new is not None:
+                    sels.append(_format_path(new))
+            if sels:
+                gm["selectors"] = sels
+                kept.append(gm)
+        if kept:
+            out["granular_markings"] = kept
+        else:
+            del out["granular_markings"]
+    removed = tuple(_format_path(p) for p, _ in sorted(paths, key=lambda pc: _sort_key(pc[0])))
+    extra = []
+    for _, clause in paths:
+        if clause.id not in clauses and clause.id not in extra:
+            extra.append(clause.id)
+    w.decision, w.clauses, w.shared, w.removed = REDACT, clauses + tuple(extra), out, removed
+    w.reason = (w.reason + "; " if w.reason else "") + f"removed {', '.join(removed)}"
+    if trace is not None:
+        trace.append(f"redact [{', '.join(extra)}]: removed {', '.join(removed)}")
+    return w
+
+
+def _sort_key(path: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((1, x, "") if isinstance(x, int) else (0, 0, x) for x in path)
+
+
+def _get(obj: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        obj = obj[p]
+    return obj
+
+
+def _delete(obj: Any, path: tuple[Any, ...]) -> None:
+    parent = _get(obj, path[:-1])
+    del parent[path[-1]]
+
+
+def _reindex(path: tuple[Any, ...], removed: list[tuple[Any, ...]], removed_lists: list[tuple[tuple[Any, ...], int]]) -> tuple[Any, ...] | None:
+    for r in removed:
+        if path[: len(r)] == r:
+            return None
+    new = list(path)
+    for parent, index in removed_lists:
+        n = len(parent)
+        if tuple(path[:n]) == parent and len(path) > n and isinstance(path[n], int) and path[n] > index:
+            new[n] -= 1
+    return tuple(new)
+
+
+# ---------------------------------------------------------------- pass 2: referential integrity
+
+_COMPANION_KEYS = ("created_by_ref", "object_marking_refs")
+
+
+def _refs_of(obj: dict) -> list[tuple[str, str]]:
+    """(property, referenced id) for every top-level reference, granular marking refs and extension ids."""
+    out: list[tuple[str, str]] = []
+    for key, value in obj.items():
+        if key.endswith("_ref"):
+            if isinstance(value, str) and "--" in value:
+                out.append((key, value))
+        elif key.endswith("_refs"):
+            if isinstance(value, list):
+                out.extend((key, v) for v in value if isinstance(v, str) and "--" in v)
+        elif key == "granular_markings" and isinstance(value, list):
+            out.extend(("granular_markings", gm["marking_ref"]) for gm in value
+                       if isinstance(gm, dict) and isinstance(gm.get("marking_ref"), str))
+        elif key == "extensions" and isinstance(value, dict):
+            out.extend(("extensions", k) for k in value if k.startswith("extension-definition--"))
+    return out
+
+
+def _is_companion_ref(key: str, target: str) -> bool:
+    if key in ("object_marking_refs", "granular_markings", "extensions"):
+        return True
+    return key.endswith("_by_ref") and target.startswith("identity--")
+
+
+def _integrity(works: list[_Work], ctx: _Ctx, held: Collection[str], context_ok: Any, trace_id: str | None,
+               trace: list[str] | None) -> None:
+    route = ctx.route
+    released: dict[str, int] = {}
+    candidates: dict[str, list[_Work]] = {}
+    for w in works:
+        oid = w.obj.get("id")
+        if w.decision != WITHHOLD:
+            released[oid] = released.get(oid, 0) + 1
+        elif w.companion:
+            candidates.setdefault(oid, []).append(w)
+    universal = route.universal
+
+    def resolved(key: str, target: str) -> bool:
+        if target in released or target in universal or target in held:
+            return True
+        if _is_companion_ref(key, target):
+            return target in candidates or context_ok(target)
+        return False
+
+    referrers: dict[str, list[_Work]] = {}
+    queue = [w for w in works if w.decision != WITHHOLD]
+    while queue:
+        w = queue.pop()
+        if w.decision == WITHHOLD:
+            continue
+        current = w.shared
+        assert current is not None
+        bad: list[tuple[str, str]] = []
+        for key, target in _refs_of(current):
+            if not resolved(key, target):
+                bad.append((key, target))
+            elif target not in universal:
+                referrers.setdefault(target, []).append(w)
+        if not bad:
+            continue
+        tr = trace if w.obj.get("id") == trace_id else None
+        if not _fix_refs(w, current, bad, route, tr):
+            oid = w.obj.get("id")
+            released[oid] -= 1
+            if released[oid] == 0:
+                del released[oid]
+                queue.extend(referrers.pop(oid, ()))
+    # companions: unmarked identities / marking / extension definitions referenced by what is released
+    if route.c_companions is None or not candidates:
+        return
+    for w in works:
+        if w.decision == WITHHOLD or w.shared is None:
+            continue
+        for key, target in _refs_of(w.shared):
+            if target in candidates and _is_companion_ref(key, target):
+                for cw in candidates.pop(target):
+                    cw.decision, cw.clauses, cw.shared = SHARE, (route.c_companions.id,), cw.obj
+                    cw.reason = f"travels with {w.obj.get('id')}, which references it ({key})"
+                    if trace is not None and cw.obj.get("id") == trace_id:
+                        trace.append(f"share [{route.c_companions.id}]: {cw.reason}")
+
+
+def _fix_refs(w: _Work, current: dict, bad: list[tuple[str, str]], route: _Route, trace: list[str] | None) -> bool:
+    """Redact or withhold ``w`` for its unresolved references; ``False`` if it became withheld."""
+    stype = current.get("type")
+    required = route.required_refs.get(stype, frozenset())
+    for key, target in bad:
+        if key in ("object_marking_refs", "granular_markings") or key in required:
+            clause = route.c_reqrefs or route.c_norelease
+            _withhold(w, clause, f"{key} -> {target} is not released, and the reference cannot be dropped", trace)
+            return False
+        if stype in route.container_types and key == "object_refs" and route.container_mode == "withhold":
+            _withhold(w, route.c_containers, f"object_refs -> {target} is not released; the policy withholds such containers", trace)
+            return False
+    out = dict(current)
+    removed = list(w.removed)
+    extra: list[str] = []
+    bad_by_key: dict[str, set[str]] = {}
+    for key, target in bad:
+        bad_by_key.setdefault(key, set()).add(target)
+    for key, targets in bad_by_key.items():
+        clause = route.c_containers if (stype in route.container_types and key == "object_refs") else route.c_optrefs
+        if clause is None:
+            _withhold(w, route.c_norelease, f"{key} -> {sorted(targets)[0]} is not released", trace)
+            return False
+        if clause.id not in extra:
+            extra.append(clause.id)
+        value = out[key]
+        if key.endswith("_refs") and isinstance(value, list):
+            kept = [v for v in value if v not in targets]
+            for i, v in enumerate(value):
+                if v in targets:
+                    removed.append(f"{key}.[{i}]")
+            if kept:
+                out[key] = kept
+            else:
+                del out[key]
+                if key in set(REQUIRED.get(stype, ())):
+                    _withhold(w, clause, f"every entry of the required {key!r} refers to something not released", trace)
+                    return False
+        else:
+            del out[key]
+            removed.append(key)
+    clauses = w.clauses + tuple(c for c in extra if c not in w.clauses)
+    w.decision, w.shared, w.clauses, w.removed = REDACT, out, clauses, tuple(removed)
+    w.reason = (w.reason + "; " if w.reason else "") + "dropped references to objects not released: " + ", ".join(
+        sorted({t for _, t in bad}))
+    if trace is not None:
+        trace.append(f"redact [{', '.join(extra)}]: dropped references to objects not released ({', '.join(removed)})")
+    return True
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any, context: Iterable[dict],
+         held: Collection[str], concurred: Collection[str], trace_id: str | None = None,
+         trace: list[str] | None = None, referenced: Collection[str] = ()) -> list[_Work]:
+    route = _route(policy, sender, recipient)
+    objs = objects if isinstance(objects, list) else list(objects)
+    index: dict[str, dict] = {}
+    mdefs: dict[str, dict] = {}
+    ctx_index: dict[str, dict] = {}
+    for o in context:
+        if isinstance(o, dict) and isinstance(o.get("id"), str):
+            ctx_index[o["id"]] = o
+            if o.get("type") == "marking-definition":
+                mdefs[o["id"]] = o
+    for i, o in enumerate(objs):
+        if not isinstance(o, dict) or not isinstance(o.get("id"), str) or not isinstance(o.get("type"), str):
+            raise BadRequest(f"object {i} is not a STIX object with 'type' and 'id'")
+        oid = o["id"]
+        index[oid] = o
+        if o["type"] == "marking-definition":
+            mdefs[oid] = o
+    ctx = _Ctx(route, _now_micros(now), mdefs)
+    held_set = held if isinstance(held, (set, frozenset, dict)) else frozenset(held)
+    works = []
+    for o in objs:
+        w = _Work(o)
+        _judge(w, ctx, index, concurred, trace if (trace is not None and o["id"] == trace_id) else None)
+        works.append(w)
+    if referenced:
+        for w in works:
+            if w.companion and w.obj["id"] in referenced and route.c_companions is not None:
+                w.decision, w.clauses, w.shared = SHARE, (route.c_companions.id,), w.obj
+                w.reason = "travels with released objects that reference it"
+
+    ctx_ok_cache: dict[str, bool] = {}
+
+    def context_ok(target: str) -> bool:
+        ok = ctx_ok_cache.get(target)
+        if ok is None:
+            o = ctx_index.get(target)
+            ok = False
+            if o is not None and o.get("type") in COMPANION_TYPES:
+                cw = _judge(_Work(o), ctx, index, concurred, None)
+                ok = cw.decision != WITHHOLD or (cw.companion and route.c_companions is not None)
+            ctx_ok_cache[target] = ok
+        return ok
+
+    _integrity(works, ctx, held_set, context_ok, trace_id, trace)
+    return works
+
+
+def _decision(w: _Work) -> Decision:
+    o = w.obj
+    return Decision(o["id"], o["type"], o.get("modified") or o.get("created"), w.decision, w.clauses, w.reason,
+                    w.shared, w.removed)
+
+
+def evaluate(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any = None,
+             context: Iterable[dict] = (), held: Collection[str] = (), concurred: Collection[str] = ()) -> list[Decision]:
+    """One ``Decision`` per input object, in input order.
+
+    ``sender``/``recipient``: party names of the policy (``us``, ``rok``, ``jp``,
+    ``public`` ...).  ``now``: the time IEP validity windows are judged at (a STIX
+    timestamp, an aware ``datetime`` or µs since the epoch; default: the current
+    time).  ``context``: marking definitions and identities the sender holds that
+    are not being released now (used to interpret markings; unmarked ones count as
+    companions that ``companions()`` will supply).  ``held``: ids the recipient is
+    known to hold already (references to them resolve).  ``concurred``: ids of
+    attribution objects with recorded joint concurrence (used only by SCCF clauses
+    that set ``accept_recorded_concurrence``).
+    """
+    works = _run(objects, policy, sender, recipient, now=now, context=context, held=held, concurred=concurred)
+    return [_decision(w) for w in works]
+
+
+def explain(object_id: str, objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any = None,
+            context: Iterable[dict] = (), held: Collection[str] = (), concurred: Collection[str] = ()) -> Explanation:
+    """Evaluate ``objects`` and return the decision of ``object_id`` with its steps (last version if several)."""
+    objs = list(objects)
+    if not any(isinstance(o, dict) and o.get("id") == object_id for o in objs):
+        raise BadRequest(f"no object with id {object_id!r} in the bundle")
+    steps: list[str] = []
+    works = _run(objs, policy, sender, recipient, now=now, context=context, held=held, concurred=concurred,
+                 trace_id=object_id, trace=steps)
+    mine = [w for w in works if w.obj.get("id") == object_id]
+    d = _decision(mine[-1])
+    steps.append(f"decision: {d.decision} by {', '.join(d.clauses)}")
+    return Explanation(d, tuple(steps))
+
+
+def companions(decisions: Iterable[Decision], known_objects: Iterable[dict], policy: Policy, sender: str,
+               recipient: str, *, now: Any = None) -> list[dict]:
+    """The objects that must travel with the released ones.
+
+    Every marking definition, ``identity`` (``created_by_ref``, ``*_by_ref``) and
+    extension definition referenced by a shared or redacted object and not itself
+    released in ``decisions``: taken from ``known_objects`` (latest version) or the
+    official objects, judged by the same policy (unmarked ones travel under the
+    ``companions`` clause; marked ones only if their markings allow), and returned
+    as they may be released (official objects first, then in ``known_objects`` order).
+    """
+    released = set()
+    wanted: set[str] = set()
+    decisions = list(decisions)
+    for d in decisions:
+        if d.shared is not None:
+            released.add(d.id)
+    for d in decisions:
+        if d.shared is not None:
+            for key, target in _refs_of(d.shared):
+                if _is_companion_ref(key, target) and target not in released:
+                    wanted.add(target)
+    latest: dict[str, dict] = {}
+    order: list[str] = []
+    for o in known_objects:
+        oid = o.get("id") if isinstance(o, dict) else None
+        if oid in wanted:
+            prev = latest.get(oid)
+            if prev is None:
+                order.append(oid)
+            if prev is None or (o.get("modified") or o.get("created") or "") > (prev.get("modified") or prev.get("created") or ""):
+                latest[oid] = o
+    official = [mk.OFFICIAL_OBJECTS[t] for t in sorted(wanted) if t in mk.OFFICIAL_OBJECTS and t not in latest]
+    candidates = official + [latest[oid] for oid in order]
+    works = _run(candidates, policy, sender, recipient, now=now, context=(), held=released, concurred=(),
+                 referenced=wanted)
+    return [w.shared for w in works if w.shared is not None]
