@@ -18,7 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from taxii2client.common import _HTTPConnection
 from taxii2client.exceptions import TAXIIServiceException
-from taxii2client.v21 import ApiRoot, Collection, Status
+from taxii2client.v21 import ApiRoot, Collection, Server, Status
 
 from exchange.errors import PartnerAuthError, PartnerError, PartnerUnavailable
 
@@ -69,6 +69,21 @@ class PartnerClient:
         self._last_headers: dict[str, str] = {}
         self._conn.session.hooks["response"].append(self._remember)
         self._collections: dict[str, Collection] = {}
+
+    @classmethod
+    def connect(cls, url: str, user: str, password: str, **kwargs: Any) -> "PartnerClient":
+        """A client for an API root URL, or for a discovery URL (``.../taxii2/``: its default API root)."""
+        if url.rstrip("/").endswith("/taxii2"):
+            probe = cls(url, user, password, **kwargs)
+            try:
+                server = Server(probe.url, conn=probe._conn)
+                default = probe._call("discovery", lambda: server.default)
+            finally:
+                probe.close()
+            if default is None:
+                raise PartnerError(f"partner {url} names no default API root")
+            url = default.url
+        return cls(url, user, password, **kwargs)
 
     def _remember(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
         self._last_headers = dict(resp.headers)
@@ -141,6 +156,51 @@ class PartnerClient:
                 return
             seen_tokens.add(token)
             next_token = token
+
+    def manifest(self, ref: str, *, limit: int = 1000) -> Iterator[dict]:
+        """Every manifest entry (all versions) of a collection, following ``next`` (TAXII 2.1 s5.3)."""
+        coll = self.collection(ref)
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            params: dict[str, Any] = {"limit": limit, "version": "all"}
+            if token:
+                params["next"] = token
+            env = self._call("get manifest", coll.get_manifest, **params)
+            yield from env.get("objects", []) or []
+            token = env.get("next")
+            if not env.get("more") or not token or token in seen:
+                return
+            seen.add(token)
+
+    def reveal(self, ref: str, object_id: str, endpoints: tuple[str, ...] = ("objects", "object", "versions", "manifest")) -> dict[str, list]:
+        """What every read endpoint of a collection shows of one object (leak checks, TAXII 2.1 s5.3-s5.8).
+
+        Keys: ``objects`` (Get Objects with ``match[id]``, all versions), ``object``
+        (Get An Object, all versions), ``versions`` (Get Object Versions), ``manifest``
+        (Get Object Manifests with ``match[id]``).  A 404 counts as nothing shown.
+        """
+        coll = self.collection(ref)
+        out: dict[str, list] = {}
+
+        def grab(key: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                env = self._call(key, fn, *args, **kwargs)
+            except PartnerError as exc:
+                if exc.status != 404:
+                    raise
+                env = {}
+            out[key] = list(env.get("versions" if key == "versions" else "objects", []) or [])
+
+        calls = {
+            "objects": lambda: grab("objects", coll.get_objects, id=object_id, version="all"),
+            "object": lambda: grab("object", coll.get_object, object_id, version="all"),
+            "versions": lambda: grab("versions", coll.object_versions, object_id),
+            "manifest": lambda: grab("manifest", coll.get_manifest, id=object_id, version="all"),
+        }
+        for name in endpoints:
+            calls[name]()
+        return out
 
     def push(self, ref: str, objects: list[dict], *, poll_timeout: float = 60.0) -> dict:
         """Add objects to a partner collection (TAXII 2.1 s5.5) and wait until the status is final."""

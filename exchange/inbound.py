@@ -7,7 +7,8 @@ appears in the TAXII status ``failures`` and in the audit log:
 - ``inbound.tlp-required``: every object carries a TLP marking (1.0 or 2.0) in
   ``object_marking_refs``, except marking definitions, extension definitions
   and identities, and objects published by a known public source (ATT&CK).
-- ``inbound.creator-is-partner``: ``created_by_ref`` is the writing partner's
+- ``inbound.creator-is-partner``: ``created_by_ref`` (of SDOs and SROs; SCOs
+  have none) is the writing partner's
   identity, the joint cell's, or a known public source's; a partner cannot
   write objects claiming another creator (this node's included).  An object
   without ``created_by_ref`` is accepted only if an IEP marking in it says
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from exchange.config import InboundConfig
 from exchange.policy.markings import LEVEL_OF, classify_marking_definition
+from exchange.stix import SCO_TYPES
 
 Resolve = Callable[[str], "dict | None"]
 
@@ -59,7 +61,8 @@ class InboundRules:
         for i, obj in enumerate(objs):
             stype = obj.get("type")
             creator = obj.get("created_by_ref")
-            governance = stype in ("marking-definition", "extension-definition")
+            # governance objects, and SCOs, which have no created_by_ref in STIX 2.1 (s3.2, s6)
+            governance = stype in ("marking-definition", "extension-definition") or stype in SCO_TYPES
             if cfg.require_creator and not governance:
                 if creator is None:
                     if stype not in cfg.exempt_types and not provider_stripped(obj):

@@ -172,6 +172,21 @@ def serve(
     _App().run()
 
 
+def release_after_write(opened: Any) -> AfterWrite:
+    """After new objects land in the own collection or an inbox, release them under policy at once."""
+    from exchange.release import release_all
+
+    def after_write(coll: Any) -> None:
+        if coll.role not in ("own", "partner-inbox"):
+            return
+        try:
+            release_all(opened)
+        except ExchangeError as exc:  # the write is committed and acknowledged; the next release catches up
+            log.error("release after write to %s failed: %s", coll.alias, exc)
+
+    return after_write
+
+
 def data_dir_factory(node_name: str, data_dir: Path | None, database: str | None, **kwargs: Any) -> Callable[[], Flask]:
     """A zero-argument factory (runs in each worker) building the node's app."""
 
@@ -179,6 +194,6 @@ def data_dir_factory(node_name: str, data_dir: Path | None, database: str | None
         from exchange.node import open_node
 
         opened = open_node(node_name, data_dir=data_dir, database=database)
-        return create_app(opened.node, opened.store, **kwargs)
+        return create_app(opened.node, opened.store, after_write=release_after_write(opened), **kwargs)
 
     return factory

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ import orjson
 
 from exchange import audit
 from exchange.client import PartnerClient
-from exchange.errors import ConfigError, PartnerAuthError, PartnerError, PartnerUnavailable
+from exchange.errors import ConfigError, PartnerUnavailable
 from exchange.inbound import InboundRules
 from exchange.node import OpenNode
 from exchange.stix import check_object, object_version, parse_timestamp
@@ -234,4 +235,52 @@ def _push_final(client: PartnerClient, ref: str, objs: list[dict]) -> dict:
     return status
 
 
-__all__ = ["Backoff", "Transfer", "pull", "push", "with_retries", "PartnerAuthError", "PartnerError"]
+def run_cycle(
+    opened: OpenNode,
+    partner: str,
+    client: PartnerClient,
+    *,
+    direction: str = "both",
+    backoff: Backoff = Backoff(),
+    envelope_size: int = 500,
+    page_size: int = 1000,
+    show_progress: bool = False,
+) -> dict:
+    """One sync cycle: release under policy, pull, release again (onward sharing), push."""
+    from exchange.release import release_all
+
+    summary: dict = {}
+    with _progress(show_progress) as bar:
+        released = release_all(opened)
+        summary["released"] = {p: r.shared + r.redacted for p, r in released.items()}
+        if direction in ("both", "pull"):
+            task = bar(f"pull from {partner}")
+            t = pull(opened, partner, client, backoff=backoff, page_size=page_size, progress=task)
+            summary["pulled"] = {"received": t.received, "stored": t.stored, "rejected": t.rejected, "retries": t.retries}
+            if t.stored:
+                release_all(opened)
+        if direction in ("both", "push"):
+            task = bar(f"push to {partner}")
+            t = push(opened, partner, client, backoff=backoff, envelope_size=envelope_size, progress=task)
+            summary["pushed"] = {"sent": t.received, "acknowledged": t.stored, "rejected": t.rejected, "retries": t.retries}
+    return summary
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str], Progress | None]]:
+    """A rich progress display on a terminal; a no-op elsewhere."""
+    if not enabled:
+        yield lambda _label: None
+        return
+    from rich.progress import Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Bar(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} objects"), TimeElapsedColumn(), transient=False) as bar:
+
+        def make(label: str) -> Progress:
+            task = bar.add_task(label, total=None)
+            return lambda n: bar.advance(task, n)
+
+        yield make
+
+
+__all__ = ["Backoff", "Transfer", "pull", "push", "run_cycle", "with_retries"]

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from exchange.procs import NodeProcess
+
+__all__ = ["NodeProcess", "PASSWORDS", "new_indicator", "provision"]
+
 PASSWORDS = {
     "analyst": "analyst-password-123",
     "rok": "rok-partner-password",
@@ -39,68 +36,6 @@ def new_indicator(i: int = 0, *, modified: str = "2024-01-01T00:00:00.000Z", mar
         obj["object_marking_refs"] = [marking]
     obj.update(extra)
     return obj
-
-
-@dataclass
-class NodeProcess:
-    """One ``cti-exchange serve`` subprocess in its own process group."""
-
-    node: str
-    data_dir: Path
-    extra_args: tuple[str, ...] = ()
-    proc: subprocess.Popen | None = None
-    url: str = ""
-    base: str = ""
-    log: list[str] = field(default_factory=list)
-
-    def start(self, timeout: float = 30.0) -> "NodeProcess":
-        cmd = [sys.executable, "-m", "exchange", "serve", self.node, "--data-dir", str(self.data_dir), "--port", "0", *self.extra_args]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=REPO
-        )
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"node {self.node} exited: {''.join(self.log)}")
-                continue
-            self.log.append(line)
-            if line.startswith("API root: "):
-                self.url = line.split(": ", 1)[1].strip()
-                self.base = self.url.rsplit("/", 2)[0] + "/"
-                # drain further output in the background so the pipe never fills
-                import threading
-
-                threading.Thread(target=self._drain, daemon=True).start()
-                return self
-        raise RuntimeError(f"node {self.node} did not start: {''.join(self.log)}")
-
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-
-    def kill9(self) -> None:
-        """SIGKILL the whole server (master and workers) at once."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-    def collection_url(self, alias: str) -> str:
-        from exchange.config import load_node
-
-        return f"{self.url}collections/{load_node(self.node).config.collection(alias).id}/"
 
 
 def provision(node: str, data_dir: Path, accounts: dict[str, str] | None = None) -> None:

@@ -496,6 +496,49 @@ class Store:
             ).scalar()
         return None if body is None else orjson.loads(body)
 
+    def existing_ids(self, collection_id: str, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` have at least one version in ``collection_id``."""
+        wanted = list(ids)
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted, _CHUNK):
+                found.update(
+                    conn.execute(
+                        select(objects.c.stix_id).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk)).distinct()
+                    ).scalars()
+                )
+        return found
+
+    def latest_many(self, collection_ids: Sequence[str], ids: Iterable[str]) -> list[dict]:
+        """The last version of each of ``ids`` found in the first of ``collection_ids`` that has it."""
+        wanted = list(dict.fromkeys(ids))
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for cid in collection_ids:
+                missing = [i for i in wanted if i not in out]
+                for chunk in _chunks(missing, _CHUNK):
+                    for sid, body in conn.execute(
+                        select(objects.c.stix_id, objects.c.body).where(
+                            objects.c.collection_id == cid, objects.c.stix_id.in_(chunk), objects.c.is_last == True  # noqa: E712
+                        )
+                    ):
+                        out[sid] = orjson.loads(body)
+        return [out[i] for i in wanted if i in out]
+
+    def versions_of(self, collection_id: str, keys: Sequence[tuple[str, str | None]]) -> list[dict]:
+        """Stored object versions by ``(id, version)``, parsed, in ``keys`` order (missing ones skipped)."""
+        found: dict[tuple[str, str], dict] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(keys), _CHUNK):
+                ids = list({k[0] for k in chunk})
+                for sid, version, body in conn.execute(
+                    select(objects.c.stix_id, objects.c.version, objects.c.body).where(
+                        objects.c.collection_id == collection_id, objects.c.stix_id.in_(ids)
+                    )
+                ):
+                    found[(sid, version)] = orjson.loads(body)
+        return [found[(k[0], k[1])] for k in keys if (k[0], k[1]) in found]  # type: ignore[index]
+
     def resolver(self, collection_id: str):  # type: ignore[no-untyped-def]
         """A function finding an object's last version in ``collection_id`` by id (cached)."""
         cache: dict[str, dict | None] = {}

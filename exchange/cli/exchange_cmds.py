@@ -1,0 +1,219 @@
+"""``cti-exchange load | sync | release | audit``: move intelligence between the nodes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from exchange.cli.node import DATA_DIR, DATABASE, _need_store
+from exchange.errors import BadRequest, ConfigError, PartnerAuthError, PartnerError, PartnerUnavailable
+
+log = logging.getLogger("exchange.cli")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def read_bundle(path: Path) -> list[dict]:
+    """The objects of a STIX bundle, a TAXII envelope or a JSON list; ``BadRequest`` otherwise."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise BadRequest(f"{path}: cannot read: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{path}: not JSON: {exc}") from exc
+    objects = data.get("objects") if isinstance(data, dict) else data
+    if not isinstance(objects, list):
+        raise BadRequest(f"{path}: not a STIX bundle (expected an object with an 'objects' list)")
+    return objects
+
+
+@click.command()
+@click.argument("node")
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--collection", "collection_ref", help="Target collection (id or alias); default: the node's own collection.")
+@click.option("--strict-validation", is_flag=True, help="Also run the full stix2 parser (pattern grammar).")
+@DATA_DIR
+@DATABASE
+def load(node: str, bundle: Path, collection_ref: str | None, strict_validation: bool, data_dir: Path | None, database: str | None) -> None:
+    """Load a STIX 2.1 BUNDLE into NODE's own collection (all or nothing), then release it under policy."""
+    from exchange.node import open_node
+    from exchange.release import release_all
+    from exchange.stix import check_object, check_object_strict
+
+    _need_store(data_dir, database)
+    objects = read_bundle(bundle)
+    check = check_object_strict if strict_validation else check_object
+    problems = [(o, p) for o in objects if (p := check(o)) is not None]
+    if problems:
+        obj, problem = problems[0]
+        oid = obj.get("id", "?") if isinstance(obj, dict) else "?"
+        raise BadRequest(f"{bundle}: {len(problems)} of {len(objects)} objects are invalid; nothing loaded. First: {oid}: {problem}")
+    opened = open_node(node, data_dir=data_dir, database=database)
+    try:
+        coll = opened.node.config.collection(collection_ref) if collection_ref else opened.node.config.own_collection
+        if coll.role != "own" and collection_ref:
+            raise BadRequest(f"load writes only to a node's own collection; {coll.alias!r} is a {coll.role} collection")
+        result = opened.store.add_objects(coll.id, objects)
+        if result.failures:
+            first = result.failures[0]
+            click.echo(f"warning: {len(result.failures)} objects conflict with stored versions; first: {first['id']}: {first['message']}", err=True)
+        released = release_all(opened)
+    finally:
+        opened.close()
+    click.echo(
+        f"loaded {len(objects)} objects into {coll.alias} ({result.added} new); "
+        + ", ".join(f"{p}: {r.shared} shared, {r.redacted} redacted, {r.withheld} withheld" for p, r in released.items())
+    )
+
+
+@click.command()
+@click.argument("node")
+@DATA_DIR
+@DATABASE
+def release(node: str, data_dir: Path | None, database: str | None) -> None:
+    """Evaluate NODE's new objects under policy into each partner's read collection."""
+    from exchange.node import open_node
+    from exchange.release import release_all
+
+    _need_store(data_dir, database)
+    opened = open_node(node, data_dir=data_dir, database=database)
+    try:
+        released = release_all(opened)
+    finally:
+        opened.close()
+    for partner, r in released.items():
+        click.echo(f"{partner}: {r.evaluated} evaluated, {r.shared} shared, {r.redacted} redacted, {r.withheld} withheld")
+
+
+def _password(password_file: Path | None, password_stdin: bool) -> str:
+    if password_file is not None:
+        try:
+            value = password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise BadRequest(f"--password-file {password_file}: {exc.strerror}") from exc
+    elif password_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    else:
+        value = os.environ.get("CTI_EXCHANGE_PARTNER_PASSWORD", "")
+    if not value:
+        raise BadRequest("no partner password: give --password-file, --password-stdin or CTI_EXCHANGE_PARTNER_PASSWORD")
+    return value
+
+
+@click.command()
+@click.argument("node")
+@click.option("--partner", required=True, help="The partner to sync with (a name under partners: in node.yaml).")
+@click.option("--partner-url", envvar="CTI_EXCHANGE_PARTNER_URL", required=True, help="The partner's API root URL (or discovery URL).")
+@click.option("--user", help="Our account on the partner's node (default: this node's name).")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding that account's password.")
+@click.option("--password-stdin", is_flag=True, help="Read that account's password from stdin.")
+@click.option("--once", "mode", flag_value="once", default=True, help="One cycle, then exit (default).")
+@click.option("--interval", type=click.FloatRange(0.1, 86400), help="Repeat every SECONDS until stopped.")
+@click.option("--direction", type=click.Choice(["both", "pull", "push"]), default="both", show_default=True)
+@click.option("--envelope-size", type=click.IntRange(1, 10000), default=500, show_default=True, help="Objects per pushed envelope.")
+@click.option("--page-size", type=click.IntRange(1, 10000), default=1000, show_default=True, help="Objects per pulled page.")
+@click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), help="CA bundle to verify the partner's certificate.")
+@click.option("--retries", type=click.IntRange(1, 100), default=8, show_default=True, help="Attempts per transfer on transient failures.")
+@click.option("--verbose", "-v", is_flag=True)
+@DATA_DIR
+@DATABASE
+def sync(
+    node: str, partner: str, partner_url: str, user: str | None, password_file: Path | None, password_stdin: bool,
+    mode: str, interval: float | None, direction: str, envelope_size: int, page_size: int, ca_file: Path | None,
+    retries: int, verbose: bool, data_dir: Path | None, database: str | None,
+) -> None:
+    """Pull from and push to PARTNER under policy, incrementally and resumably."""
+    from exchange.client import PartnerClient
+    from exchange.node import open_node
+    from exchange.sync import Backoff, run_cycle
+
+    _configure_logging(verbose)
+    _need_store(data_dir, database)
+    password = _password(password_file, password_stdin)
+    opened = open_node(node, data_dir=data_dir, database=database)
+    if partner not in opened.node.config.partners:
+        raise ConfigError(f"node {node!r} has no partner {partner!r} (known: {', '.join(opened.node.config.partners)})")
+    client = PartnerClient.connect(partner_url, user or node, password, verify=str(ca_file) if ca_file else True)
+    backoff = Backoff(attempts=retries)
+    try:
+        while True:
+            try:
+                summary = run_cycle(opened, partner, client, direction=direction, backoff=backoff,
+                                    envelope_size=envelope_size, page_size=page_size, show_progress=sys.stderr.isatty())
+                log.info("sync %s<->%s: %s", node, partner, summary)
+            except PartnerAuthError as exc:
+                raise click.ClickException(f"{exc} -- check the account and its password on the partner's node") from exc
+            except PartnerUnavailable as exc:
+                if interval is None:
+                    raise click.ClickException(f"partner unavailable after {retries} attempts: {exc}") from exc
+                log.error("partner unavailable after %d attempts: %s; next cycle in %.1fs", retries, exc, interval)
+            except PartnerError as exc:
+                if interval is None:
+                    raise
+                log.error("%s; next cycle in %.1fs", exc, interval)
+            if interval is None:
+                return
+            time.sleep(interval)
+    finally:
+        client.close()
+        opened.close()
+
+
+@click.group()
+def audit() -> None:
+    """The node's hash-chained audit log."""
+
+
+@audit.command("verify")
+@DATA_DIR
+@DATABASE
+def audit_verify(data_dir: Path | None, database: str | None) -> None:
+    """Check the audit chain: any edited, removed or reordered entry is found."""
+    from exchange import audit as audit_log
+    from exchange.storage.store import DB_FILE, Store
+
+    _need_store(data_dir, database)
+    if database is None and not (Path(data_dir) / DB_FILE).exists():  # type: ignore[arg-type]
+        raise ConfigError(f"{data_dir}: no node data here ({DB_FILE} is missing)")
+    store = Store.open(data_dir=data_dir, database=database)
+    try:
+        verdict = audit_log.verify(store)
+    finally:
+        store.close()
+    if not verdict.ok:
+        raise click.ClickException(f"audit chain BROKEN after {verdict.entries} good entries: {verdict.problem}")
+    click.echo(f"audit chain OK: {verdict.entries} entries")
+
+
+COMMANDS = [load, release, sync, audit]
+
+
+@click.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep both nodes' data in DIR for inspection.")
+@click.option("--json", "as_json", is_flag=True, help="End with a machine-readable summary (JSON) on stdout.")
+def demo(keep: Path | None, as_json: bool) -> None:
+    """Run the demo exchange: US and ROK nodes, seeded, syncing under policy, then a leak check."""
+    from exchange.demo import run_demo, summary_json
+    from exchange.narrative import print_narrative
+
+    result = run_demo(keep)
+    print_narrative(result, json_mode=as_json)
+    if as_json:
+        click.echo(summary_json(result))
+    if not result["ok"]:
+        raise click.ClickException(f"leak check FAILED: {len(result['leak_check']['leaks'])} leaks")
+
+
+COMMANDS.append(demo)

@@ -1,0 +1,292 @@
+"""The demo exchange: two partner nodes, seeded, syncing under policy, then a leak check.
+
+``run_demo`` starts the US and ROK nodes as local server processes on free
+loopback ports (embedded default: SQLite under a temporary or ``--keep`` dir),
+gives every configured account a random password, loads the seed content,
+runs pull and push both ways through ``taxii2-client``, and then proves the
+policy held: every object version the audit log says was withheld is looked
+up at the partner through every TAXII read endpoint, and every redacted field
+is checked absent.  ``Exchange`` abstracts where the nodes run, so the
+docker-compose ``demo`` service drives containers with the same code.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from exchange import audit
+from exchange.client import PartnerClient
+from exchange.config import collections_dir
+from exchange.node import OpenNode, add_account, open_node
+from exchange.procs import NodeProcess
+from exchange.release import release_all
+from exchange.storage.store import Store
+from exchange.sync import run_cycle
+
+NODES = ("us", "rok")
+PARTNER_OF = {"us": "rok", "rok": "us"}
+
+
+def seed_files(node: str) -> list[Path]:
+    """The bundles a node is seeded with: ATT&CK (US only), published indicators, exercise content."""
+    base = collections_dir()
+    files = [base / "identities.json"]
+    if node == "us":
+        files.append(base / "attack-dprk" / "attack-dprk.json")
+    files += sorted((base / node / "seed").glob("*.json"))
+    return files
+
+
+def load_bundle_file(opened: OpenNode, path: Path) -> int:
+    """Load one bundle into the node's own collection (objects are checked first); new rows."""
+    from exchange.cli.exchange_cmds import read_bundle
+    from exchange.errors import BadRequest
+    from exchange.stix import check_object
+
+    objects = read_bundle(path)
+    bad = [(o, p) for o in objects if (p := check_object(o)) is not None]
+    if bad:
+        raise BadRequest(f"{path}: {len(bad)} invalid objects; first: {bad[0][1]}")
+    return opened.store.add_objects(opened.node.config.own_collection.id, objects).added
+
+
+@dataclass
+class NodeHandle:
+    """A running node the demo can reach: its API root URL and data."""
+
+    name: str
+    url: str
+    data_dir: Path | None
+    passwords: dict[str, str]
+    process: NodeProcess | None = None
+
+
+@dataclass
+class Exchange:
+    """Both nodes of a demo exchange."""
+
+    nodes: dict[str, NodeHandle] = field(default_factory=dict)
+
+    def client(self, node: str, account: str) -> PartnerClient:
+        """A taxii2-client connection to ``node`` as ``account``."""
+        handle = self.nodes[node]
+        return PartnerClient(handle.url, account, handle.passwords[account])
+
+
+def provision(name: str, data_dir: Path) -> dict[str, str]:
+    """Random passwords for every configured account of a node; seed its collections."""
+    opened = open_node(name, data_dir=data_dir)
+    passwords = {}
+    try:
+        for acct in opened.node.config.accounts:
+            passwords[acct.name] = secrets.token_urlsafe(18)
+            add_account(opened, acct.name, passwords[acct.name], [], [])
+        for path in seed_files(name):
+            load_bundle_file(opened, path)
+        release_all(opened)
+    finally:
+        opened.close()
+    return passwords
+
+
+@contextmanager
+def local_exchange(workdir: Path) -> Iterator[Exchange]:
+    """Both nodes as local server processes with data under ``workdir``."""
+    ex = Exchange()
+    try:
+        for name in NODES:
+            data = workdir / name
+            passwords = provision(name, data)
+            proc = NodeProcess(name, data).start()
+            ex.nodes[name] = NodeHandle(name, proc.url, data, passwords, proc)
+        yield ex
+    finally:
+        for handle in ex.nodes.values():
+            if handle.process is not None:
+                handle.process.stop()
+
+
+def sync_both_ways(ex: Exchange, *, rounds: int = 2) -> dict[str, Any]:
+    """Each node runs its sync agent against the other (pull and push), ``rounds`` times."""
+    summary: dict[str, Any] = {}
+    for round_no in range(1, rounds + 1):
+        for name in NODES:
+            partner = PARTNER_OF[name]
+            handle = ex.nodes[name]
+            opened = open_node(name, data_dir=handle.data_dir)
+            client = PartnerClient(ex.nodes[partner].url, name, ex.nodes[partner].passwords[name])
+            try:
+                summary[f"round {round_no}: {name}<->{partner}"] = run_cycle(opened, partner, client)
+            finally:
+                client.close()
+                opened.close()
+    return summary
+
+
+def decisions(data_dir: Path) -> list[dict]:
+    """The release decisions in a node's audit log (latest per object version and partner)."""
+    store = Store.open(data_dir=data_dir)
+    try:
+        latest: dict[tuple, dict] = {}
+        for e in audit.entries(store):
+            if e["event"] in ("share", "redact", "withhold"):
+                latest[(e["partner"], e["object_id"], e["version"])] = e
+        return list(latest.values())
+    finally:
+        store.close()
+
+
+def leak_check(ex: Exchange) -> dict[str, Any]:
+    """Nothing withheld is readable at the recipient by any endpoint; redacted fields are absent.
+
+    For each node and each decision in its audit log that withheld or redacted
+    an object version for a recipient, look where that recipient can read:
+    the partner node's inbox for this node (what arrived by push or pull) and
+    this node's read collection for the recipient (what is offered to pull),
+    through Get Objects and Get Object Manifests (all versions, every page) and
+    Get An Object and Get Object Versions for the object itself.
+    """
+    checked = 0
+    leaks: list[str] = []
+    for name in NODES:
+        handle = ex.nodes[name]
+        if handle.data_dir is None:
+            continue
+        partner = PARTNER_OF[name]
+        views = {
+            partner: [(partner, "analyst", f"{name}-inbox"), (name, partner, f"{partner}-read")],
+            "jp": [(name, "jp", "jp-read")],
+        }
+        judged = [d for d in decisions(handle.data_dir) if d["decision"] in ("withhold", "redact")]
+        originals = _originals(name, handle.data_dir, [d for d in judged if d["decision"] == "redact"])
+        for recipient, places in views.items():
+            mine = [d for d in judged if d["partner"] == recipient]
+            for node, account, alias in places:
+                client = ex.client(node, account)
+                try:
+                    listed = [o for page in client.pages(alias) for o in page.objects]
+                    manifest = {(m["id"], m["version"]) for m in client.manifest(alias)}
+                    by_version = {(o["id"], o.get("modified") or o.get("created")): o for o in listed}
+                    for d in mine:
+                        key = (d["object_id"], d["version"])
+                        checked += 1
+                        where = f"{alias} on {node} (as {account})"
+                        if d["decision"] == "withhold":
+                            if key in by_version or key in manifest:
+                                leaks.append(f"{key[0]} {key[1]} withheld for {recipient} is listed in {where}")
+                            shown = client.reveal(alias, d["object_id"], endpoints=("object", "versions"))
+                            if any(_matches_version(i, d["version"]) for items in shown.values() for i in items):
+                                leaks.append(f"{key[0]} {key[1]} withheld for {recipient} is readable in {where}")
+                        elif key in by_version:
+                            original = originals.get((d["detail"].get("source"), key))
+                            for path in d["detail"].get("removed_fields", []):
+                                if _still_there(original, by_version[key], path):
+                                    leaks.append(f"{key[0]}: field {path} redacted for {recipient} is present in {where}")
+                finally:
+                    client.close()
+    return {"checked": checked, "leaks": leaks, "ok": not leaks}
+
+
+def _matches_version(item: Any, version: str | None) -> bool:
+    if isinstance(item, str):  # a versions list entry
+        return item == version
+    if isinstance(item, dict):
+        return (item.get("version") or item.get("modified") or item.get("created")) == version
+    return False
+
+
+def _originals(node: str, data_dir: Path, redactions: list[dict]) -> dict[tuple, dict]:
+    """The sender's own copies of redacted object versions, keyed by (source alias, (id, version))."""
+    opened = open_node(node, data_dir=data_dir)
+    out: dict[tuple, dict] = {}
+    try:
+        by_source: dict[str, list] = defaultdict(list)
+        for d in redactions:
+            by_source[d["detail"].get("source")].append((d["object_id"], d["version"]))
+        for alias, keys in by_source.items():
+            coll = opened.node.config.collection(alias)
+            for obj in opened.store.versions_of(coll.id, keys):
+                out[(alias, (obj["id"], obj.get("modified") or obj.get("created")))] = obj
+    finally:
+        opened.close()
+    return out
+
+
+def _still_there(original: dict | None, shared: dict, path: str) -> bool:
+    """Whether a removed field (or list element) of ``original`` is still in ``shared``."""
+    from exchange.policy.engine import _exists, _get, parse_selector
+
+    parsed = parse_selector(path)
+    if parsed is None:
+        return False
+    if isinstance(parsed[-1], int):  # a removed list element: its value must be gone from that list
+        if original is None or not _exists(original, parsed):
+            return False
+        value = _get(original, parsed)
+        parent = parsed[:-1]
+        return _exists(shared, parent) and value in _get(shared, parent)
+    return _exists(shared, parsed)
+
+
+def narrative(ex: Exchange) -> dict[str, Any]:
+    """What crossed, what was redacted, what stayed home, and why (by clause), per direction."""
+    out: dict[str, Any] = {}
+    for name in NODES:
+        handle = ex.nodes[name]
+        if handle.data_dir is None:
+            continue
+        per_partner: dict[str, Any] = defaultdict(lambda: {"share": 0, "redact": 0, "withhold": 0, "clauses": Counter(), "examples": []})
+        for d in decisions(handle.data_dir):
+            slot = per_partner[d["partner"]]
+            slot[d["decision"]] += 1
+            for c in d["clauses"]:
+                slot["clauses"][f"{d['decision']}:{c}"] += 1
+            if d["decision"] != "share" and len(slot["examples"]) < 12 and d["detail"].get("source") != "attack-dprk":
+                slot["examples"].append(
+                    {"id": d["object_id"], "type": d["detail"].get("type"), "decision": d["decision"], "clauses": d["clauses"],
+                     "reason": d["detail"].get("reason", ""), "removed_fields": d["detail"].get("removed_fields", [])}
+                )
+        out[name] = {p: {**v, "clauses": dict(v["clauses"])} for p, v in per_partner.items()}
+    return out
+
+
+def run_demo(keep: Path | None = None) -> dict[str, Any]:
+    """The whole demo; returns the machine-readable summary."""
+    started = time.monotonic()
+    workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="cti-exchange-demo-"))
+    if keep and workdir.exists() and any(workdir.iterdir()):
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with local_exchange(workdir) as ex:
+            transfers = sync_both_ways(ex)
+            story = narrative(ex)
+            check = leak_check(ex)
+            urls = {name: h.url for name, h in ex.nodes.items()}
+        return {
+            "ok": check["ok"],
+            "nodes": urls,
+            "data_dir": str(workdir) if keep else None,
+            "transfers": transfers,
+            "decisions": story,
+            "leak_check": check,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def summary_json(result: dict[str, Any]) -> str:
+    return orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()

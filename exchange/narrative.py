@@ -1,0 +1,50 @@
+"""The demo's story for people: what crossed, what was redacted, what stayed home, and why."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+NAMES = {"us": "United States", "rok": "Republic of Korea", "jp": "Japan (trilateral)"}
+
+
+def print_narrative(result: dict[str, Any], *, json_mode: bool = False) -> None:
+    """Print the narrative (to stderr when the summary JSON goes to stdout)."""
+    console = Console(file=sys.stderr if json_mode else sys.stdout, highlight=False)
+    console.rule("[bold]cti-exchange demo: US-ROK sharing under the agreed policies")
+    for node, url in result["nodes"].items():
+        console.print(f"  {NAMES.get(node, node)} node: {url}")
+    for node, partners in result["decisions"].items():
+        for partner, tally in sorted(partners.items()):
+            console.print()
+            console.print(
+                f"[bold]{NAMES.get(node, node)} -> {NAMES.get(partner, partner)}[/bold]: "
+                f"{tally['share']} shared, {tally['redact']} redacted, {tally['withhold']} stayed home"
+            )
+            table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+            table.add_column("decision")
+            table.add_column("clause")
+            table.add_column("objects", justify="right")
+            for key, count in sorted(tally["clauses"].items(), key=lambda kv: (-kv[1], kv[0])):
+                decision, clause = key.split(":", 1)
+                table.add_row(decision, clause, str(count))
+            console.print(table)
+            for ex in tally["examples"][:6]:
+                extra = f" (removed: {', '.join(ex['removed_fields'])})" if ex["removed_fields"] else ""
+                console.print(f"   - {ex['decision']}: {ex['type']} {ex['id']}{extra}: {ex['reason']}")
+    console.print()
+    for direction, summary in result["transfers"].items():
+        console.print(f"  sync {direction}: {summary}")
+    check = result["leak_check"]
+    console.print()
+    if check["ok"]:
+        console.print(f"[bold green]Leak check passed[/]: {check['checked']} withheld or redacted object versions looked up "
+                      "at every place their recipient can read, through every TAXII endpoint; nothing withheld is readable.")
+    else:
+        console.print(f"[bold red]Leak check FAILED[/]: {len(check['leaks'])} leaks")
+        for leak in check["leaks"][:20]:
+            console.print(f"   ! {leak}")
+    console.print(f"  done in {result['seconds']} s" + (f"; data kept in {result['data_dir']}" if result.get("data_dir") else ""))

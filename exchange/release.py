@@ -1,0 +1,213 @@
+"""Policy on the way out: what each partner's read collection holds.
+
+A partner account only ever reads its read collection, and that collection
+holds only what the policy (sender = this node, recipient = that partner)
+released, already redacted: every TAXII endpoint (objects, object, versions,
+manifest), the ``X-TAXII-Date-Added-*`` headers and paging are consistent with
+what is served by construction, and nothing withheld can be read by any
+endpoint because it is never written there.
+
+``release`` walks the sources (the node's own collection, and for onward
+sharing the inboxes of *other* partners) from a keyset bookmark, evaluates each
+batch of object versions with the pure engine, writes the shared copies, the
+companions they reference (identities, marking definitions) and one audit
+entry per decision, and moves the bookmark, all in one transaction.  Each
+version is judged on its own markings.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from exchange import audit
+from exchange.node import OpenNode
+from exchange.policy import Policy, companions, evaluate, load_policy
+from exchange.storage.store import Selection
+
+_BATCH = 1000
+_REF_KEYS = ("created_by_ref", "object_marking_refs")
+
+
+@dataclass
+class Released:
+    """Tally of one release run towards one partner."""
+
+    evaluated: int = 0
+    shared: int = 0
+    redacted: int = 0
+    withheld: int = 0
+    companions: int = 0
+
+    def add(self, other: "Released") -> None:
+        for key in self.__dict__:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_policy(path: str, mtime: float) -> Policy:
+    return load_policy(path)
+
+
+def current_policy(path: Path | None = None) -> Policy:
+    """The policy in force (``$CTI_EXCHANGE_POLICIES`` or the repo's ``policies/``), reloaded when files change."""
+    from exchange.policy import default_policy_dir
+
+    target = Path(path) if path else default_policy_dir()
+    files = [target] if target.is_file() else sorted(target.glob("*.yaml"))
+    mtime = max((os.stat(f).st_mtime for f in files), default=0.0)
+    return _cached_policy(str(target), mtime)
+
+
+def release_all(opened: OpenNode, policy: Policy | None = None, *, now: str | None = None) -> dict[str, Released]:
+    """Release new objects to every partner of the node."""
+    policy = policy or current_policy()
+    return {partner: release(opened, partner, policy, now=now) for partner in opened.node.config.partners}
+
+
+def _referenced(obj: dict) -> set[str]:
+    refs: set[str] = set()
+    for key, value in obj.items():
+        if key.endswith("_ref") and isinstance(value, str):
+            refs.add(value)
+        elif key.endswith("_refs") and isinstance(value, list):
+            refs.update(v for v in value if isinstance(v, str))
+    for gm in obj.get("granular_markings", ()) or ():
+        if isinstance(gm, dict) and isinstance(gm.get("marking_ref"), str):
+            refs.add(gm["marking_ref"])
+    return refs
+
+
+def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None = None) -> Released:
+    """Evaluate every source object version not yet judged for ``partner``; write what may go.
+
+    An object withheld only because something it must reference is not (yet)
+    released to the partner is *deferred*: it is judged again on every later
+    run, and released once its references resolve (e.g. after the ATT&CK
+    objects it points at arrived from the partner itself).
+    """
+    cfg = opened.node.config
+    target = cfg.partner_collection(partner, "partner-read")
+    sources = [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox" and c.partner != partner]
+    total = Released()
+    deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
+    for src in sources:
+        total.add(_retry_deferred(opened, partner, policy, src, target, deferred_kinds, now))
+        key = f"release:{partner}:{src.id}"
+        sel = Selection(src.id, versions=("all",))
+        while True:
+            with opened.store.transaction() as conn:  # the write lock also serialises concurrent releasers
+                raw = opened.store.get_state(key, conn)
+                after = tuple(orjson.loads(raw)) if raw else None
+                rows, more = opened.store.page(sel, limit=_BATCH, after=after)  # type: ignore[arg-type]
+                if not rows:
+                    break
+                objs = [orjson.loads(r.body) for r in rows]
+                batch = _judge_and_write(opened, conn, partner, policy, src, target, objs, now)
+                deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
+                if deferred:
+                    dkey = f"deferred:{partner}:{src.id}"
+                    old = orjson.loads(opened.store.get_state(dkey, conn) or "[]")
+                    new = old + [[d.id, d.version] for d in deferred]
+                    opened.store.set_state(conn, dkey, orjson.dumps(new[-_MAX_DEFERRED:]).decode())
+                opened.store.set_state(conn, key, orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
+            total.add(batch.tally)
+            if not more:
+                break
+    return total
+
+
+_MAX_DEFERRED = 10000
+
+
+@dataclass
+class _Batch:
+    decisions: list
+    tally: Released
+
+
+def _judge_and_write(opened: OpenNode, conn: Any, partner: str, policy: Policy, src: Any, target: Any, objs: list[dict], now: str | None) -> _Batch:
+    """Evaluate one batch, write shared copies and companions, append the audit entries."""
+    cfg = opened.node.config
+    store = opened.store
+    batch_ids = {o["id"] for o in objs}
+    outside = set().union(*(_referenced(o) for o in objs)) - batch_ids
+    # the recipient holds what was released to it and what it sent us itself
+    held = store.existing_ids(target.id, outside)
+    inbox = _inbox_of(cfg, partner)
+    if inbox is not None:
+        held |= store.existing_ids(inbox.id, outside - held)
+    # marking definitions and identities are always needed to interpret the batch
+    context = store.latest_many([src.id, cfg.own_collection.id] + ([inbox.id] if inbox else []), [r for r in outside if _is_context(r)])
+    decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held)
+    travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
+    shared = [d.shared for d in decisions if d.shared is not None]
+    store.add_in(conn, target.id, travel + shared)
+    companion_clause = policy.one("companions")
+    entries = [
+        audit.Entry(
+            d.decision, partner, d.id, d.version, d.decision, tuple(d.clauses),
+            {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": _tlp_name(obj)},
+        )
+        for d, obj in zip(decisions, objs)
+    ]
+    entries += [
+        audit.Entry(
+            "share", partner, o["id"], o.get("modified") or o.get("created"), "share",
+            (companion_clause.id,) if companion_clause else (),
+            {"type": o.get("type"), "reason": "travels with released objects that reference it", "removed_fields": [],
+             "source": src.alias, "tlp": _tlp_name(o)},
+        )
+        for o in travel
+    ]
+    audit.append(conn, entries)
+    tally = Released(evaluated=len(decisions), companions=len(travel))
+    for d in decisions:
+        if d.decision == "share":
+            tally.shared += 1
+        elif d.decision == "redact":
+            tally.redacted += 1
+        else:
+            tally.withheld += 1
+    return _Batch(decisions, tally)
+
+
+def _retry_deferred(opened: OpenNode, partner: str, policy: Policy, src: Any, target: Any, kinds: set[str], now: str | None) -> Released:
+    """Judge deferred objects again; those whose references now resolve are released."""
+    dkey = f"deferred:{partner}:{src.id}"
+    if not opened.store.get_state(dkey):
+        return Released()
+    with opened.store.transaction() as conn:
+        pending = [tuple(x) for x in orjson.loads(opened.store.get_state(dkey, conn) or "[]")]
+        if not pending:
+            return Released()
+        objs = opened.store.versions_of(src.id, pending)
+        batch = _judge_and_write(opened, conn, partner, policy, src, target, objs, now)
+        still = [[d.id, d.version] for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & kinds]
+        opened.store.set_state(conn, dkey, orjson.dumps(still).decode())
+    released = Released(shared=batch.tally.shared, redacted=batch.tally.redacted, companions=batch.tally.companions)
+    return released
+
+
+def _inbox_of(cfg: Any, partner: str) -> Any:
+    for c in cfg.collections:
+        if c.role == "partner-inbox" and c.partner == partner:
+            return c
+    return None
+
+
+def _is_context(ref: str) -> bool:
+    return ref.startswith(("marking-definition--", "identity--", "extension-definition--"))
+
+
+def _tlp_name(obj: dict) -> str:
+    """The most restrictive TLP level among an object's own markings, for reports (``none`` if unmarked)."""
+    from exchange.policy.markings import LEVEL_OF, level_name, most_restrictive
+
+    levels = [LEVEL_OF[r] for r in obj.get("object_marking_refs", ()) if r in LEVEL_OF]
+    return level_name(most_restrictive(levels)) if levels else "none"
