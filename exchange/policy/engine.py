@@ -144,6 +144,8 @@ class _Route:
             self.public_ids = frozenset(i for s in r.sources for i in s.identities)
             self.public_markings = frozenset(m for s in r.sources for m in s.statement_markings)
             self.public_level = mk.parse_level(r.level)
+            # a public source's identity and statement markings are published: every party can hold them
+            self.universal = self.universal | self.public_ids | self.public_markings
         # release tables: level -> (decision, clause) or None
         self.own_table = [self._verdict(lvl, own=True) for lvl in range(5)]
         self.recv_table = [self._verdict(lvl, own=False) for lvl in range(5)]
@@ -276,7 +278,12 @@ class _Ctx:
     def info(self, mid: str) -> mk.MarkingInfo:
         info = self.info_cache.get(mid)
         if info is None:
-            info = self.info_cache[mid] = mk.classify_marking_definition(self.mdefs.get(mid), mid)
+            md = self.mdefs.get(mid)
+            if md is None and mid in self.route.public_markings:
+                info = mk.MarkingInfo("statement")  # a known public source's statement, held by everyone
+            else:
+                info = mk.classify_marking_definition(md, mid)
+            self.info_cache[mid] = info
         return info
 
     def marks(self, refs: Any) -> _Marks:

@@ -1,0 +1,54 @@
+"""Policy conformance vectors: every clause has data-driven vectors, and each vector holds."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from exchange.policy import evaluate, load_policy
+from tests.policy.vectorlib import expand, load_vectors
+
+POLICY = load_policy()
+VECTORS = load_vectors()
+NOW = "2025-01-01T00:00:00Z"
+
+
+def test_every_clause_has_a_vector():
+    covered = {v["clause"] for _, v in VECTORS}
+    missing = [c for c in POLICY.clause_ids if c not in covered]
+    assert not missing, f"clauses without conformance vectors: {missing}"
+
+
+def test_every_vector_names_a_clause_of_the_policy():
+    unknown = [(name, v["clause"]) for name, v in VECTORS if v["clause"] not in POLICY.clause_ids]
+    assert not unknown
+
+
+def test_every_clause_decides_at_least_one_vector_outcome():
+    deciding = {c for _, v in VECTORS for exp in v["expect"].values() for c in exp["clauses"]}
+    assert set(POLICY.clause_ids) <= deciding, sorted(set(POLICY.clause_ids) - deciding)
+
+
+@pytest.mark.parametrize("name,vector", VECTORS, ids=[n for n, _ in VECTORS])
+def test_vector(name, vector):
+    objects, ids = expand(vector["objects"])
+    before = copy.deepcopy(objects)
+    decisions = evaluate(objects, POLICY, vector["from"], vector["to"], now=vector.get("now", NOW),
+                         held=vector.get("held", ()))
+    assert objects == before, "evaluate mutated its input"
+    aliases = [spec.get("alias") for spec in vector["objects"]]
+    by_alias = dict(zip(aliases, decisions))
+    for alias, exp in vector["expect"].items():
+        d = by_alias[alias]
+        got = {"decision": d.decision, "clauses": list(d.clauses), "removed_fields": list(d.removed_fields)}
+        want = {"decision": exp["decision"], "clauses": exp["clauses"], "removed_fields": exp.get("removed_fields", [])}
+        assert got == want, f"{alias}: {d.reason}"
+        if d.decision == "withhold":
+            assert d.shared is None
+        else:
+            assert d.shared is not None
+            for f in d.removed_fields:
+                assert f.split(".")[0] not in d.shared or "[" in f
+        for key, value in (exp.get("shared_has") or {}).items():
+            assert d.shared[key] == value
