@@ -370,6 +370,9 @@ def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection
         if trace is not None:
             trace.append(f"share [{route.c_official.id}]: {oid} is an official object every party holds")
         return w
+    if oid in mk.OFFICIAL_OBJECTS:
+        # same id as an official object but different content: never pass it off as the official one
+        return _withhold(w, route.c_unknown, f"{oid} differs from the official object with that id", trace)
     if stype == "identity" and oid in route.party_ids and route.c_parties is not None and not obj.get("object_marking_refs"):
         w.decision, w.clauses, w.shared = SHARE, (route.c_parties.id,), obj
         w.reason = f"identity of the party {route.identity_party[oid]!r} named in the policy"
