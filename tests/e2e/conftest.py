@@ -1,0 +1,111 @@
+"""Two real nodes as subprocesses on loopback, and the sync agent as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from exchange.demo import Exchange, NodeHandle, load_bundle_file, seed_files
+from exchange.node import add_account, open_node
+from exchange.procs import NodeProcess
+from exchange.release import release_all
+
+PASSWORDS = {
+    "us": {"rok": "rok-account-on-us-node", "jp": "jp-account-on-us-node", "analyst": "us-analyst-password"},
+    "rok": {"us": "us-account-on-rok-node", "jp": "jp-account-on-rok-node", "analyst": "rok-analyst-password"},
+}
+PARTNER = {"us": "rok", "rok": "us"}
+
+
+def provision(name: str, data: Path, *, seed: bool = True) -> None:
+    opened = open_node(name, data_dir=data)
+    try:
+        for account, password in PASSWORDS[name].items():
+            add_account(opened, account, password, [], [])
+        if seed:
+            for path in seed_files(name):
+                load_bundle_file(opened, path)
+            release_all(opened)
+    finally:
+        opened.close()
+
+
+@dataclass
+class Pair:
+    """Both nodes running, their data dirs, and a way to run each side's sync agent."""
+
+    tmp: Path
+    procs: dict[str, NodeProcess]
+
+    @property
+    def exchange(self) -> Exchange:
+        return Exchange({n: NodeHandle(n, p.url, p.data_dir, PASSWORDS[n], p) for n, p in self.procs.items()})
+
+    def password_file(self, node: str) -> Path:
+        """The file holding ``node``'s password on its partner's node."""
+        partner = PARTNER[node]
+        path = self.tmp / f"{node}-on-{partner}.pw"
+        path.write_text(PASSWORDS[partner][node] + "\n")
+        return path
+
+    def sync_cmd(self, node: str, *extra: str) -> list[str]:
+        partner = PARTNER[node]
+        return [
+            sys.executable, "-m", "exchange", "sync", node, "--partner", partner,
+            "--partner-url", self.procs[partner].url, "--password-file", str(self.password_file(node)),
+            "--data-dir", str(self.procs[node].data_dir), *extra,
+        ]
+
+    def sync(self, node: str, *extra: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        out = subprocess.run(self.sync_cmd(node, *extra), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and out.returncode != 0:
+            raise AssertionError(f"sync {node} failed ({out.returncode}): {out.stderr[-2000:]}")
+        return out
+
+    def restart(self, node: str) -> NodeProcess:
+        old = self.procs[node]
+        old.stop()
+        port = int(old.url.split(":")[2].split("/")[0])
+        self.procs[node] = NodeProcess(node, old.data_dir, port=port).start()
+        return self.procs[node]
+
+
+def _pair(tmp: Path, seed: bool) -> Iterator[Pair]:
+    procs: dict[str, NodeProcess] = {}
+    try:
+        for name in ("us", "rok"):
+            data = tmp / name
+            provision(name, data, seed=seed)
+            procs[name] = NodeProcess(name, data).start()
+        yield Pair(tmp, procs)
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    """Both nodes, seeded with the ATT&CK, advisory and exercise content."""
+    yield from _pair(tmp_path, seed=True)
+
+
+@pytest.fixture
+def bare_pair(tmp_path: Path) -> Iterator[Pair]:
+    """Both nodes with accounts but no content."""
+    yield from _pair(tmp_path, seed=False)
+
+
+@pytest.fixture(scope="module")
+def synced_pair(tmp_path_factory) -> Iterator[Pair]:
+    """Seeded nodes after each side ran its sync agent once (pull and push)."""
+    tmp = tmp_path_factory.mktemp("synced")
+    for p in _pair(tmp, seed=True):
+        p.sync("us", "--once")
+        p.sync("rok", "--once")
+        p.sync("us", "--once")  # picks up what ROK released after it received ours
+        yield p
