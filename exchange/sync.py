@@ -180,7 +180,9 @@ def _latency(obj: dict, now_us: int) -> dict:
         published = parse_timestamp(object_version(obj))  # type: ignore[arg-type]
     except (ValueError, TypeError):
         return {}
-    return {"latency_s": round((now_us - published) / 1e6, 3), "type": obj.get("type")}
+    from exchange.release import _tlp_name
+
+    return {"latency_s": round((now_us - published) / 1e6, 3), "type": obj.get("type"), "tlp": _tlp_name(obj)}
 
 
 def push(

@@ -217,3 +217,30 @@ def demo(keep: Path | None, as_json: bool) -> None:
 
 
 COMMANDS.append(demo)
+
+
+@click.command()
+@click.option(
+    "--data-dir", "data_dirs", multiple=True, required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="A node's data folder; repeat to report over both nodes.",
+)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML page with charts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+def report(data_dirs: tuple[Path, ...], html_path: Path | None, as_json: bool) -> None:
+    """Summarise the commitment in practice from the nodes' audit logs."""
+    from exchange.report import build_report, read_logs, render_html, render_terminal
+
+    built = build_report(read_logs(data_dirs))
+    if as_json:
+        click.echo(orjson.dumps(built, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render_terminal(built)
+    if html_path is not None:
+        tmp = html_path.with_name(html_path.name + ".tmp")
+        tmp.write_text(render_html(built), encoding="utf-8")
+        tmp.replace(html_path)  # never a half-written page
+        if not as_json:
+            click.echo(f"HTML report written to {html_path}")
+
+
+COMMANDS.append(report)

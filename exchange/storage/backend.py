@@ -300,6 +300,12 @@ class ExchangeBackend(Backend):
             raise ProcessingError(f"Object '{object_id}' not found", 404)
 
 
+def _tlp_name(obj: dict) -> str:
+    from exchange.release import _tlp_name as name
+
+    return name(obj)
+
+
 def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], result: AddResult) -> list[audit.Entry]:
     """Audit entries for a partner's write: one per accepted and one per refused object."""
     refused_ids = {f.get("id") for f in result.failures}
@@ -309,7 +315,7 @@ def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], r
         if obj["id"] in refused_ids:
             continue
         version = obj.get("modified") or obj.get("created")
-        detail: dict[str, Any] = {"type": obj.get("type")}
+        detail: dict[str, Any] = {"type": obj.get("type"), "tlp": _tlp_name(obj)}
         if isinstance(version, str):
             detail["latency_s"] = round((now - parse_timestamp(version)) / 1e6, 3)
         out.append(audit.Entry("inbound-accept", partner, obj["id"], version, "accepted", (), detail))
