@@ -257,32 +257,30 @@ class ExchangeBackend(Backend):
                 valid.append(obj)
             else:
                 failures.append(_failure(obj, f"inbound.stix-valid: {problem}"))
-        entries: list[audit.Entry] = []
         if coll.role == "partner-inbox" and valid:
             refused = self._rules[coll.partner].judge(valid, self.store.resolver(coll.id))  # type: ignore[index]
             for i, reason in sorted(refused.items()):
                 failures.append(_failure(valid[i], reason))
             valid = [o for i, o in enumerate(valid) if i not in refused]
-        with self.store.transaction() as conn:
+        with self.store.transaction() as conn:  # objects, audit and status: one commit, one fsync
             result = self.store.add_in(conn, collection_id, valid)
             failures += result.failures
             if coll.role == "partner-inbox":
-                entries = _inbound_entries(coll.partner, valid, failures, result)  # type: ignore[arg-type]
-                audit.append(conn, entries)
-        status = {
-            "id": str(uuid.uuid4()),
-            "status": "complete",
-            "request_timestamp": format_timestamp(now_us()),
-            "total_count": len(posted),
-            "success_count": len(result.successes),
-            "failure_count": len(failures),
-            "pending_count": 0,
-        }
-        if result.successes:
-            status["successes"] = result.successes
-        if failures:
-            status["failures"] = failures
-        self.store.save_status(api_root, acct.name, status)
+                audit.append(conn, _inbound_entries(coll.partner, valid, failures, result))  # type: ignore[arg-type]
+            status = {
+                "id": str(uuid.uuid4()),
+                "status": "complete",
+                "request_timestamp": format_timestamp(now_us()),
+                "total_count": len(posted),
+                "success_count": len(result.successes),
+                "failure_count": len(failures),
+                "pending_count": 0,
+            }
+            if result.successes:
+                status["successes"] = result.successes
+            if failures:
+                status["failures"] = failures
+            self.store.save_status(api_root, acct.name, status, conn=conn)
         if result.added and self._after_write is not None:
             self._after_write(coll)
         return status

@@ -559,13 +559,16 @@ class Store:
 
     # -- statuses ------------------------------------------------------------------
 
-    def save_status(self, api_root: str, account: str, body: dict) -> None:
-        with self._write() as conn, conn.begin():
-            conn.execute(
-                insert(statuses).values(
-                    id=body["id"], api_root=api_root, account=account, created=now_us(), body=orjson.dumps(body).decode()
-                )
-            )
+    def save_status(self, api_root: str, account: str, body: dict, *, conn: Connection | None = None) -> None:
+        """Store a status resource (TAXII 2.1 s4.3.1), inside ``conn``'s transaction if given."""
+        stmt = insert(statuses).values(
+            id=body["id"], api_root=api_root, account=account, created=now_us(), body=orjson.dumps(body).decode()
+        )
+        if conn is not None:
+            conn.execute(stmt)
+            return
+        with self.transaction() as own:
+            own.execute(stmt)
 
     def get_status(self, api_root: str, status_id: str) -> tuple[str, dict] | None:
         """``(account, status)`` for a stored status resource, or ``None``."""
@@ -595,6 +598,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
