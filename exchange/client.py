@@ -133,11 +133,12 @@ class PartnerClient:
         coll = self.collection(ref)
         seen_tokens: set[str] = set()
         while True:
+            # the same filters on every page of a walk, plus ``next`` after the first (TAXII 2.1 s3.4)
             params: dict[str, Any] = {"limit": limit, "version": "all"}
+            if added_after:
+                params["added_after"] = added_after
             if next_token:
                 params["next"] = next_token
-            elif added_after:
-                params["added_after"] = added_after
             envelope = self._call("get objects", coll.get_objects, **params)
             headers = self._last_headers
             objects = envelope.get("objects", []) or []

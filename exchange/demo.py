@@ -12,6 +12,7 @@ docker-compose ``demo`` service drives containers with the same code.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ import orjson
 from exchange import audit
 from exchange.client import PartnerClient
 from exchange.config import collections_dir
+from exchange.errors import ConfigError, ExchangeError
+from exchange.stix import SCO_TYPES
 from exchange.node import OpenNode, add_account, open_node
 from exchange.procs import NodeProcess
 from exchange.release import release_all
@@ -115,6 +118,96 @@ def local_exchange(workdir: Path) -> Iterator[Exchange]:
         for handle in ex.nodes.values():
             if handle.process is not None:
                 handle.process.stop()
+
+
+def read_secrets(secrets_dir: Path, node: str) -> dict[str, str]:
+    """Account passwords of ``node`` from ``DIR/<node>/<account>`` files (see ``write_secrets``)."""
+    folder = Path(secrets_dir) / node
+    if not folder.is_dir():
+        raise ConfigError(f"no credentials for node {node!r} in {folder}")
+    return {f.name: f.read_text(encoding="utf-8").strip() for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+def write_secrets(secrets_dir: Path) -> list[Path]:
+    """Random passwords for every configured account of both nodes, as ``DIR/<node>/<account>`` (0600).
+
+    Existing files are kept, so running it again never changes a deployment's credentials.
+    """
+    from exchange.config import load_node
+
+    written = []
+    for name in NODES:
+        folder = Path(secrets_dir) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for acct in load_node(name).config.accounts:
+            path = folder / acct.name
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_urlsafe(18) + "\n")
+                written.append(path)
+    return written
+
+
+def remote_exchange(urls: dict[str, str], secrets_dir: Path, data_dirs: dict[str, Path] | None = None) -> Exchange:
+    """Nodes that run elsewhere (e.g. containers), with passwords from ``secrets_dir``."""
+    ex = Exchange()
+    for name in NODES:
+        ex.nodes[name] = NodeHandle(name, urls[name], (data_dirs or {}).get(name), read_secrets(secrets_dir, name))
+    return ex
+
+
+def seed_over_taxii(ex: Exchange, *, envelope: int = 500) -> dict[str, int]:
+    """Post each node's seed bundles to its own collection as its analyst (the node releases them)."""
+    from exchange.cli.exchange_cmds import read_bundle
+
+    counts = {}
+    for name in NODES:
+        client = ex.client(name, "analyst")
+        own = f"{name}-intel"
+        try:
+            sent = 0
+            for path in seed_files(name):
+                objects = read_bundle(path)
+                for i in range(0, len(objects), envelope):
+                    status = client.push(own, objects[i : i + envelope])
+                    if status["failure_count"]:
+                        raise ExchangeError(f"seeding {name} from {path.name}: {status['failures'][0]}")
+                    sent += len(objects[i : i + envelope])
+            counts[name] = sent
+        finally:
+            client.close()
+    return counts
+
+
+def wait_for_agents(ex: Exchange, *, timeout: float = 180.0, settle: float = 3.0) -> dict[str, Any]:
+    """Wait until each node's inbox holds everything the partner's read collection offers it."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    stable_since = None
+    while time.monotonic() < deadline:
+        state = {}
+        for name in NODES:
+            partner = PARTNER_OF[name]
+            offered = _manifest_keys(ex, name, partner, f"{partner}-read")
+            arrived = _manifest_keys(ex, partner, "analyst", f"{name}-inbox")
+            state[f"{name}->{partner}"] = {"offered": len(offered), "arrived": len(arrived & offered)}
+        done = all(v["offered"] and v["arrived"] == v["offered"] for v in state.values())
+        if state != last:
+            stable_since, last = time.monotonic(), state
+        if done and stable_since is not None and time.monotonic() - stable_since >= settle:
+            return state
+        time.sleep(1.0)
+    raise ExchangeError(f"the sync agents did not deliver everything within {timeout:.0f}s: {last}")
+
+
+def _manifest_keys(ex: Exchange, node: str, account: str, alias: str) -> set[tuple[str, str]]:
+    client = ex.client(node, account)
+    try:
+        # objects without created/modified (SCOs) are versioned by date_added at each node: compare their ids
+        return {(m["id"], None if m["id"].split("--")[0] in SCO_TYPES else m["version"]) for m in client.manifest(alias)}
+    finally:
+        client.close()
 
 
 def sync_both_ways(ex: Exchange, *, rounds: int = 2) -> dict[str, Any]:
@@ -286,6 +379,23 @@ def run_demo(keep: Path | None = None) -> dict[str, Any]:
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_remote_demo(urls: dict[str, str], secrets_dir: Path, data_dirs: dict[str, Path], *, timeout: float = 180.0) -> dict[str, Any]:
+    """The demo against nodes and sync agents that already run (docker-compose): seed, wait, tell, check."""
+    started = time.monotonic()
+    ex = remote_exchange(urls, secrets_dir, data_dirs)
+    seeded = seed_over_taxii(ex)
+    delivered = wait_for_agents(ex, timeout=timeout)
+    return {
+        "ok": None,
+        "nodes": urls,
+        "data_dir": None,
+        "transfers": {"seeded": seeded, "delivered by the sync agents": delivered},
+        "decisions": narrative(ex),
+        "leak_check": (check := leak_check(ex)),
+        "seconds": round(time.monotonic() - started, 1),
+    } | {"ok": check["ok"]}
 
 
 def summary_json(result: dict[str, Any]) -> str:

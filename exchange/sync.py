@@ -27,7 +27,7 @@ import orjson
 
 from exchange import audit
 from exchange.client import PartnerClient
-from exchange.errors import ConfigError, PartnerUnavailable
+from exchange.errors import ConfigError, PartnerError, PartnerUnavailable
 from exchange.inbound import InboundRules
 from exchange.node import OpenNode
 from exchange.stix import check_object, object_version, parse_timestamp
@@ -78,7 +78,16 @@ def with_retries(what: str, fn: Callable[[], T], backoff: Backoff, transfer: Tra
     while True:
         try:
             return fn()
-        except PartnerUnavailable as exc:
+        except PartnerError as exc:
+            if not isinstance(exc, PartnerUnavailable):
+                if exc.status == 400 and mark.get("next"):
+                    # the partner no longer honours our saved cursor (e.g. its data was reset):
+                    # restart the walk from the last completed one; re-sent objects are idempotent
+                    log.warning("pull from %s: saved 'next' refused (%s); restarting from added_after", partner, exc)
+                    with opened.store.transaction() as conn:
+                        opened.store.set_state(conn, key, orjson.dumps({"added_after": mark.get("added_after"), "next": None}).decode())
+                    continue
+                raise
             delay = next(delays, None)
             if delay is None:
                 raise
@@ -123,7 +132,16 @@ def pull(
                 if progress:
                     progress(len(page.objects))
             return transfer
-        except PartnerUnavailable as exc:
+        except PartnerError as exc:
+            if not isinstance(exc, PartnerUnavailable):
+                if exc.status == 400 and mark.get("next"):
+                    # the partner no longer honours our saved cursor (e.g. its data was reset):
+                    # restart the walk from the last completed one; re-sent objects are idempotent
+                    log.warning("pull from %s: saved 'next' refused (%s); restarting from added_after", partner, exc)
+                    with opened.store.transaction() as conn:
+                        opened.store.set_state(conn, key, orjson.dumps({"added_after": mark.get("added_after"), "next": None}).decode())
+                    continue
+                raise
             delay = next(delays, None)
             if delay is None:
                 raise

@@ -152,7 +152,8 @@ def sync(
             try:
                 summary = run_cycle(opened, partner, client, direction=direction, backoff=backoff,
                                     envelope_size=envelope_size, page_size=page_size, show_progress=sys.stderr.isatty())
-                log.info("sync %s<->%s: %s", node, partner, summary)
+                moved = any(v for part in summary.values() for k, v in part.items() if k != "retries") if summary else False
+                log.log(logging.INFO if moved else logging.DEBUG, "sync %s<->%s: %s", node, partner, summary)
             except PartnerAuthError as exc:
                 raise click.ClickException(f"{exc} -- check the account and its password on the partner's node") from exc
             except PartnerUnavailable as exc:
@@ -203,12 +204,30 @@ COMMANDS = [load, release, sync, audit]
 @click.command()
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep both nodes' data in DIR for inspection.")
 @click.option("--json", "as_json", is_flag=True, help="End with a machine-readable summary (JSON) on stdout.")
-def demo(keep: Path | None, as_json: bool) -> None:
+@click.option("--remote", is_flag=True, help="Drive nodes and sync agents that already run (docker-compose) instead of starting them.")
+@click.option("--us-url", help="--remote: the US node's API root URL.")
+@click.option("--rok-url", help="--remote: the ROK node's API root URL.")
+@click.option("--secrets", "secrets_dir", type=click.Path(file_okay=False, path_type=Path), help="--remote: credentials folder (DIR/<node>/<account>).")
+@click.option("--us-data", type=click.Path(file_okay=False, path_type=Path), help="--remote: the US node's data folder (for its audit log).")
+@click.option("--rok-data", type=click.Path(file_okay=False, path_type=Path), help="--remote: the ROK node's data folder.")
+@click.option("--timeout", type=click.FloatRange(1, 3600), default=180, show_default=True, help="--remote: how long to wait for the agents.")
+def demo(
+    keep: Path | None, as_json: bool, remote: bool, us_url: str | None, rok_url: str | None, secrets_dir: Path | None,
+    us_data: Path | None, rok_data: Path | None, timeout: float,
+) -> None:
     """Run the demo exchange: US and ROK nodes, seeded, syncing under policy, then a leak check."""
-    from exchange.demo import run_demo, summary_json
+    from exchange.demo import run_demo, run_remote_demo, summary_json
     from exchange.narrative import print_narrative
 
-    result = run_demo(keep)
+    if remote:
+        missing = [n for n, v in (("--us-url", us_url), ("--rok-url", rok_url), ("--secrets", secrets_dir), ("--us-data", us_data), ("--rok-data", rok_data)) if not v]
+        if missing:
+            raise click.UsageError(f"--remote needs {', '.join(missing)}")
+        result = run_remote_demo(
+            {"us": us_url, "rok": rok_url}, secrets_dir, {"us": us_data, "rok": rok_data}, timeout=timeout  # type: ignore[arg-type,dict-item]
+        )
+    else:
+        result = run_demo(keep)
     print_narrative(result, json_mode=as_json)
     if as_json:
         click.echo(summary_json(result))
@@ -216,6 +235,17 @@ def demo(keep: Path | None, as_json: bool) -> None:
         raise click.ClickException(f"leak check FAILED: {len(result['leak_check']['leaks'])} leaks")
 
 
+@click.command("demo-secrets")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def demo_secrets(directory: Path) -> None:
+    """Random passwords for every configured account of both nodes, as DIRECTORY/<node>/<account> (kept if present)."""
+    from exchange.demo import write_secrets
+
+    written = write_secrets(directory)
+    click.echo(f"{len(written)} credentials written under {directory}" if written else f"credentials already present under {directory}")
+
+
+COMMANDS.append(demo_secrets)
 COMMANDS.append(demo)
 
 

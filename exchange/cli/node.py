@@ -32,19 +32,39 @@ def _need_store(data_dir: Path | None, database: str | None) -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server worker processes.")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Threads per worker.")
 @click.option("--strict-validation", is_flag=True, help="Also run the full stix2 parser (pattern grammar) on every posted object.")
+@click.option(
+    "--accounts-from", type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Set each configured account's password from DIR/<account> (a secrets mount) before serving.",
+)
 def serve(
-    node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int, strict_validation: bool
+    node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int,
+    strict_validation: bool, accounts_from: Path | None,
 ) -> None:
     """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL."""
-    from exchange.node import open_node
+    from exchange.node import add_account, open_node
     from exchange.server import data_dir_factory, serve as run
 
     _need_store(data_dir, database)
     opened = open_node(node, data_dir=data_dir, database=database)  # fail fast, before forking workers
+    if accounts_from is not None:
+        for acct in opened.node.config.accounts:
+            path = accounts_from / acct.name
+            if path.is_file():
+                add_account(opened, acct.name, _read_password_file(path), [], [])
     api_root = opened.node.config.api_root.path
     opened.close()
     factory = data_dir_factory(node, data_dir, database, strict_validation=strict_validation)
     run(factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root)
+
+
+def _read_password_file(path: Path) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"{path}: cannot read the password: {exc}") from exc
+    if not value:
+        raise BadRequest(f"{path}: the password file is empty")
+    return value
 
 
 @click.group()
@@ -56,14 +76,15 @@ def account() -> None:
 @click.argument("node")
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the password from a file (e.g. a secrets mount).")
 @click.option("--read", "read", multiple=True, metavar="COLLECTION", help="Grant read on a collection (id or alias); repeatable.")
 @click.option("--write", "write", multiple=True, metavar="COLLECTION", help="Grant write on a collection (id or alias); repeatable.")
 @click.option("--partner", help="The partner this account stands for (a name under partners: in node.yaml).")
 @DATA_DIR
 @DATABASE
 def account_add(
-    node: str, name: str, password_stdin: bool, read: tuple[str, ...], write: tuple[str, ...], partner: str | None,
-    data_dir: Path | None, database: str | None,
+    node: str, name: str, password_stdin: bool, password_file: Path | None, read: tuple[str, ...], write: tuple[str, ...],
+    partner: str | None, data_dir: Path | None, database: str | None,
 ) -> None:
     """Create or update account NAME on NODE."""
     import re
@@ -79,6 +100,8 @@ def account_add(
         password = line.rstrip("\r\n")
         if not password:
             raise BadRequest("--password-stdin: no password on stdin")
+    elif password_file is not None:
+        password = _read_password_file(password_file)
     opened = open_node(node, data_dir=data_dir, database=database)
     try:
         add_account(opened, name, password, list(read), list(write), partner=partner)

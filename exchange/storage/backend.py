@@ -333,7 +333,9 @@ def _failure(obj: Any, message: str) -> dict:
 
 
 def _selection_key(sel: Selection) -> list:
-    return [sorted(sel.ids), sorted(sel.types), sorted(sel.versions), sorted(sel.spec_versions), sel.added_after]
+    """What a ``next`` token is bound to.  Not ``added_after``: the cursor position is
+    always later than it, so a client may resend it or not with ``next``."""
+    return [sorted(sel.ids), sorted(sel.types), sorted(sel.versions), sorted(sel.spec_versions)]
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -1,0 +1,41 @@
+# cti-exchange node image: one image for the nodes, the sync agents and the demo.
+# The base image comes from a build argument so that machines without registry
+# access can build on a local image (see ../shared/tools/docker-sandbox.sh).
+ARG PYTHON_IMAGE=python:3.12-slim
+FROM ${PYTHON_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    CTI_EXCHANGE_COLLECTIONS=/app/collections \
+    CTI_EXCHANGE_POLICIES=/app/policies \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+WORKDIR /app
+# dependencies first (cached while only the code changes)
+COPY pyproject.toml README.md ./
+COPY exchange/__init__.py exchange/errors.py exchange/
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/venv/bin/pip install --no-cache-dir .
+COPY exchange ./exchange
+COPY collections ./collections
+COPY policies ./policies
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall . \
+ && useradd --system --uid 10001 --create-home --home-dir /home/cti cti \
+ && mkdir -p /data /secrets \
+ && chown cti:cti /data /secrets
+
+USER cti
+VOLUME ["/data"]
+EXPOSE 6100
+
+# The discovery endpoint answers 200 with credentials and a TAXII 401 body without:
+# either proves the node is up and speaking TAXII 2.1.
+HEALTHCHECK --interval=5s --timeout=4s --start-period=10s --retries=12 \
+  CMD ["python3", "-c", "import sys,urllib.request,urllib.error\ntry:\n  r=urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:6100/taxii2/',headers={'Accept':'application/taxii+json;version=2.1'}),timeout=3); sys.exit(0)\nexcept urllib.error.HTTPError as e:\n  sys.exit(0 if e.code==401 and 'taxii' in e.headers.get('Content-Type','') else 1)\nexcept Exception:\n  sys.exit(1)"]
+
+ENTRYPOINT ["cti-exchange"]
+CMD ["--help"]
