@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,11 +40,11 @@ def new_indicator(i: int = 0, *, modified: str = "2024-01-01T00:00:00.000Z", mar
     return obj
 
 
-def provision(node: str, data_dir: Path, accounts: dict[str, str] | None = None) -> None:
-    """Set the passwords of the node's configured accounts (in-process, real DB file)."""
+def provision(node: str, data_dir: Path, accounts: dict[str, str] | None = None, database: str | None = None) -> None:
+    """Set the passwords of the node's configured accounts (in-process, real database)."""
     from exchange.node import add_account, open_node
 
-    opened = open_node(node, data_dir=data_dir)
+    opened = open_node(node, data_dir=data_dir, database=database)
     try:
         names = [a.name for a in opened.node.config.accounts]
         for name in names:
@@ -53,10 +55,79 @@ def provision(node: str, data_dir: Path, accounts: dict[str, str] | None = None)
         opened.close()
 
 
+# -- storage backends: every storage-contract test runs on SQLite and on PostgreSQL ----------
+
+PG_ENV = "CTI_EXCHANGE_TEST_PG"
+_PG_DEFAULT = "postgresql:///postgres?host=/var/run/postgresql"
+_pg_state: dict[str, str | None] = {}
+
+
+def pg_admin_url() -> tuple[str | None, str]:
+    """A PostgreSQL URL allowed to create databases, or ``None`` and why not."""
+    if "url" not in _pg_state:
+        url = os.environ.get(PG_ENV, _PG_DEFAULT)
+        try:
+            import psycopg
+
+            with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=3, autocommit=True) as conn:
+                conn.execute("SELECT 1")
+            _pg_state.update(url=url, why="")
+        except Exception as exc:  # noqa: BLE001 - any failure means: no PostgreSQL here
+            _pg_state.update(url=None, why=f"no PostgreSQL server reachable at {url} ({type(exc).__name__}: {str(exc).strip()[:120]}); "
+                                           f"set {PG_ENV} or let .ci/run start one")
+    return _pg_state["url"], _pg_state["why"]  # type: ignore[return-value]
+
+
+def _pg_exec(sql: str) -> None:
+    import psycopg
+
+    url, _ = pg_admin_url()
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:  # type: ignore[union-attr]
+        conn.execute(sql)
+
+
+@contextmanager
+def fresh_database(backend: str, tmp: Path) -> Iterator[str | None]:
+    """``None`` (SQLite file under the data dir) or the URL of a new, empty PostgreSQL database."""
+    if backend == "sqlite":
+        yield None
+        return
+    url, why = pg_admin_url()
+    if url is None:
+        pytest.skip(why)
+    name = f"ctix_{uuid.uuid4().hex[:12]}"
+    _pg_exec(f'CREATE DATABASE "{name}"')
+    base, _, query = url.partition("?")
+    db_url = base.rsplit("/", 1)[0] + "/" + name + (("?" + query) if query else "")
+    try:
+        yield db_url
+    finally:
+        _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def us_node(tmp_path: Path) -> Iterator[NodeProcess]:
+def database(backend: str, tmp_path: Path) -> Iterator[str | None]:
+    with fresh_database(backend, tmp_path) as url:
+        yield url
+
+
+def node_args(database: str | None) -> tuple[str, ...]:
+    return ("--database", database) if database else ()
+
+
+@pytest.fixture
+def us_node(tmp_path: Path, database: str | None) -> Iterator[NodeProcess]:
     data = tmp_path / "us-data"
-    provision("us", data)
-    proc = NodeProcess("us", data).start()
+    provision("us", data, database=database)
+    proc = NodeProcess("us", data, extra_args=node_args(database)).start()
+    proc.database = database  # type: ignore[attr-defined]
     yield proc
     proc.stop()

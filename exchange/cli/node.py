@@ -15,7 +15,10 @@ DATA_DIR = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="The node's data folder (SQLite file, secrets).",
 )
-DATABASE = click.option("--database", metavar="URL", help="A database URL instead of the SQLite file under --data-dir.")
+DATABASE = click.option(
+    "--database", metavar="URL", envvar="CTI_EXCHANGE_DATABASE",
+    help="A database URL (e.g. postgresql://user@host/db) instead of the SQLite file under --data-dir; env CTI_EXCHANGE_DATABASE.",
+)
 
 
 def _need_store(data_dir: Path | None, database: str | None) -> None:

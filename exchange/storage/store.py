@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import ConfigError, StorageError
-from exchange.storage.schema import accounts, grants, meta, metadata, objects, statuses, sync_state
+from exchange.storage.schema import accounts, grants, meta, objects, statuses, sync_state
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 
 DB_FILE = "cti-exchange.sqlite"
@@ -97,16 +97,19 @@ class Store:
     """A node's database.  Thread-safe; one per process (or per worker)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
+        url = normalise_url(url)
         self.url = url
         try:
-            self.engine: Engine = create_engine(url, echo=echo, future=True, pool_pre_ping=False)
+            self.engine: Engine = create_engine(url, echo=echo, future=True, **_engine_options(url))
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise ConfigError(f"cannot open database {url!r}: {exc}") from exc
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
         try:
-            metadata.create_all(self.engine)
+            from exchange.storage.migrate import upgrade
+
+            upgrade(self.engine)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot initialise database {url!r}: {exc.__class__.__name__}: {exc}") from exc
         self._secret: bytes | None = None
@@ -429,10 +432,11 @@ class Store:
             where.append(c.stix_type.in_(sel.types))
         if "all" not in sel.versions:
             alternatives = []
+            # "= true", not "IS TRUE": only the former is an indexable condition on PostgreSQL
             if "last" in sel.versions:
-                alternatives.append(c.is_last.is_(True))
+                alternatives.append(c.is_last == True)  # noqa: E712
             if "first" in sel.versions:
-                alternatives.append(c.is_first.is_(True))
+                alternatives.append(c.is_first == True)  # noqa: E712
             stamps = [parse_timestamp(v) for v in sel.versions if v not in ("first", "last")]
             if stamps:
                 alternatives.append(c.version_key.in_(stamps))
@@ -553,7 +557,7 @@ class Store:
     def count(self, collection_id: str, *, all_versions: bool = False) -> int:
         where = [objects.c.collection_id == collection_id]
         if not all_versions:
-            where.append(objects.c.is_last.is_(True))
+            where.append(objects.c.is_last == True)  # noqa: E712
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0
 
@@ -581,6 +585,20 @@ class Store:
                 select(statuses.c.account, statuses.c.body).where(statuses.c.id == status_id, statuses.c.api_root == api_root)
             ).first()
         return None if row is None else (row.account, orjson.loads(row.body))
+
+
+def _engine_options(url: str) -> dict:
+    """Per-dialect engine settings (the one place where the dialects differ, with the locks)."""
+    if url.startswith("postgresql"):
+        return {"pool_size": 8, "max_overflow": 8, "pool_pre_ping": True}
+    return {}
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` (libpq style) means the psycopg 3 driver here."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -9,7 +9,7 @@ import pytest
 import requests
 from taxii2client.v21 import Collection, as_pages
 
-from tests.conftest import PASSWORDS, NodeProcess, new_indicator, provision
+from tests.conftest import PASSWORDS, NodeProcess, new_indicator, node_args, provision
 
 
 def _pull_ids(url: str) -> list[str]:
@@ -20,10 +20,10 @@ def _pull_ids(url: str) -> list[str]:
     return ids
 
 
-def test_acknowledged_objects_survive_kill_9_exactly_once(tmp_path):
+def test_acknowledged_objects_survive_kill_9_exactly_once(tmp_path, database):
     data = tmp_path / "us"
-    provision("us", data)
-    node = NodeProcess("us", data).start()
+    provision("us", data, database=database)
+    node = NodeProcess("us", data, extra_args=node_args(database)).start()
     url = node.collection_url("us-intel")
     coll = Collection(url, user="analyst", password=PASSWORDS["analyst"])
     acknowledged: list[str] = []
@@ -51,7 +51,7 @@ def test_acknowledged_objects_survive_kill_9_exactly_once(tmp_path):
     thread.join(timeout=30)
     assert len(acknowledged) >= 2000
 
-    restarted = NodeProcess("us", data).start()
+    restarted = NodeProcess("us", data, extra_args=node_args(database)).start()
     try:
         ids = _pull_ids(restarted.collection_url("us-intel"))
     finally:
@@ -62,10 +62,10 @@ def test_acknowledged_objects_survive_kill_9_exactly_once(tmp_path):
 
 
 @pytest.fixture
-def two_worker_node(tmp_path):
+def two_worker_node(tmp_path, database):
     data = tmp_path / "us"
-    provision("us", data)
-    node = NodeProcess("us", data, extra_args=("--workers", "2", "--threads", "2")).start()
+    provision("us", data, database=database)
+    node = NodeProcess("us", data, extra_args=("--workers", "2", "--threads", "2", *node_args(database))).start()
     yield node
     node.stop()
 
@@ -90,3 +90,49 @@ def test_next_cursor_works_whichever_worker_answers(two_worker_node):
             break
         params = {"limit": "25", "next": env["next"]}
     assert sorted(got) == sorted(o["id"] for o in objs)
+
+
+@pytest.fixture
+def three_worker_node(tmp_path, database):
+    data = tmp_path / "us"
+    provision("us", data, database=database)
+    node = NodeProcess("us", data, extra_args=("--workers", "3", "--threads", "4", *node_args(database))).start()
+    yield node
+    node.stop()
+
+
+def test_concurrent_pushers_and_pullers_across_workers_lose_and_duplicate_nothing(three_worker_node):
+    """4 clients push (each re-sending part of another's objects) while 2 page through, all at once."""
+    import concurrent.futures
+
+    url = three_worker_node.collection_url("us-intel")
+    batches = [[new_indicator(i) for i in range(400)] for _ in range(4)]
+    # every pusher also re-sends the first 50 objects of the next pusher's batch: same object, twice, concurrently
+    plans = [batches[k] + batches[(k + 1) % 4][:50] for k in range(4)]
+    deadline = time.monotonic() + 60
+
+    def push(objs: list[dict]) -> int:
+        coll = Collection(url, user="analyst", password=PASSWORDS["analyst"])
+        ok = 0
+        for i in range(0, len(objs), 90):
+            status = coll.add_objects({"objects": objs[i : i + 90]})
+            ok += status.success_count
+            assert status.failure_count == 0, status.failures
+        return ok
+
+    def pull_until_done() -> int:
+        walks = 0
+        while time.monotonic() < deadline and walks < 20:
+            ids = _pull_ids(url)
+            assert len(ids) == len(set(ids)), "a page repeated an object"
+            walks += 1
+        return walks
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        pushes = [pool.submit(push, plan) for plan in plans]
+        pulls = [pool.submit(pull_until_done) for _ in range(2)]
+        assert [f.result(timeout=120) for f in pushes] == [len(p) for p in plans]
+        assert all(f.result(timeout=120) >= 1 for f in pulls)
+    final = _pull_ids(url)
+    assert len(final) == len(set(final))
+    assert set(final) == {o["id"] for b in batches for o in b}

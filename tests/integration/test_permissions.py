@@ -10,17 +10,22 @@ import requests
 
 from exchange.config import load_node
 from exchange.node import add_account, open_node
-from tests.conftest import PASSWORDS, NodeProcess, new_indicator, provision
+from tests.conftest import BACKENDS, PASSWORDS, NodeProcess, fresh_database, new_indicator, node_args, provision
 
 TAXII = "application/taxii+json;version=2.1"
 EXTRA = ("auditor", "auditor-password-123")  # an account added by the CLI path, with its own grants
 
 
-@pytest.fixture(scope="module")
-def matrix_node(tmp_path_factory) -> NodeProcess:
+@pytest.fixture(scope="module", params=BACKENDS)
+def matrix_node(request, tmp_path_factory) -> NodeProcess:
+    with fresh_database(request.param, tmp_path_factory.mktemp("db")) as database:
+        yield from _matrix_node(tmp_path_factory, database)
+
+
+def _matrix_node(tmp_path_factory, database):
     data: Path = tmp_path_factory.mktemp("perm") / "us"
-    provision("us", data)
-    opened = open_node("us", data_dir=data)
+    provision("us", data, database=database)
+    opened = open_node("us", data_dir=data, database=database)
     try:
         add_account(opened, EXTRA[0], EXTRA[1], read=["rok-inbox"], write=["jp-read"])
         seeded = {}
@@ -33,7 +38,7 @@ def matrix_node(tmp_path_factory) -> NodeProcess:
         }
     finally:
         opened.close()
-    proc = NodeProcess("us", data).start()
+    proc = NodeProcess("us", data, extra_args=node_args(database)).start()
     proc.seeded = seeded  # type: ignore[attr-defined]
     proc.grants = grants  # type: ignore[attr-defined]
     yield proc

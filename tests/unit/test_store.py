@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select, text, tuple_
 
+from exchange.storage.schema import objects
 from exchange.storage.store import Selection, Store
-from tests.conftest import new_indicator
+from tests.conftest import fresh_database, new_indicator
 
 CID = "e3a18dc0-a9f3-466f-95d9-d848c4da8e7f"
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store.open(data_dir=tmp_path)
+def store(tmp_path, database):
+    s = Store.open(data_dir=tmp_path, database=database)
     yield s
     s.close()
 
@@ -72,21 +74,38 @@ def test_iter_rows_streams_everything_in_order(store):
     assert [r.stix_id for r in store.iter_rows(Selection(CID), batch=500)] == [o["id"] for o in objs]
 
 
+def _page_sql(store: Store, sel: Selection) -> str:
+    c = objects.c
+    where = store._where(sel) + [tuple_(c.date_added, c.seq) > tuple_(1, 2)]
+    stmt = select(c.seq, c.body).where(*where).order_by(c.date_added, c.seq).limit(1001)
+    return str(stmt.compile(store.engine, compile_kwargs={"literal_binds": True}))
+
+
 @pytest.mark.parametrize(
     "sel,index",
     [(Selection(CID), "ix_objects_last"), (Selection(CID, versions=("all",)), "ix_objects_all"), (Selection(CID, types=("indicator",)), "ix_objects_last")],
 )
-def test_page_queries_use_an_index_and_no_sort(store, sel, index):
+def test_sqlite_pages_walk_an_index_without_sorting(tmp_path, sel, index):
     """One page must not scan or sort the collection: the planner walks the keyset index."""
-    from sqlalchemy import select, text, tuple_
-
-    from exchange.storage.schema import objects
-
-    c = objects.c
-    where = store._where(sel) + [tuple_(c.date_added, c.seq) > tuple_(1, 2)]
-    stmt = select(c.seq, c.body).where(*where).order_by(c.date_added, c.seq).limit(1001)
-    sql = str(stmt.compile(store.engine, compile_kwargs={"literal_binds": True}))
+    store = Store.open(data_dir=tmp_path)
     with store.engine.connect() as conn:
-        detail = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        detail = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + _page_sql(store, sel))))
+    store.close()
     assert f"INDEX {index}" in detail, detail
     assert "TEMP B-TREE" not in detail and "SCAN" not in detail, detail
+
+
+def test_postgresql_pages_walk_an_index_without_sorting(tmp_path):
+    """On PostgreSQL too, a page is an index range scan in keyset order (no Sort node)."""
+    with fresh_database("postgresql", tmp_path) as url:
+        store = Store.open(database=url)
+        try:
+            store.add_objects(CID, [new_indicator(i) for i in range(2000)])
+            with store.engine.connect() as conn:
+                conn.execute(text("ANALYZE objects"))
+                plan = " ".join(r[0] for r in conn.execute(text("EXPLAIN " + _page_sql(store, Selection(CID)))))
+        finally:
+            store.close()
+    # an index scan in keyset order, stopped by the LIMIT: no sequential scan, no sort
+    assert "Index Scan using ix_objects_" in plan, plan
+    assert "Sort" not in plan and "Seq Scan" not in plan, plan
