@@ -2,7 +2,23 @@
 # The base image comes from a build argument so that machines without registry
 # access can build on a local image (see ../shared/tools/docker-sandbox.sh).
 ARG PYTHON_IMAGE=python:3.12-slim
-FROM ${PYTHON_IMAGE}
+
+# --- optional PostgreSQL server for the `postgres` compose profile (Debian's package) ---
+FROM ${PYTHON_IMAGE} AS postgres
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /var/lib/postgresql/data /run/postgresql \
+ && chown -R postgres:postgres /var/lib/postgresql /run/postgresql
+USER postgres
+ENV PGDATA=/var/lib/postgresql/data
+# First start: a cluster whose superuser password is the deployment's secret
+# (scram-sha-256 over the compose network); then the server in the foreground.
+CMD ["sh", "-c", "set -e; bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1); if [ ! -s \"$PGDATA/PG_VERSION\" ]; then \"$bin/initdb\" -D \"$PGDATA\" -U postgres --auth-local=peer --auth-host=scram-sha-256 --pwfile=\"$DB_PASSWORD_FILE\" >/dev/null; echo 'host all all 0.0.0.0/0 scram-sha-256' >> \"$PGDATA/pg_hba.conf\"; fi; exec \"$bin/postgres\" -D \"$PGDATA\" -c listen_addresses='*'"]
+HEALTHCHECK --interval=3s --timeout=3s --retries=30 CMD ["sh", "-c", "pg_isready -q -h 127.0.0.1"]
+
+# --- the node image -------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS node
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -73,6 +73,7 @@ class NodeHandle:
     data_dir: Path | None
     passwords: dict[str, str]
     process: NodeProcess | None = None
+    database: str | None = None  # a database URL, when the node does not use the SQLite file in data_dir
 
 
 @dataclass
@@ -125,7 +126,7 @@ def read_secrets(secrets_dir: Path, node: str) -> dict[str, str]:
     folder = Path(secrets_dir) / node
     if not folder.is_dir():
         raise ConfigError(f"no credentials for node {node!r} in {folder}")
-    return {f.name: f.read_text(encoding="utf-8").strip() for f in sorted(folder.iterdir()) if f.is_file()}
+    return {f.name: f.read_text(encoding="utf-8").strip() for f in sorted(folder.iterdir()) if f.is_file() and not f.name.endswith(".tmp")}
 
 
 def write_secrets(secrets_dir: Path) -> list[Path]:
@@ -142,18 +143,42 @@ def write_secrets(secrets_dir: Path) -> list[Path]:
         for acct in load_node(name).config.accounts:
             path = folder / acct.name
             if not path.exists():
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secrets.token_urlsafe(18) + "\n")
+                _write_private(path, secrets.token_urlsafe(18) + "\n")
                 written.append(path)
+    # PostgreSQL superuser passwords for the optional `postgres` compose profile, and libpq
+    # password files (one per node, one for the demo) so no password appears in a URL
+    db = Path(secrets_dir) / "db"
+    db.mkdir(parents=True, exist_ok=True)
+    lines = {}
+    for name in NODES:
+        path = db / name
+        if not path.exists():
+            _write_private(path, secrets.token_urlsafe(18) + "\n")
+            written.append(path)
+        lines[name] = f"{name}-db:5432:*:postgres:{path.read_text().strip()}\n"
+        _write_private(db / f"{name}.pgpass", lines[name])
+    _write_private(db / "all.pgpass", "".join(lines.values()))
     return written
 
 
-def remote_exchange(urls: dict[str, str], secrets_dir: Path, data_dirs: dict[str, Path] | None = None) -> Exchange:
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (0600), replacing it atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def remote_exchange(
+    urls: dict[str, str], secrets_dir: Path, data_dirs: dict[str, Path] | None = None, databases: dict[str, str | None] | None = None
+) -> Exchange:
     """Nodes that run elsewhere (e.g. containers), with passwords from ``secrets_dir``."""
     ex = Exchange()
     for name in NODES:
-        ex.nodes[name] = NodeHandle(name, urls[name], (data_dirs or {}).get(name), read_secrets(secrets_dir, name))
+        ex.nodes[name] = NodeHandle(
+            name, urls[name], (data_dirs or {}).get(name), read_secrets(secrets_dir, name), database=(databases or {}).get(name) or None
+        )
     return ex
 
 
@@ -227,9 +252,9 @@ def sync_both_ways(ex: Exchange, *, rounds: int = 2) -> dict[str, Any]:
     return summary
 
 
-def decisions(data_dir: Path) -> list[dict]:
+def decisions(data_dir: Path | None, database: str | None = None) -> list[dict]:
     """The release decisions in a node's audit log (latest per object version and partner)."""
-    store = Store.open(data_dir=data_dir)
+    store = Store.open(data_dir=data_dir, database=database)
     try:
         latest: dict[tuple, dict] = {}
         for e in audit.entries(store):
@@ -254,15 +279,15 @@ def leak_check(ex: Exchange) -> dict[str, Any]:
     leaks: list[str] = []
     for name in NODES:
         handle = ex.nodes[name]
-        if handle.data_dir is None:
+        if handle.data_dir is None and handle.database is None:
             continue
         partner = PARTNER_OF[name]
         views = {
             partner: [(partner, "analyst", f"{name}-inbox"), (name, partner, f"{partner}-read")],
             "jp": [(name, "jp", "jp-read")],
         }
-        judged = [d for d in decisions(handle.data_dir) if d["decision"] in ("withhold", "redact")]
-        originals = _originals(name, handle.data_dir, [d for d in judged if d["decision"] == "redact"])
+        judged = [d for d in decisions(handle.data_dir, handle.database) if d["decision"] in ("withhold", "redact")]
+        originals = _originals(name, handle.data_dir, [d for d in judged if d["decision"] == "redact"], handle.database)
         for recipient, places in views.items():
             mine = [d for d in judged if d["partner"] == recipient]
             for node, account, alias in places:
@@ -299,9 +324,9 @@ def _matches_version(item: Any, version: str | None) -> bool:
     return False
 
 
-def _originals(node: str, data_dir: Path, redactions: list[dict]) -> dict[tuple, dict]:
+def _originals(node: str, data_dir: Path | None, redactions: list[dict], database: str | None = None) -> dict[tuple, dict]:
     """The sender's own copies of redacted object versions, keyed by (source alias, (id, version))."""
-    opened = open_node(node, data_dir=data_dir)
+    opened = open_node(node, data_dir=data_dir, database=database)
     out: dict[tuple, dict] = {}
     try:
         by_source: dict[str, list] = defaultdict(list)
@@ -337,10 +362,10 @@ def narrative(ex: Exchange) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in NODES:
         handle = ex.nodes[name]
-        if handle.data_dir is None:
+        if handle.data_dir is None and handle.database is None:
             continue
         per_partner: dict[str, Any] = defaultdict(lambda: {"share": 0, "redact": 0, "withhold": 0, "clauses": Counter(), "examples": []})
-        for d in decisions(handle.data_dir):
+        for d in decisions(handle.data_dir, handle.database):
             slot = per_partner[d["partner"]]
             slot[d["decision"]] += 1
             for c in d["clauses"]:
@@ -381,10 +406,13 @@ def run_demo(keep: Path | None = None) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_remote_demo(urls: dict[str, str], secrets_dir: Path, data_dirs: dict[str, Path], *, timeout: float = 180.0) -> dict[str, Any]:
+def run_remote_demo(
+    urls: dict[str, str], secrets_dir: Path, data_dirs: dict[str, Path], *, timeout: float = 180.0,
+    databases: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
     """The demo against nodes and sync agents that already run (docker-compose): seed, wait, tell, check."""
     started = time.monotonic()
-    ex = remote_exchange(urls, secrets_dir, data_dirs)
+    ex = remote_exchange(urls, secrets_dir, data_dirs, databases)
     seeded = seed_over_taxii(ex)
     delivered = wait_for_agents(ex, timeout=timeout)
     return {

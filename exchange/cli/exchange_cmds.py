@@ -212,9 +212,11 @@ COMMANDS = [load, release, sync, audit]
 @click.option("--us-data", type=click.Path(file_okay=False, path_type=Path), help="--remote: the US node's data folder (for its audit log).")
 @click.option("--rok-data", type=click.Path(file_okay=False, path_type=Path), help="--remote: the ROK node's data folder.")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=180, show_default=True, help="--remote: how long to wait for the agents.")
+@click.option("--us-database", help="--remote: the US node's database URL, if not the SQLite file in --us-data.")
+@click.option("--rok-database", help="--remote: the ROK node's database URL, if not the SQLite file in --rok-data.")
 def demo(
     keep: Path | None, as_json: bool, remote: bool, us_url: str | None, rok_url: str | None, secrets_dir: Path | None,
-    us_data: Path | None, rok_data: Path | None, timeout: float,
+    us_data: Path | None, rok_data: Path | None, timeout: float, us_database: str | None, rok_database: str | None,
 ) -> None:
     """Run the demo exchange: US and ROK nodes, seeded, syncing under policy, then a leak check."""
     from exchange.demo import run_demo, run_remote_demo, summary_json
@@ -225,7 +227,8 @@ def demo(
         if missing:
             raise click.UsageError(f"--remote needs {', '.join(missing)}")
         result = run_remote_demo(
-            {"us": us_url, "rok": rok_url}, secrets_dir, {"us": us_data, "rok": rok_data}, timeout=timeout  # type: ignore[arg-type,dict-item]
+            {"us": us_url, "rok": rok_url}, secrets_dir, {"us": us_data, "rok": rok_data}, timeout=timeout,  # type: ignore[arg-type,dict-item]
+            databases={"us": us_database or None, "rok": rok_database or None},
         )
     else:
         result = run_demo(keep)
