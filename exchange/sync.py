@@ -78,16 +78,7 @@ def with_retries(what: str, fn: Callable[[], T], backoff: Backoff, transfer: Tra
     while True:
         try:
             return fn()
-        except PartnerError as exc:
-            if not isinstance(exc, PartnerUnavailable):
-                if exc.status == 400 and mark.get("next"):
-                    # the partner no longer honours our saved cursor (e.g. its data was reset):
-                    # restart the walk from the last completed one; re-sent objects are idempotent
-                    log.warning("pull from %s: saved 'next' refused (%s); restarting from added_after", partner, exc)
-                    with opened.store.transaction() as conn:
-                        opened.store.set_state(conn, key, orjson.dumps({"added_after": mark.get("added_after"), "next": None}).decode())
-                    continue
-                raise
+        except PartnerUnavailable as exc:
             delay = next(delays, None)
             if delay is None:
                 raise

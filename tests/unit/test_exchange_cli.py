@@ -115,3 +115,30 @@ def test_account_add_reads_a_password_file(tmp_path):
     empty.write_text("\n")
     result = CliRunner().invoke(main, ["account", "add", "us", "rok", "--password-file", str(empty), "--data-dir", str(tmp_path / "d")])
     assert result.exit_code != 0 and "empty" in result.output
+
+
+def test_with_retries_retries_transient_failures_and_passes_others_through():
+    import pytest
+
+    from exchange.errors import PartnerError, PartnerUnavailable
+    from exchange.sync import Backoff, Transfer, with_retries
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise PartnerUnavailable("down")
+        return "ok"
+
+    transfer = Transfer("push", "rok")
+    assert with_retries("push", flaky, Backoff(first=0.01, attempts=5), transfer) == "ok"
+    assert transfer.retries == 2
+
+    def refused():
+        raise PartnerError("bad request", status=400)
+
+    with pytest.raises(PartnerError, match="bad request"):
+        with_retries("push", refused, Backoff(first=0.01), Transfer("push", "rok"))
+    with pytest.raises(PartnerUnavailable):
+        with_retries("push", lambda: (_ for _ in ()).throw(PartnerUnavailable("x")), Backoff(first=0.01, attempts=2), Transfer("push", "rok"))
