@@ -141,7 +141,7 @@ class Store:
 
     def bind_node(self, node: str) -> None:
         """Record which node owns this database; refuse another node's data."""
-        with self._write() as conn, conn.begin():
+        with self.transaction() as conn:
             current = conn.execute(select(meta.c.value).where(meta.c.key == "node")).scalar()
             if current is None:
                 conn.execute(insert(meta).values(key="node", value=node))
@@ -151,7 +151,7 @@ class Store:
     def secret(self) -> bytes:
         """The node's signing secret (``next`` cursors), created once and shared by all workers."""
         if self._secret is None:
-            with self._write() as conn, conn.begin():
+            with self.transaction() as conn:
                 value = conn.execute(select(meta.c.value).where(meta.c.key == "secret")).scalar()
                 if value is None:
                     value = secrets.token_hex(32)
@@ -164,7 +164,7 @@ class Store:
             return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._write() as conn, conn.begin():
+        with self.transaction() as conn:
             conn.execute(delete(meta).where(meta.c.key == key))
             conn.execute(insert(meta).values(key=key, value=value))
 
@@ -181,7 +181,7 @@ class Store:
         source: str = "cli",
     ) -> None:
         """Create or update an account; given ``read``/``write`` replace that source's grants."""
-        with self._write() as conn, conn.begin():
+        with self.transaction() as conn:
             existing = conn.execute(select(accounts.c.name, accounts.c.password_hash).where(accounts.c.name == name)).first()
             if existing is None:
                 conn.execute(insert(accounts).values(name=name, password_hash=password_hash, partner=partner, updated=now_us()))
