@@ -518,15 +518,18 @@ class Store:
         wanted = list(dict.fromkeys(ids))
         out: dict[str, dict] = {}
         with self.engine.connect() as conn:
-            for cid in collection_ids:
+            for cid in dict.fromkeys(collection_ids):
                 missing = [i for i in wanted if i not in out]
                 for chunk in _chunks(missing, _CHUNK):
-                    for sid, body in conn.execute(
-                        select(objects.c.stix_id, objects.c.body).where(
-                            objects.c.collection_id == cid, objects.c.stix_id.in_(chunk), objects.c.is_last == True  # noqa: E712
+                    # (collection_id, stix_id) leads the unique index; is_last is checked here, not in SQL,
+                    # so that no planner prefers the date-ordered index and scans the collection
+                    for sid, body, last in conn.execute(
+                        select(objects.c.stix_id, objects.c.body, objects.c.is_last).where(
+                            objects.c.collection_id == cid, objects.c.stix_id.in_(chunk)
                         )
                     ):
-                        out[sid] = orjson.loads(body)
+                        if last:
+                            out[sid] = orjson.loads(body)
         return [out[i] for i in wanted if i in out]
 
     def versions_of(self, collection_id: str, keys: Sequence[tuple[str, str | None]]) -> list[dict]:
