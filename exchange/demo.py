@@ -379,6 +379,95 @@ def narrative(ex: Exchange) -> dict[str, Any]:
     return out
 
 
+LAZARUS = "intrusion-set--c93fccb1-e8e8-42cf-ae33-2ad1d183913a"  # MITRE ATT&CK G0032
+MOONSTONE_SLEET = "intrusion-set--e6db1e55-b199-4b6b-8633-989345ee45e0"  # MITRE ATT&CK G1036
+RGB_ACTOR = "threat-actor--64b0d10e-a214-53f8-b996-a631ec20d718"  # exercise threat actor (collections/us/seed)
+
+
+def _cycle(ex: Exchange, name: str) -> dict[str, Any]:
+    """One sync cycle of ``name``'s agent against its partner (settles joint attributions, releases, pulls, pushes)."""
+    partner = PARTNER_OF[name]
+    opened = open_node(name, data_dir=ex.nodes[name].data_dir)
+    client = PartnerClient(ex.nodes[partner].url, name, ex.nodes[partner].passwords[name])
+    try:
+        return run_cycle(opened, partner, client)
+    finally:
+        client.close()
+        opened.close()
+
+
+def _with_node(ex: Exchange, name: str, fn: Any, *, release: bool = True) -> Any:
+    opened = open_node(name, data_dir=ex.nodes[name].data_dir)
+    try:
+        out = fn(opened)
+        if release:
+            release_all(opened)
+        return out
+    finally:
+        opened.close()
+
+
+def attribution_rounds(ex: Exchange) -> list[dict[str, Any]]:
+    """Two joint-attribution rounds (needs the nodes' data folders, as an analyst at each node would run the CLI).
+
+    1. The US proposes attributing ATT&CK's Lazarus Group to the exercise DPRK
+       RGB threat actor, the ROK concurs: the joint report and the joint
+       attribution are released, and reach the Japan partner.
+    2. The US proposes attributing Moonstone Sleet to the same actor, the ROK
+       dissents: nothing leaves the partnership.
+    """
+    from exchange import attribution as attr
+
+    plans = [
+        {"round": "concur", "subject": LAZARUS, "confidence": 85, "answer": "agree", "answer_confidence": 75,
+         "rationale": "EXERCISE DATA: shared infrastructure with RGB-tasked operations.",
+         "explanation": "EXERCISE DATA: consistent with ROK holdings."},
+        {"round": "dissent", "subject": MOONSTONE_SLEET, "confidence": 55, "answer": "disagree", "answer_confidence": 60,
+         "rationale": "EXERCISE DATA: tooling overlap with Lazarus Group.",
+         "explanation": "EXERCISE DATA: the overlap is better explained by a separate unit; more consultation needed."},
+    ]
+    out = []
+    for plan in plans:
+        rel, _op, revised = _with_node(ex, "us", lambda o, p=plan: attr.propose(
+            o, subject=p["subject"], actor=RGB_ACTOR, confidence=p["confidence"], rationale=p["rationale"]))
+        _cycle(ex, "us")  # the proposal reaches the ROK inbox
+        rok_before = _jp_can_read(ex, rel["id"])
+        _with_node(ex, "rok", lambda o, p=plan, r=rel: attr.respond(
+            o, relationship=r["id"], opinion=p["answer"], confidence=p["answer_confidence"], explanation=p["explanation"]))
+        _cycle(ex, "rok")  # the opinion (and, if joint, the joint products) reach the US
+        _cycle(ex, "us")  # the US settles the same joint products and releases them onward
+        entry: dict[str, Any] = {"round": plan["round"], "relationship": rel["id"], "version": rel["modified"],
+                                 "revised_seed_proposal": revised, "proposal_readable_by_jp_before": rok_before}
+        for name in NODES:
+            [st] = [e for e in _with_node(ex, name, attr.status, release=False) if e["relationship"] == rel["id"]]
+            entry[name] = {k: st[k] for k in ("state", "combined_confidence", "joint_report", "joint_released_to")}
+            entry[name]["stances"] = {s["party"]: [s["opinion"], s["confidence"]] for s in st["stances"]}
+        entry["subject"], entry["actor"] = st["subject_name"], st["actor_name"]
+        report = entry["us"]["joint_report"]
+        entry["joint_report_readable_by_jp"] = bool(report) and all(_jp_can_read(ex, report, node) for node in NODES)
+        entry["proposal_readable_by_jp"] = _jp_can_read(ex, rel["id"])
+        expected_joint = plan["round"] == "concur"
+        entry["ok"] = (
+            all(entry[n]["state"] == ("joint" if expected_joint else "dissent") for n in NODES)
+            and entry["joint_report_readable_by_jp"] == expected_joint
+            and not entry["proposal_readable_by_jp"] and not rok_before
+        )
+        out.append(entry)
+    return out
+
+
+def _jp_can_read(ex: Exchange, object_id: str, node: str | None = None) -> bool:
+    """Whether the Japan partner's account sees ``object_id`` through any read endpoint (at ``node``, or at either)."""
+    for name in ([node] if node else NODES):
+        client = ex.client(name, "jp")
+        try:
+            if any(client.reveal("jp-read", object_id).values()):
+                return True
+        finally:
+            client.close()
+    return False
+
+
 def run_demo(keep: Path | None = None) -> dict[str, Any]:
     """The whole demo; returns the machine-readable summary."""
     started = time.monotonic()
@@ -389,15 +478,17 @@ def run_demo(keep: Path | None = None) -> dict[str, Any]:
     try:
         with local_exchange(workdir) as ex:
             transfers = sync_both_ways(ex)
+            joint = attribution_rounds(ex)
             story = narrative(ex)
             check = leak_check(ex)
             urls = {name: h.url for name, h in ex.nodes.items()}
         return {
-            "ok": check["ok"],
+            "ok": check["ok"] and all(r["ok"] for r in joint),
             "nodes": urls,
             "data_dir": str(workdir) if keep else None,
             "transfers": transfers,
             "decisions": story,
+            "attribution": joint,
             "leak_check": check,
             "seconds": round(time.monotonic() - started, 1),
         }
@@ -421,6 +512,7 @@ def run_remote_demo(
         "data_dir": None,
         "transfers": {"seeded": seeded, "delivered by the sync agents": delivered},
         "decisions": narrative(ex),
+        "attribution": [],  # the attribution rounds need each node's data folder (see attribution_rounds)
         "leak_check": (check := leak_check(ex)),
         "seconds": round(time.monotonic() - started, 1),
     } | {"ok": check["ok"]}

@@ -35,6 +35,7 @@ def print_narrative(result: dict[str, Any], *, json_mode: bool = False) -> None:
             for ex in tally["examples"][:6]:
                 extra = f" (removed: {', '.join(ex['removed_fields'])})" if ex["removed_fields"] else ""
                 console.print(f"   - {ex['decision']}: {ex['type']} {ex['id']}{extra}: {ex['reason']}")
+    _print_attribution(console, result.get("attribution"))
     console.print()
     for direction, summary in result["transfers"].items():
         console.print(f"  sync {direction}: {summary}")
@@ -48,3 +49,34 @@ def print_narrative(result: dict[str, Any], *, json_mode: bool = False) -> None:
         for leak in check["leaks"][:20]:
             console.print(f"   ! {leak}")
     console.print(f"  done in {result['seconds']} s" + (f"; data kept in {result['data_dir']}" if result.get("data_dir") else ""))
+
+
+def _print_attribution(console: Console, rounds: list[dict[str, Any]] | None) -> None:
+    """The joint-attribution rounds (SCCF consultation): who proposed, who concurred, what was released."""
+    console.print()
+    if rounds is None:
+        return
+    if not rounds:
+        console.print("[bold]Joint attribution[/bold]: skipped (the rounds need each node's data folder; "
+                      "run `cti-exchange attribution ...` at the nodes)")
+        return
+    console.print("[bold]Joint attribution (SCCF consultation)[/bold]: an attributed-to proposal goes to the partner only "
+                  "(TLP:AMBER, IEP provider attribution must-not); the partner answers with a STIX opinion; only when both "
+                  "agree does each node build the same joint report and joint attribution (created by the joint cell, "
+                  "TLP:CLEAR, combined confidence = the lower of the two), which then go onward to Japan.")
+    for r in rounds:
+        us, rok = r["us"], r["rok"]
+        stances = ", ".join(f"{NAMES.get(p, p)} {op or 'pending'}" + (f" ({c})" if c is not None else "")
+                            for p, (op, c) in us["stances"].items())
+        line = (f"   - {r['subject']} -> {r['actor']}"
+                + (" (a new version of the exercise proposal)" if r.get("revised_seed_proposal") else "")
+                + f": {stances}; [bold]{us['state']}[/bold]")
+        if us["state"] == "joint":
+            line += (f", combined confidence {us['combined_confidence']}; joint report {us['joint_report']} at both nodes, "
+                     f"readable by Japan: {'yes' if r['joint_report_readable_by_jp'] else 'NO'}")
+        else:
+            line += "; nothing released outside the partnership"
+        line += f"; proposal readable by Japan: {'YES' if r['proposal_readable_by_jp'] else 'no'}"
+        if not r["ok"]:
+            line += " [bold red](unexpected)[/]"
+        console.print(line)

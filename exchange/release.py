@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from exchange import audit
+from exchange.attribution import concurred_for
 from exchange.node import OpenNode
 from exchange.policy import Policy, companions, evaluate, load_policy
 from exchange.storage.store import Selection
@@ -65,9 +66,82 @@ def current_policy(path: Path | None = None) -> Policy:
 
 
 def release_all(opened: OpenNode, policy: Policy | None = None, *, now: str | None = None) -> dict[str, Released]:
-    """Release new objects to every partner of the node."""
+    """Release new objects to every partner of the node.
+
+    Each source (the own collection, each partner's inbox) is walked once: a
+    batch is read and parsed once, judged for every recipient, and written with
+    its audit entries and every recipient's bookmark in one transaction.
+    """
     policy = policy or current_policy()
-    return {partner: release(opened, partner, policy, now=now) for partner in opened.node.config.partners}
+    cfg = opened.node.config
+    partners = list(cfg.partners)
+    totals = {p: Released() for p in partners}
+    cache: dict[str, dict | None] = {}  # identities and marking definitions, looked up once per run
+    deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
+    for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]:
+        recipients = [p for p in partners if not (src.role == "partner-inbox" and src.partner == p)]
+        for p in recipients:
+            totals[p].add(_retry_deferred(opened, p, policy, src, deferred_kinds, now, cache))
+        _walk(opened, src, recipients, policy, deferred_kinds, now, cache, totals)
+    return totals
+
+
+def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None = None) -> Released:
+    """Release new objects to one partner (``release_all`` does every partner in one pass)."""
+    cfg = opened.node.config
+    total = {partner: Released()}
+    cache: dict[str, dict | None] = {}
+    deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
+    for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox" and c.partner != partner]:
+        total[partner].add(_retry_deferred(opened, partner, policy, src, deferred_kinds, now, cache))
+        _walk(opened, src, [partner], policy, deferred_kinds, now, cache, total)
+    return total[partner]
+
+
+def _walk(
+    opened: OpenNode, src: Any, recipients: list[str], policy: Policy, deferred_kinds: set[str], now: str | None,
+    cache: dict[str, dict | None], totals: dict[str, Released],
+) -> None:
+    """Judge every object version of ``src`` after each recipient's bookmark, batch by batch.
+
+    An object withheld only because something it must reference is not (yet)
+    released to the recipient is *deferred*: judged again on every later run,
+    and released once its references resolve.
+    """
+    store = opened.store
+    sel = Selection(src.id, versions=("all",))
+    keys = {p: f"release:{p}:{src.id}" for p in recipients}
+    while recipients:
+        with store.transaction() as conn:  # the write lock also serialises concurrent releasers
+            marks = {p: _mark(store.get_state(keys[p], conn)) for p in recipients}
+            starts = list(marks.values())
+            after = None if any(m is None for m in starts) else min(starts)  # type: ignore[type-var]
+            rows, more = store.page(sel, limit=_BATCH, after=after)
+            if not rows:
+                return
+            objs = [orjson.loads(r.body) for r in rows]
+            concurred = concurred_for(opened, objs, policy)
+            for p in recipients:
+                mark = marks[p]
+                mine = objs if mark is None or mark == after else [o for r, o in zip(rows, objs) if (r.date_added, r.seq) > mark]
+                if not mine:
+                    continue
+                batch = _judge_and_write(opened, conn, p, policy, src, mine, now, cache, concurred)
+                deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
+                if deferred:
+                    dkey = f"deferred:{p}:{src.id}"
+                    old = orjson.loads(store.get_state(dkey, conn) or "[]")
+                    new = old + [[d.id, d.version] for d in deferred]
+                    store.set_state(conn, dkey, orjson.dumps(new[-_MAX_DEFERRED:]).decode())
+                totals[p].add(batch.tally)
+            for p in recipients:
+                store.set_state(conn, keys[p], orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
+        if not more:
+            return
+
+
+def _mark(raw: str | None) -> tuple[int, int] | None:
+    return tuple(orjson.loads(raw)) if raw else None  # type: ignore[return-value]
 
 
 def _referenced(obj: dict) -> set[str]:
@@ -83,45 +157,6 @@ def _referenced(obj: dict) -> set[str]:
     return refs
 
 
-def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None = None) -> Released:
-    """Evaluate every source object version not yet judged for ``partner``; write what may go.
-
-    An object withheld only because something it must reference is not (yet)
-    released to the partner is *deferred*: it is judged again on every later
-    run, and released once its references resolve (e.g. after the ATT&CK
-    objects it points at arrived from the partner itself).
-    """
-    cfg = opened.node.config
-    target = cfg.partner_collection(partner, "partner-read")
-    sources = [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox" and c.partner != partner]
-    total = Released()
-    deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
-    for src in sources:
-        total.add(_retry_deferred(opened, partner, policy, src, target, deferred_kinds, now))
-        key = f"release:{partner}:{src.id}"
-        sel = Selection(src.id, versions=("all",))
-        while True:
-            with opened.store.transaction() as conn:  # the write lock also serialises concurrent releasers
-                raw = opened.store.get_state(key, conn)
-                after = tuple(orjson.loads(raw)) if raw else None
-                rows, more = opened.store.page(sel, limit=_BATCH, after=after)  # type: ignore[arg-type]
-                if not rows:
-                    break
-                objs = [orjson.loads(r.body) for r in rows]
-                batch = _judge_and_write(opened, conn, partner, policy, src, target, objs, now)
-                deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
-                if deferred:
-                    dkey = f"deferred:{partner}:{src.id}"
-                    old = orjson.loads(opened.store.get_state(dkey, conn) or "[]")
-                    new = old + [[d.id, d.version] for d in deferred]
-                    opened.store.set_state(conn, dkey, orjson.dumps(new[-_MAX_DEFERRED:]).decode())
-                opened.store.set_state(conn, key, orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
-            total.add(batch.tally)
-            if not more:
-                break
-    return total
-
-
 _MAX_DEFERRED = 10000
 
 
@@ -131,20 +166,25 @@ class _Batch:
     tally: Released
 
 
-def _judge_and_write(opened: OpenNode, conn: Any, partner: str, policy: Policy, src: Any, target: Any, objs: list[dict], now: str | None) -> _Batch:
-    """Evaluate one batch, write shared copies and companions, append the audit entries."""
+def _judge_and_write(
+    opened: OpenNode, conn: Any, partner: str, policy: Policy, src: Any, objs: list[dict], now: str | None,
+    cache: dict[str, dict | None], concurred: Any = (),
+) -> _Batch:
+    """Evaluate one batch for one partner, write shared copies and companions, append the audit entries."""
     cfg = opened.node.config
     store = opened.store
+    target = cfg.partner_collection(partner, "partner-read")
     batch_ids = {o["id"] for o in objs}
     outside = set().union(*(_referenced(o) for o in objs)) - batch_ids
     # the recipient holds what was released to it and what it sent us itself
     held = store.existing_ids(target.id, outside)
     inbox = _inbox_of(cfg, partner)
-    if inbox is not None:
+    if inbox is not None and outside - held:
         held |= store.existing_ids(inbox.id, outside - held)
     # marking definitions and identities are always needed to interpret the batch
-    context = store.latest_many([src.id, cfg.own_collection.id] + ([inbox.id] if inbox else []), [r for r in outside if _is_context(r)])
-    decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held)
+    context = _context(opened, [r for r in outside if _is_context(r)], cache)
+    # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
+    decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred)
     travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
     shared = [d.shared for d in decisions if d.shared is not None]
     store.add_in(conn, target.id, travel + shared)
@@ -177,7 +217,9 @@ def _judge_and_write(opened: OpenNode, conn: Any, partner: str, policy: Policy, 
     return _Batch(decisions, tally)
 
 
-def _retry_deferred(opened: OpenNode, partner: str, policy: Policy, src: Any, target: Any, kinds: set[str], now: str | None) -> Released:
+def _retry_deferred(
+    opened: OpenNode, partner: str, policy: Policy, src: Any, kinds: set[str], now: str | None, cache: dict[str, dict | None]
+) -> Released:
     """Judge deferred objects again; those whose references now resolve are released."""
     dkey = f"deferred:{partner}:{src.id}"
     if not opened.store.get_state(dkey):
@@ -187,11 +229,24 @@ def _retry_deferred(opened: OpenNode, partner: str, policy: Policy, src: Any, ta
         if not pending:
             return Released()
         objs = opened.store.versions_of(src.id, pending)
-        batch = _judge_and_write(opened, conn, partner, policy, src, target, objs, now)
+        batch = _judge_and_write(opened, conn, partner, policy, src, objs, now, cache, concurred_for(opened, objs, policy))
         still = [[d.id, d.version] for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & kinds]
         opened.store.set_state(conn, dkey, orjson.dumps(still).decode())
-    released = Released(shared=batch.tally.shared, redacted=batch.tally.redacted, companions=batch.tally.companions)
-    return released
+    return Released(shared=batch.tally.shared, redacted=batch.tally.redacted, companions=batch.tally.companions)
+
+
+def _context(opened: OpenNode, ids: list[str], cache: dict[str, dict | None]) -> list[dict]:
+    """The stored identities and marking definitions among ``ids`` (official TLP objects are built in)."""
+    from exchange.policy.markings import OFFICIAL_OBJECTS
+
+    missing = [i for i in ids if i not in cache and i not in OFFICIAL_OBJECTS]
+    if missing:
+        cfg = opened.node.config
+        where = [c.id for c in cfg.collections if c.role in ("own", "partner-inbox")]
+        found = {o["id"]: o for o in opened.store.latest_many(where, missing)}
+        for i in missing:
+            cache[i] = found.get(i)
+    return [cache[i] for i in ids if cache.get(i) is not None]  # type: ignore[misc]
 
 
 def _inbox_of(cfg: Any, partner: str) -> Any:

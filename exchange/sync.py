@@ -257,11 +257,13 @@ def run_cycle(
     page_size: int = 1000,
     show_progress: bool = False,
 ) -> dict:
-    """One sync cycle: release under policy, pull, release again (onward sharing), push."""
+    """One sync cycle: settle joint attributions and release under policy, pull, again (onward sharing), push."""
+    from exchange.attribution import settle
     from exchange.release import release_all
 
     summary: dict = {}
     with _progress(show_progress) as bar:
+        settle(opened)
         released = release_all(opened)
         summary["released"] = {p: r.shared + r.redacted for p, r in released.items()}
         if direction in ("both", "pull"):
@@ -269,6 +271,9 @@ def run_cycle(
             t = pull(opened, partner, client, backoff=backoff, page_size=page_size, progress=task)
             summary["pulled"] = {"received": t.received, "stored": t.stored, "rejected": t.rejected, "retries": t.retries}
             if t.stored:
+                joint = settle(opened)  # a partner's opinion may have made an attribution joint
+                if joint:
+                    summary["joint"] = len(joint)
                 release_all(opened)
         if direction in ("both", "push"):
             task = bar(f"push to {partner}")

@@ -72,11 +72,13 @@ def policy() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON list of decisions.")
 def check(bundle: str, sender: str, recipient: str, policy_path: str | None, now: str | None, as_json: bool) -> None:
     """Evaluate every object of BUNDLE for release from one party to another."""
+    from exchange.attribution import concurred_in
     from exchange.policy import evaluate
 
     objects = load_bundle(bundle)
     pol = _policy(policy_path)
-    decisions = evaluate(objects, pol, sender, recipient, now=now)
+    # joint attribution products count as concurred if the bundle holds the concurrence (proposal and opinions)
+    decisions = evaluate(objects, pol, sender, recipient, now=now, concurred=concurred_in(objects, pol, sender))
     if as_json:
         click.echo(json.dumps([d.as_json() for d in decisions], ensure_ascii=False))
         return
@@ -106,11 +108,12 @@ def check(bundle: str, sender: str, recipient: str, policy_path: str | None, now
 @_route_options
 def explain_cmd(bundle: str, object_id: str, sender: str, recipient: str, policy_path: str | None, now: str | None) -> None:
     """Show step by step how one object of BUNDLE is judged."""
+    from exchange.attribution import concurred_in
     from exchange.policy import explain
 
     objects = load_bundle(bundle)
     pol = _policy(policy_path)
-    result = explain(object_id, objects, pol, sender, recipient, now=now)
+    result = explain(object_id, objects, pol, sender, recipient, now=now, concurred=concurred_in(objects, pol, sender))
     console = _console()
     d = result.decision
     console.print(f"{d.id} ({d.type}, version {d.version}) {sender} -> {recipient}", markup=False)

@@ -490,15 +490,13 @@ def _content_withhold(obj: dict, stype: Any, creator: Any, own: bool, iep: mk.Ie
     if public:
         return None
     if route.attr_rel_applies and stype == "relationship" and obj.get("relationship_type") in route.attr_rel_types:
-        rule = route.c_attr_rel.rule
-        if creator not in route.creators_of(rule.allow_creators) and not (rule.accept_recorded_concurrence and obj.get("id") in concurred):
+        if not _attribution_allowed(route.c_attr_rel.rule, route, creator, obj.get("id"), concurred):
             return route.c_attr_rel, (f"attribution may not go to {route.recipient} before joint concurrence "
-                                      f"(only joint products may)")
+                                      f"(only joint products with recorded concurrence may)")
     if route.attr_prod_applies and stype in route.attr_prod_types and _is_attribution_product(obj, route, index):
-        rule = route.c_attr_prod.rule
-        if creator not in route.creators_of(rule.allow_creators) and not (rule.accept_recorded_concurrence and obj.get("id") in concurred):
+        if not _attribution_allowed(route.c_attr_prod.rule, route, creator, obj.get("id"), concurred):
             return route.c_attr_prod, (f"a product about attribution may not go to {route.recipient} before joint "
-                                       f"concurrence (only joint products may)")
+                                       f"concurrence (only joint products with recorded concurrence may)")
     if route.vuln_applies and stype == "vulnerability":
         sources = route.c_vuln.rule.public_sources
         ext = obj.get("external_references")
@@ -514,6 +512,20 @@ def _content_withhold(obj: dict, stype: Any, creator: Any, own: bool, iep: mk.Ie
         if route.recipient_public and iep.encrypt_in_transit == "must" and route.c_iep_encrypt is not None:
             return route.c_iep_encrypt, "IEP encrypt_in_transit 'must': publication is not encrypted transit"
     return None
+
+
+def _attribution_allowed(rule: Any, route: _Route, creator: Any, oid: Any, concurred: Collection[str]) -> bool:
+    """SCCF: may this attribution (or product about one) leave the partnership?
+
+    Yes if its creator is one of ``allow_creators``, or if the clause accepts
+    recorded concurrence, ``oid`` is in ``concurred`` and (when the clause names
+    ``concurrence_creators``) its creator is one of them.
+    """
+    if creator in route.creators_of(rule.allow_creators):
+        return True
+    if not rule.accept_recorded_concurrence or oid not in concurred:
+        return False
+    return not rule.concurrence_creators or creator in route.creators_of(rule.concurrence_creators)
 
 
 def _is_attribution_product(obj: dict, route: _Route, index: Mapping[str, dict]) -> bool:

@@ -166,8 +166,9 @@ class AttributionRelationship(_Rule):
     kind: Literal["attribution-relationship"]
     relationship_types: tuple[NonEmpty, ...] = ("attributed-to",)
     inside: Name  # community that may receive attribution before joint concurrence
-    allow_creators: tuple[Name, ...] = ()  # joint products
-    accept_recorded_concurrence: bool = False
+    allow_creators: tuple[Name, ...] = ()  # creators whose attributions go out unconditionally
+    accept_recorded_concurrence: bool = False  # ids in evaluate(..., concurred=) may go out
+    concurrence_creators: tuple[Name, ...] = ()  # ... if created by one of these (empty: any creator)
 
 
 class AttributionProduct(_Rule):
@@ -179,6 +180,7 @@ class AttributionProduct(_Rule):
     inside: Name
     allow_creators: tuple[Name, ...] = ()
     accept_recorded_concurrence: bool = False
+    concurrence_creators: tuple[Name, ...] = ()
 
 
 class UndisclosedVulnerability(_Rule):
@@ -490,7 +492,7 @@ def _check_names(clause: Clause, parties: dict[str, Party], communities: dict[st
     for value in getattr(rule, "communities", ()) or ():
         if value not in communities:
             raise err("communities", f"unknown community {value!r}")
-    for key in ("recipients", "allow_creators"):
+    for key in ("recipients", "allow_creators", "concurrence_creators"):
         for value in getattr(rule, key, ()) or ():
             if value not in parties:
                 raise err(key, f"unknown party {value!r}")

@@ -34,8 +34,10 @@ def test_every_clause_decides_at_least_one_vector_outcome():
 def test_vector(name, vector):
     objects, ids = expand(vector["objects"])
     before = copy.deepcopy(objects)
+    # ``concurred``: ids (or ``@alias``) of attribution objects with recorded joint concurrence
+    concurred = [ids[c[1:]] if c.startswith("@") else c for c in vector.get("concurred", ())]
     decisions = evaluate(objects, POLICY, vector["from"], vector["to"], now=vector.get("now", NOW),
-                         held=vector.get("held", ()))
+                         held=vector.get("held", ()), concurred=concurred)
     assert objects == before, "evaluate mutated its input"
     aliases = [spec.get("alias") for spec in vector["objects"]]
     by_alias = dict(zip(aliases, decisions))
