@@ -8,8 +8,10 @@ FROM ${PYTHON_IMAGE} AS postgres
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
  && rm -rf /var/lib/apt/lists/* \
+ && usermod -u 10001 postgres \
  && mkdir -p /var/lib/postgresql/data /run/postgresql \
  && chown -R postgres:postgres /var/lib/postgresql /run/postgresql
+# the same uid as the node image's user, so it can read its password in the secrets volume
 USER postgres
 ENV PGDATA=/var/lib/postgresql/data
 # First start: a cluster whose superuser password is the deployment's secret

@@ -5,13 +5,17 @@ Used by the CLI and by the server factory; no HTTP here.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from exchange.accounts import Account, hash_password
 from exchange.config import LoadedNode, load_node
-from exchange.errors import ConfigError
+from exchange.errors import ConfigError, StorageError
 from exchange.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,10 +29,23 @@ class OpenNode:
         self.store.close()
 
 
-def open_node(name: str, data_dir: Path | None = None, database: str | None = None) -> OpenNode:
-    """Load ``name``'s config, open (or create) its store, and apply the config's account grants."""
+def open_node(name: str, data_dir: Path | None = None, database: str | None = None, *, wait: float = 0.0) -> OpenNode:
+    """Load ``name``'s config, open (or create) its store, and apply the config's account grants.
+
+    ``wait``: seconds to keep retrying while a database server is not reachable yet
+    (e.g. starting alongside the node); 0 fails at once.
+    """
     node = load_node(name)
-    store = Store.open(data_dir=data_dir, database=database)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            store = Store.open(data_dir=data_dir, database=database)
+            break
+        except StorageError as exc:
+            if database is None or time.monotonic() >= deadline:
+                raise
+            log.warning("database not reachable yet (%s); retrying", exc)
+            time.sleep(1.0)
     store.bind_node(node.name)
     apply_config_accounts(node, store)
     return OpenNode(node=node, store=store)

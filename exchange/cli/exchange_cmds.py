@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import orjson
 
-from exchange.cli.node import DATA_DIR, DATABASE, _need_store
+from exchange.cli.node import DATA_DIR, DATABASE, WAIT_DB, _need_store
 from exchange.errors import BadRequest, ConfigError, PartnerAuthError, PartnerError, PartnerUnavailable
 
 log = logging.getLogger("exchange.cli")
@@ -130,10 +130,11 @@ def _password(password_file: Path | None, password_stdin: bool) -> str:
 @click.option("--verbose", "-v", is_flag=True)
 @DATA_DIR
 @DATABASE
+@WAIT_DB
 def sync(
     node: str, partner: str, partner_url: str, user: str | None, password_file: Path | None, password_stdin: bool,
     mode: str, interval: float | None, direction: str, envelope_size: int, page_size: int, ca_file: Path | None,
-    retries: int, verbose: bool, data_dir: Path | None, database: str | None,
+    retries: int, verbose: bool, data_dir: Path | None, database: str | None, wait_db: float,
 ) -> None:
     """Pull from and push to PARTNER under policy, incrementally and resumably."""
     from exchange.client import PartnerClient
@@ -143,7 +144,7 @@ def sync(
     _configure_logging(verbose)
     _need_store(data_dir, database)
     password = _password(password_file, password_stdin)
-    opened = open_node(node, data_dir=data_dir, database=database)
+    opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db)
     if partner not in opened.node.config.partners:
         raise ConfigError(f"node {node!r} has no partner {partner!r} (known: {', '.join(opened.node.config.partners)})")
     client = PartnerClient.connect(partner_url, user or node, password, verify=str(ca_file) if ca_file else True)

@@ -15,6 +15,10 @@ DATA_DIR = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="The node's data folder (SQLite file, secrets).",
 )
+WAIT_DB = click.option(
+    "--wait-db", type=click.FloatRange(0, 3600), default=0, envvar="CTI_EXCHANGE_WAIT_DB", show_default=True,
+    help="Seconds to keep retrying while the database server is not reachable yet (env CTI_EXCHANGE_WAIT_DB).",
+)
 DATABASE = click.option(
     "--database", metavar="URL", envvar="CTI_EXCHANGE_DATABASE",
     help="A database URL (e.g. postgresql://user@host/db) instead of the SQLite file under --data-dir; env CTI_EXCHANGE_DATABASE.",
@@ -39,16 +43,17 @@ def _need_store(data_dir: Path | None, database: str | None) -> None:
     "--accounts-from", type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Set each configured account's password from DIR/<account> (a secrets mount) before serving.",
 )
+@WAIT_DB
 def serve(
     node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int,
-    strict_validation: bool, accounts_from: Path | None,
+    strict_validation: bool, accounts_from: Path | None, wait_db: float,
 ) -> None:
     """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL."""
     from exchange.node import add_account, open_node
     from exchange.server import data_dir_factory, serve as run
 
     _need_store(data_dir, database)
-    opened = open_node(node, data_dir=data_dir, database=database)  # fail fast, before forking workers
+    opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db)  # fail fast, before forking workers
     if accounts_from is not None:
         for acct in opened.node.config.accounts:
             path = accounts_from / acct.name

@@ -59,3 +59,15 @@ def test_a_bad_file_names_file_line_and_key(tmp_path, old, new, expected):
 def test_an_unknown_node_is_a_clear_error():
     with pytest.raises(ConfigError, match="no node 'mars'"):
         load_node("mars")
+
+
+def test_open_node_waits_for_an_unreachable_database_then_fails_clearly():
+    import time
+
+    from exchange.errors import StorageError
+    from exchange.node import open_node
+
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="cannot initialise database"):
+        open_node("us", database="postgresql://nobody@127.0.0.1:9/none?connect_timeout=1", wait=1.5)
+    assert time.monotonic() - started >= 1.5
