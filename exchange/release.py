@@ -86,6 +86,28 @@ def release_all(opened: OpenNode, policy: Policy | None = None, *, now: str | No
     return totals
 
 
+def pending(opened: OpenNode) -> bool:
+    """Whether any source holds rows past some recipient's bookmark (read-only, a few index probes).
+
+    Lets a background releaser poll cheaply for objects written by another
+    process (a sync agent storing what it pulled) without taking the write lock.
+    """
+    cfg = opened.node.config
+    partners = list(cfg.partners)
+    store = opened.store
+    for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]:
+        last = store.last_key(src.id)
+        if last is None:
+            continue
+        for p in partners:
+            if src.role == "partner-inbox" and src.partner == p:
+                continue
+            mark = _mark(store.get_state(f"release:{p}:{src.id}"))
+            if mark is None or mark < last:
+                return True
+    return False
+
+
 def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None = None) -> Released:
     """Release new objects to one partner (``release_all`` does every partner in one pass)."""
     cfg = opened.node.config

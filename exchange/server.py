@@ -178,12 +178,16 @@ class BackgroundReleaser:
     Writes only ``notify()``; the thread coalesces any number of notifications
     into one ``release_all`` run, which resumes from its bookmarks, so nothing
     is missed and a burst of envelopes costs one release pass, not one each.
+    Every ``poll`` seconds it also checks (read-only) for rows written by
+    another process, such as a sync agent storing what it pulled from a partner,
+    so those go onward under policy without the agent doing it.
     """
 
-    def __init__(self, opened: Any) -> None:
+    def __init__(self, opened: Any, *, poll: float = 1.0) -> None:
         import threading
 
         self._opened = opened
+        self._poll = poll
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cti-exchange-release", daemon=True)
         self._thread.start()
@@ -194,13 +198,14 @@ class BackgroundReleaser:
             self._wake.set()
 
     def _run(self) -> None:
-        from exchange.release import release_all
+        from exchange.release import pending, release_all
 
         while True:
-            self._wake.wait()
+            woken = self._wake.wait(self._poll)
             self._wake.clear()
             try:
-                release_all(self._opened)
+                if woken or pending(self._opened):
+                    release_all(self._opened)
             except Exception:  # never let the thread die: the next notification retries from the bookmarks
                 log.exception("background release failed")
 

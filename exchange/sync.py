@@ -257,7 +257,11 @@ def run_cycle(
     page_size: int = 1000,
     show_progress: bool = False,
 ) -> dict:
-    """One sync cycle: settle joint attributions and release under policy, pull, again (onward sharing), push."""
+    """One sync cycle: settle joint attributions and release under policy, pull, settle again, push.
+
+    Onward sharing of what was pulled is the node server's background releaser's job
+    (it polls for rows written by this agent); the next cycle's release also catches up.
+    """
     from exchange.attribution import settle
     from exchange.release import release_all
 
@@ -274,7 +278,9 @@ def run_cycle(
                 joint = settle(opened)  # a partner's opinion may have made an attribution joint
                 if joint:
                     summary["joint"] = len(joint)
-                release_all(opened)
+                    release_all(opened)  # so the joint products go out with this cycle's push
+                # what arrived goes onward (e.g. to Japan) through the node's own releaser, which
+                # notices the new rows; keeping it off this path lets the agent pull at full speed
         if direction in ("both", "push"):
             task = bar(f"push to {partner}")
             t = push(opened, partner, client, backoff=backoff, envelope_size=envelope_size, progress=task)

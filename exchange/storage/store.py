@@ -472,6 +472,14 @@ class Store:
         more = len(rows) > limit
         return rows[:limit], more
 
+    def last_key(self, collection_id: str) -> tuple[int, int] | None:
+        """The ``(date_added, seq)`` of a collection's newest row (an index probe), or ``None`` if empty."""
+        c = objects.c
+        stmt = select(c.date_added, c.seq).where(c.collection_id == collection_id).order_by(c.date_added.desc(), c.seq.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return (row[0], row[1]) if row is not None else None
+
     def exists(self, collection_id: str, object_id: str) -> bool:
         with self.engine.connect() as conn:
             return (
