@@ -23,7 +23,8 @@ from exchange.storage.store import Store, now_us
 
 GENESIS = "0" * 64
 EVENTS = frozenset(
-    {"share", "redact", "withhold", "inbound-accept", "inbound-reject", "push", "push-reject", "pull", "sync-error", "config"}
+    {"share", "redact", "withhold", "inbound-accept", "inbound-reject", "push", "push-reject", "pull", "sync-error", "config",
+     "transport-withhold"}
 )
 
 

@@ -4,7 +4,8 @@ Wraps ``taxii2-client`` 2.3.0 with what a sync agent needs and the library
 lacks: a timeout on every request, the ``X-TAXII-Date-Added-*`` headers of
 each page, a progress guard against servers that answer ``more`` without
 ``next``, and one translation of HTTP failures into ``PartnerUnavailable``
-(retry) or ``PartnerAuthError`` (stop).
+(retry) or ``PartnerAuthError`` (stop), and of TLS failures (wrong CA, expired
+or refused certificate) into ``PartnerTLSError`` (stop) with a readable reason.
 """
 
 from __future__ import annotations
@@ -20,19 +21,25 @@ from taxii2client.common import _HTTPConnection
 from taxii2client.exceptions import TAXIIServiceException
 from taxii2client.v21 import ApiRoot, Collection, Server, Status
 
-from exchange.errors import PartnerAuthError, PartnerError, PartnerUnavailable
+from exchange.errors import ConfigError, PartnerAuthError, PartnerError, PartnerTLSError, PartnerUnavailable
 
 __all__ = ["Page", "PartnerClient"]
 
 
 class _TimeoutAdapter(HTTPAdapter):
-    def __init__(self, timeout: float, **kwargs: Any) -> None:
+    """A timeout on every request, and *our* CA bundle: requests lets ``REQUESTS_CA_BUNDLE`` /
+    ``CURL_CA_BUNDLE`` in the environment override a session's ``verify`` (psf/requests#3829)."""
+
+    def __init__(self, timeout: float, verify: bool | str = True, **kwargs: Any) -> None:
         self._timeout = timeout
+        self._verify = verify
         super().__init__(**kwargs)
 
     def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._timeout
+        if self._verify is not True:
+            kwargs["verify"] = self._verify
         return super().send(request, **kwargs)
 
 
@@ -62,8 +69,9 @@ class PartnerClient:
     ) -> None:
         self.url = api_root_url if api_root_url.endswith("/") else api_root_url + "/"
         self.user = user
+        _check_tls_files(self.url, verify, cert)
         self._conn = _HTTPConnection(user=user, password=password, verify=verify, version="2.1", cert=cert)
-        adapter = _TimeoutAdapter(timeout, max_retries=0)
+        adapter = _TimeoutAdapter(timeout, verify, max_retries=0)
         self._conn.session.mount("http://", adapter)
         self._conn.session.mount("https://", adapter)
         self._last_headers: dict[str, str] = {}
@@ -104,7 +112,13 @@ class PartnerClient:
             if status >= 500 or status in (408, 429):
                 raise PartnerUnavailable(f"{what}: partner {self.url} answered {status}{detail}") from exc
             raise PartnerError(f"{what}: partner {self.url} answered {status}{detail}", status=status) from exc
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.exceptions.SSLError as exc:
+            raise PartnerTLSError(f"{what}: TLS with partner {self.url} failed: {explain_ssl_error(exc)}") from exc
+        except requests.ConnectionError as exc:
+            if _refused_certificate(exc):
+                raise PartnerTLSError(f"{what}: TLS with partner {self.url} failed: {explain_ssl_error(exc)}") from exc
+            raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: {exc.__class__.__name__}") from exc
+        except requests.Timeout as exc:
             raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: {exc.__class__.__name__}") from exc
         except TAXIIServiceException as exc:
             raise PartnerError(f"{what}: partner {self.url}: {str(exc).splitlines()[0]}") from exc
@@ -223,6 +237,30 @@ class PartnerClient:
             "failures": list(status.failures or []),
             "pendings": list(status.pendings or []),
         }
+
+
+def _check_tls_files(url: str, verify: bool | str, cert: str | tuple[str, str] | None) -> None:
+    """One-line errors before any connection: a missing CA bundle, an unreadable or expired client certificate."""
+    from exchange.tls import check_files
+
+    certfile, keyfile = (cert, None) if isinstance(cert, str) else (cert or (None, None))
+    try:
+        check_files(certfile, keyfile, ca=verify if isinstance(verify, str) else None, role="client")
+    except ConfigError as exc:
+        raise PartnerTLSError(f"TLS with partner {url}: {exc}") from exc
+
+
+def _refused_certificate(exc: BaseException) -> bool:
+    """A connection error that is really a TLS alert about our certificate (TLS 1.3 sends it after the handshake)."""
+    from exchange.tls import explain_ssl_error
+
+    return explain_ssl_error(exc).startswith(("the partner refused our client certificate", "the partner requires a client certificate"))
+
+
+def explain_ssl_error(exc: BaseException) -> str:
+    from exchange.tls import explain_ssl_error as explain
+
+    return explain(exc)
 
 
 def _error_detail(resp: requests.Response | None) -> str:

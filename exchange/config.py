@@ -94,6 +94,19 @@ class AccountConfig(_Strict):
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     description: str = ""
+    # mutual TLS: the subject (RFC 4514, e.g. "CN=rok@us") of the client certificate that
+    # authenticates as this account on a node served with --client-ca; such an account must
+    # present it (a password alone is refused there), and no other certificate acts as it
+    certificate_subject: str | None = None
+
+    @field_validator("certificate_subject")
+    @classmethod
+    def _subject(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from exchange.tls import normalise_subject
+
+        return normalise_subject(value)
 
 
 class InboundConfig(_Strict):
@@ -137,12 +150,20 @@ class NodeConfig(_Strict):
         if not any(c.role == "own" for c in self.collections):
             raise _at(("collections",), "a node needs one 'own' collection")
         names: set[str] = set()
+        subjects: dict[str, str] = {}
         for i, acct in enumerate(self.accounts):
             if acct.name in names:
                 raise _at(("accounts", i, "name"), f"duplicate account {acct.name!r}")
             names.add(acct.name)
             if acct.partner is not None and acct.partner not in self.partners:
                 raise _at(("accounts", i, "partner"), f"unknown partner {acct.partner!r}")
+            if acct.certificate_subject is not None:
+                if acct.certificate_subject in subjects:
+                    raise _at(
+                        ("accounts", i, "certificate_subject"),
+                        f"certificate subject {acct.certificate_subject!r} is already the account {subjects[acct.certificate_subject]!r}",
+                    )
+                subjects[acct.certificate_subject] = acct.name
             for perm in ("read", "write"):
                 for j, ref in enumerate(getattr(acct, perm)):
                     if ref not in ids and ref not in aliases:

@@ -81,11 +81,27 @@ class Exchange:
     """Both nodes of a demo exchange."""
 
     nodes: dict[str, NodeHandle] = field(default_factory=dict)
+    pki: Path | None = None  # the demo PKI (``cti-exchange pki init``) when the nodes serve HTTPS
 
     def client(self, node: str, account: str) -> PartnerClient:
-        """A taxii2-client connection to ``node`` as ``account``."""
+        """A taxii2-client connection to ``node`` as ``account`` (over HTTPS: verified, with the account's client certificate if it has one)."""
         handle = self.nodes[node]
-        return PartnerClient(handle.url, account, handle.passwords[account])
+        return PartnerClient(handle.url, account, handle.passwords.get(account, ""), **self.tls_options(node, account))
+
+    def tls_options(self, node: str, account: str) -> dict[str, Any]:
+        """``verify``/``cert`` for a connection to ``node`` as ``account``."""
+        if self.pki is None or not self.nodes[node].url.lower().startswith("https://"):
+            return {}
+        out: dict[str, Any] = {"verify": str(self.pki / "ca.crt")}
+        cert = self.pki / f"{account}@{node}.crt"
+        if cert.is_file():
+            out["cert"] = (str(cert), str(self.pki / f"{account}@{node}.key"))
+        return out
+
+    @property
+    def transport(self) -> str:
+        https = all(h.url.lower().startswith("https://") for h in self.nodes.values())
+        return "https (mutual TLS)" if https and self.pki is not None else "https" if https else "http"
 
 
 def provision(name: str, data_dir: Path) -> dict[str, str]:
@@ -104,15 +120,25 @@ def provision(name: str, data_dir: Path) -> dict[str, str]:
     return passwords
 
 
+def tls_args(pki: Path, node: str) -> tuple[str, ...]:
+    """``serve`` options for ``node`` with the demo PKI: HTTPS and mutual TLS."""
+    return ("--certfile", str(pki / f"{node}.crt"), "--keyfile", str(pki / f"{node}.key"), "--client-ca", str(pki / "ca.crt"))
+
+
 @contextmanager
-def local_exchange(workdir: Path) -> Iterator[Exchange]:
-    """Both nodes as local server processes with data under ``workdir``."""
+def local_exchange(workdir: Path, *, plain_http: bool = False) -> Iterator[Exchange]:
+    """Both nodes as local server processes with data under ``workdir`` (HTTPS and mutual TLS unless ``plain_http``)."""
     ex = Exchange()
+    if not plain_http:
+        from exchange.pki import init_pki
+
+        ex.pki = workdir / "pki"
+        init_pki(ex.pki, NODES, days=2)
     try:
         for name in NODES:
             data = workdir / name
             passwords = provision(name, data)
-            proc = NodeProcess(name, data).start()
+            proc = NodeProcess(name, data, extra_args=tls_args(ex.pki, name) if ex.pki else ()).start()
             ex.nodes[name] = NodeHandle(name, proc.url, data, passwords, proc)
         yield ex
     finally:
@@ -173,8 +199,8 @@ def _write_private(path: Path, text: str) -> None:
 def remote_exchange(
     urls: dict[str, str], secrets_dir: Path, data_dirs: dict[str, Path] | None = None, databases: dict[str, str | None] | None = None
 ) -> Exchange:
-    """Nodes that run elsewhere (e.g. containers), with passwords from ``secrets_dir``."""
-    ex = Exchange()
+    """Nodes that run elsewhere (e.g. containers), with passwords from ``secrets_dir`` (and its ``pki/``, if any)."""
+    ex = Exchange(pki=Path(secrets_dir) / "pki" if (Path(secrets_dir) / "pki" / "ca.crt").is_file() else None)
     for name in NODES:
         ex.nodes[name] = NodeHandle(
             name, urls[name], (data_dirs or {}).get(name), read_secrets(secrets_dir, name), database=(databases or {}).get(name) or None
@@ -243,7 +269,7 @@ def sync_both_ways(ex: Exchange, *, rounds: int = 2) -> dict[str, Any]:
             partner = PARTNER_OF[name]
             handle = ex.nodes[name]
             opened = open_node(name, data_dir=handle.data_dir)
-            client = PartnerClient(ex.nodes[partner].url, name, ex.nodes[partner].passwords[name])
+            client = ex.client(partner, name)
             try:
                 summary[f"round {round_no}: {name}<->{partner}"] = run_cycle(opened, partner, client)
             finally:
@@ -388,7 +414,7 @@ def _cycle(ex: Exchange, name: str) -> dict[str, Any]:
     """One sync cycle of ``name``'s agent against its partner (settles joint attributions, releases, pulls, pushes)."""
     partner = PARTNER_OF[name]
     opened = open_node(name, data_dir=ex.nodes[name].data_dir)
-    client = PartnerClient(ex.nodes[partner].url, name, ex.nodes[partner].passwords[name])
+    client = ex.client(partner, name)
     try:
         return run_cycle(opened, partner, client)
     finally:
@@ -468,20 +494,22 @@ def _jp_can_read(ex: Exchange, object_id: str, node: str | None = None) -> bool:
     return False
 
 
-def run_demo(keep: Path | None = None) -> dict[str, Any]:
-    """The whole demo; returns the machine-readable summary."""
+def run_demo(keep: Path | None = None, *, plain_http: bool = False) -> dict[str, Any]:
+    """The whole demo (HTTPS with mutual TLS unless ``plain_http``); returns the machine-readable summary."""
     started = time.monotonic()
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="cti-exchange-demo-"))
     if keep and workdir.exists() and any(workdir.iterdir()):
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        with local_exchange(workdir) as ex:
+        with local_exchange(workdir, plain_http=plain_http) as ex:
             transfers = sync_both_ways(ex)
-            joint = attribution_rounds(ex)
+            # attribution proposals carry an IEP marking with encrypt_in_transit: must: over plain HTTP they stay home
+            joint = attribution_rounds(ex) if ex.pki is not None else []
             story = narrative(ex)
             check = leak_check(ex)
             urls = {name: h.url for name, h in ex.nodes.items()}
+            transport = ex.transport
         return {
             "ok": check["ok"] and all(r["ok"] for r in joint),
             "nodes": urls,
@@ -491,6 +519,7 @@ def run_demo(keep: Path | None = None) -> dict[str, Any]:
             "attribution": joint,
             "leak_check": check,
             "seconds": round(time.monotonic() - started, 1),
+            "transport": transport,
         }
     finally:
         if not keep:
@@ -515,6 +544,7 @@ def run_remote_demo(
         "attribution": [],  # the attribution rounds need each node's data folder (see attribution_rounds)
         "leak_check": (check := leak_check(ex)),
         "seconds": round(time.monotonic() - started, 1),
+        "transport": ex.transport,
     } | {"ok": check["ok"]}
 
 

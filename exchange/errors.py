@@ -73,6 +73,24 @@ class UnprocessableEntity(ExchangeError):
     title = "UnprocessableEntity"
 
 
+class RequestTimeout(ExchangeError):
+    """The client did not send its whole request within the server's request timeout."""
+
+    status = 408
+    title = "RequestTimeout"
+
+
+class TooManyRequests(ExchangeError):
+    """Too many failed logins for an account: wait ``retry_after`` seconds."""
+
+    status = 429
+    title = "TooManyRequests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StorageError(ExchangeError):
     """The database failed underneath us."""
 
@@ -99,3 +117,11 @@ class PartnerAuthError(PartnerError):
 
     status = 401
     title = "PartnerAuthError"
+
+
+class PartnerTLSError(PartnerAuthError):
+    """Fatal: TLS with the partner failed (its certificate does not verify against our CA bundle, has
+    expired or names another host; or it refused our client certificate).  Not retried."""
+
+    status = 502
+    title = "PartnerTLSError"

@@ -17,6 +17,8 @@ def print_narrative(result: dict[str, Any], *, json_mode: bool = False) -> None:
     console.rule("[bold]cti-exchange demo: US-ROK sharing under the agreed policies")
     for node, url in result["nodes"].items():
         console.print(f"  {NAMES.get(node, node)} node: {url}")
+    if result.get("transport"):
+        console.print(f"  transport: {result['transport']}")
     for node, partners in result["decisions"].items():
         for partner, tally in sorted(partners.items()):
             console.print()
@@ -57,8 +59,8 @@ def _print_attribution(console: Console, rounds: list[dict[str, Any]] | None) ->
     if rounds is None:
         return
     if not rounds:
-        console.print("[bold]Joint attribution[/bold]: skipped (the rounds need each node's data folder; "
-                      "run `cti-exchange attribution ...` at the nodes)")
+        console.print("[bold]Joint attribution[/bold]: skipped (the rounds need each node's data folder, and TLS: a "
+                      "proposal's IEP marking says encrypt_in_transit: must; run `cti-exchange attribution ...` at the nodes)")
         return
     console.print("[bold]Joint attribution (SCCF consultation)[/bold]: an attributed-to proposal goes to the partner only "
                   "(TLP:AMBER, IEP provider attribution must-not); the partner answers with a STIX opinion; only when both "

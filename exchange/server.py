@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from exchange.accounts import Account, VerificationCache, hash_password
 from exchange.config import LoadedNode
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, Forbidden, Unauthorized
 from exchange.node import load_account
 from exchange.storage.backend import MEDIA_TYPE_TAXII, AfterWrite, ExchangeBackend
 from exchange.storage.store import Store
@@ -55,6 +55,7 @@ class NodeContext:
     node: LoadedNode
     store: Store
     cache: VerificationCache = field(default_factory=VerificationCache)
+    certs: Any = None  # exchange.tls.CertificateMap when served with --client-ca (mutual TLS)
 
 
 def create_app(
@@ -63,14 +64,29 @@ def create_app(
     *,
     strict_validation: bool = False,
     after_write: AfterWrite | None = None,
+    tls: bool = False,
+    client_certificates: bool = False,
 ) -> Flask:
-    """A Flask app serving one node's TAXII 2.1 API root."""
+    """A Flask app serving one node's TAXII 2.1 API root.
+
+    ``tls``: the server speaks only HTTPS (objects whose IEP marking says
+    ``encrypt_in_transit: must`` are withheld from every read endpoint otherwise);
+    ``client_certificates``: mutual TLS, a verified client certificate identifies its
+    account (``certificate_subject`` in node.yaml).
+    """
     app = Flask(f"cti-exchange-{node.name}")
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = node.config.api_root.max_content_length + 64 * 1024
-    app.extensions[_EXT] = NodeContext(node=node, store=store)
+    certs = None
+    if client_certificates:
+        from exchange.tls import CertificateMap
+
+        certs = CertificateMap.from_accounts(node.config.accounts)
+    app.extensions[_EXT] = NodeContext(node=node, store=store, certs=certs)
     # medallion's views read these three attributes from current_app
-    app.medallion_backend = ExchangeBackend(node, store, strict_validation=strict_validation, after_write=after_write)
+    app.medallion_backend = ExchangeBackend(
+        node, store, strict_validation=strict_validation, after_write=after_write, encrypted_transport=tls
+    )
     app.taxii_config = {"max_page_size": node.config.max_page_size}
     app.users_backend = {}
     for bp in (v_collections.collections_bp, v_discovery.discovery_bp, v_manifest.manifest_bp, v_objects.objects_bp):
@@ -101,15 +117,51 @@ def _internal_error(exc: Exception) -> Response:
 @auth.verify_password
 def _verify(username: str, password: str) -> Account | None:
     """HTTP Basic credentials against the salted hash in the node's store."""
+    ctx: NodeContext = current_app.extensions[_EXT]
+    if ctx.certs is not None:
+        by_cert = _certificate_account(ctx, username)
+        if by_cert is not None:
+            return by_cert if not username else _password_ok(ctx, by_cert, username, password)
     if not username:
         return None
-    ctx: NodeContext = current_app.extensions[_EXT]
+    return _password_ok(ctx, None, username, password)
+
+
+def _password_ok(ctx: NodeContext, expected: Account | None, username: str, password: str) -> Account | None:
     found = load_account(ctx.store, username)
     if found is None or found[0] is None:
         ctx.cache.check("", password, _DUMMY_HASH)  # same cost as a real miss: no user enumeration by timing
         return None
     password_hash, account = found
-    return account if ctx.cache.check(username, password, password_hash) else None
+    return (expected or account) if ctx.cache.check(username, password, password_hash) else None
+
+
+def _certificate_account(ctx: NodeContext, username: str) -> Account | None:
+    """Mutual TLS: the account of the verified client certificate, or ``None`` if none was presented.
+
+    A certificate not mapped to an account, or presented with Basic credentials of
+    another account, is refused (403); an account mapped to a certificate subject
+    must present its certificate here (401 with a password alone).
+    """
+    from flask import request
+
+    sock = request.environ.get("gunicorn.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    der = getpeercert(binary_form=True) if getpeercert is not None else None
+    node = ctx.node.name
+    if not der:
+        if username and username in ctx.certs.accounts_with_certificates():
+            raise Unauthorized(f"account {username!r} must present its client certificate to node {node!r} (mutual TLS)")
+        return None
+    subject, name = ctx.certs.lookup(der)
+    if name is None:
+        raise Forbidden(f"the client certificate {subject} is not mapped to any account of node {node!r}")
+    if username and username != name:
+        raise Forbidden(f"the client certificate {subject} belongs to account {name!r}; it cannot act as account {username!r}")
+    found = load_account(ctx.store, name)
+    if found is None:
+        raise Forbidden(f"the client certificate {subject} names account {name!r}, which node {node!r} does not have")
+    return found[1]
 
 
 @auth.error_handler
@@ -130,8 +182,13 @@ def serve(
     out: Any = sys.stdout,
     certfile: str | None = None,
     keyfile: str | None = None,
+    client_ca: str | None = None,
 ) -> None:
-    """Run the app under gunicorn; print the API root URL once listening."""
+    """Run the app under gunicorn; print the API root URL once listening.
+
+    ``certfile``/``keyfile``: serve HTTPS only; ``client_ca``: also verify client
+    certificates against that CA bundle (mutual TLS; see ``exchange.tls.server_context``).
+    """
     from gunicorn.app.base import BaseApplication
 
     scheme = "https" if certfile else "http"
@@ -159,7 +216,23 @@ def serve(
         "limit_request_field_size": 8190,
     }
     if certfile:
-        options.update({"certfile": certfile, "keyfile": keyfile})
+        import os
+
+        from exchange.tls import server_context
+
+        contexts: dict[int, Any] = {}
+
+        def ssl_context(_conf: Any, _default: Any) -> Any:
+            # gunicorn asks for a context per connection: build it once per worker process
+            pid = os.getpid()
+            if pid not in contexts:
+                contexts.clear()
+                contexts[pid] = server_context(certfile, keyfile, client_ca)
+            return contexts[pid]
+
+        options.update({"certfile": certfile, "keyfile": keyfile, "ssl_context": ssl_context})
+        if client_ca:
+            options["ca_certs"] = client_ca
 
     class _App(BaseApplication):
         def load_config(self) -> None:

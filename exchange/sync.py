@@ -207,14 +207,15 @@ def push(
     key = f"push:{partner}"
     transfer = Transfer("push", partner)
     sel = Selection(source.id, versions=("all",))
+    plain = client.url.lower().startswith("http://")  # IEP encrypt_in_transit 'must' objects never go over it
     while True:
         mark = _state(opened, key)
         after = tuple(mark["after"]) if mark.get("after") else None
         rows, _more = opened.store.page(sel, limit=envelope_size, after=after)  # type: ignore[arg-type]
         if not rows:
             return transfer
-        objs = [orjson.loads(r.body) for r in rows]
-        status = with_retries(f"push to {partner}", lambda: _push_final(client, pcfg.push_to, objs), backoff, transfer)
+        objs = [orjson.loads(r.body) for r in rows if not (plain and r.encrypt_in_transit)]
+        status = with_retries(f"push to {partner}", lambda: _push_final(client, pcfg.push_to, objs), backoff, transfer) if objs else _NOTHING
         transfer.pages += 1
         transfer.received += len(objs)
         transfer.stored += status["success_count"]
@@ -232,11 +233,29 @@ def push(
             )
             for f in status["failures"]
         ]
+        entries += _transport_withheld(partner, client.url, [r for r in rows if plain and r.encrypt_in_transit])
         with opened.store.transaction() as conn:
             audit.append(conn, entries)
             opened.store.set_state(conn, key, orjson.dumps({"after": [rows[-1].date_added, rows[-1].seq]}).decode())
         if progress:
             progress(len(objs))
+
+
+_NOTHING = {"success_count": 0, "failure_count": 0, "successes": [], "failures": []}
+
+
+def _transport_withheld(partner: str, url: str, rows: list) -> list[audit.Entry]:
+    """Audit entries for object versions not pushed because the partner URL is plain HTTP."""
+    if not rows:
+        return []
+    from exchange.release import current_policy
+
+    clause = current_policy().one("iep-encrypted-transport")
+    detail = {"reason": f"IEP encrypt_in_transit 'must': not pushed over plain HTTP to {url}", "transport": "http", "endpoint": "push"}
+    return [
+        audit.Entry("transport-withhold", partner, r.stix_id, r.version, "withhold", (clause.id,) if clause else (), detail)
+        for r in rows
+    ]
 
 
 def _push_final(client: PartnerClient, ref: str, objs: list[dict]) -> dict:

@@ -32,9 +32,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from exchange.cli import attribution, exchange_cmds, node, policy
+    from exchange.cli import attribution, exchange_cmds, node, pki, policy
 
-    for module in (node, exchange_cmds, policy, attribution):
+    for module in (node, exchange_cmds, policy, attribution, pki):
         for command in module.COMMANDS:
             main.add_command(command)
 

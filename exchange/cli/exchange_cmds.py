@@ -12,7 +12,7 @@ import click
 import orjson
 
 from exchange.cli.node import DATA_DIR, DATABASE, WAIT_DB, _need_store
-from exchange.errors import BadRequest, ConfigError, PartnerAuthError, PartnerError, PartnerUnavailable
+from exchange.errors import BadRequest, ConfigError, PartnerAuthError, PartnerError, PartnerTLSError, PartnerUnavailable
 
 log = logging.getLogger("exchange.cli")
 
@@ -98,7 +98,7 @@ def release(node: str, data_dir: Path | None, database: str | None) -> None:
         click.echo(f"{partner}: {r.evaluated} evaluated, {r.shared} shared, {r.redacted} redacted, {r.withheld} withheld")
 
 
-def _password(password_file: Path | None, password_stdin: bool) -> str:
+def _password(password_file: Path | None, password_stdin: bool, *, optional: bool = False) -> str:
     if password_file is not None:
         try:
             value = password_file.read_text(encoding="utf-8").strip()
@@ -108,7 +108,7 @@ def _password(password_file: Path | None, password_stdin: bool) -> str:
         value = sys.stdin.readline().rstrip("\r\n")
     else:
         value = os.environ.get("CTI_EXCHANGE_PARTNER_PASSWORD", "")
-    if not value:
+    if not value and not optional:
         raise BadRequest("no partner password: give --password-file, --password-stdin or CTI_EXCHANGE_PARTNER_PASSWORD")
     return value
 
@@ -125,7 +125,12 @@ def _password(password_file: Path | None, password_stdin: bool) -> str:
 @click.option("--direction", type=click.Choice(["both", "pull", "push"]), default="both", show_default=True)
 @click.option("--envelope-size", type=click.IntRange(1, 10000), default=500, show_default=True, help="Objects per pushed envelope.")
 @click.option("--page-size", type=click.IntRange(1, 10000), default=1000, show_default=True, help="Objects per pulled page.")
-@click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), help="CA bundle to verify the partner's certificate.")
+@click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CA_FILE",
+              help="CA bundle to verify the partner's certificate (https:// URLs; default: the system's; env CTI_EXCHANGE_CA_FILE).")
+@click.option("--cert-file", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CERT_FILE",
+              help="Our client certificate for mutual TLS (PEM; env CTI_EXCHANGE_CERT_FILE).")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_KEY_FILE",
+              help="The client certificate's private key (PEM; env CTI_EXCHANGE_KEY_FILE).")
 @click.option("--retries", type=click.IntRange(1, 100), default=8, show_default=True, help="Attempts per transfer on transient failures.")
 @click.option("--verbose", "-v", is_flag=True)
 @DATA_DIR
@@ -134,20 +139,30 @@ def _password(password_file: Path | None, password_stdin: bool) -> str:
 def sync(
     node: str, partner: str, partner_url: str, user: str | None, password_file: Path | None, password_stdin: bool,
     mode: str, interval: float | None, direction: str, envelope_size: int, page_size: int, ca_file: Path | None,
-    retries: int, verbose: bool, data_dir: Path | None, database: str | None, wait_db: float,
+    cert_file: Path | None, key_file: Path | None, retries: int, verbose: bool, data_dir: Path | None, database: str | None,
+    wait_db: float,
 ) -> None:
-    """Pull from and push to PARTNER under policy, incrementally and resumably."""
+    """Pull from and push to PARTNER under policy, incrementally and resumably.
+
+    Over an https:// URL the partner's certificate is verified (--ca-file) and
+    --cert-file/--key-file present our client certificate (mutual TLS; the password
+    is then optional). Over http:// nothing whose IEP marking says
+    encrypt_in_transit: must is pushed.
+    """
     from exchange.client import PartnerClient
     from exchange.node import open_node
     from exchange.sync import Backoff, run_cycle
 
     _configure_logging(verbose)
     _need_store(data_dir, database)
-    password = _password(password_file, password_stdin)
+    if key_file is not None and cert_file is None:
+        raise click.UsageError("--key-file needs --cert-file")
+    cert = (str(cert_file), str(key_file)) if key_file else (str(cert_file) if cert_file else None)
+    password = _password(password_file, password_stdin, optional=cert is not None)
     opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db)
     if partner not in opened.node.config.partners:
         raise ConfigError(f"node {node!r} has no partner {partner!r} (known: {', '.join(opened.node.config.partners)})")
-    client = PartnerClient.connect(partner_url, user or node, password, verify=str(ca_file) if ca_file else True)
+    client = PartnerClient.connect(partner_url, user or node, password, verify=str(ca_file) if ca_file else True, cert=cert)
     backoff = Backoff(attempts=retries)
     try:
         while True:
@@ -156,8 +171,10 @@ def sync(
                                     envelope_size=envelope_size, page_size=page_size, show_progress=sys.stderr.isatty())
                 moved = any(v for part in summary.values() for k, v in part.items() if k != "retries") if summary else False
                 log.log(logging.INFO if moved else logging.DEBUG, "sync %s<->%s: %s", node, partner, summary)
+            except PartnerTLSError as exc:
+                raise click.ClickException(f"{exc} -- check --ca-file, --cert-file/--key-file and the partner URL") from exc
             except PartnerAuthError as exc:
-                raise click.ClickException(f"{exc} -- check the account and its password on the partner's node") from exc
+                raise click.ClickException(f"{exc} -- check the account and its password (or client certificate) on the partner's node") from exc
             except PartnerUnavailable as exc:
                 if interval is None:
                     raise click.ClickException(f"partner unavailable after {retries} attempts: {exc}") from exc
@@ -215,11 +232,18 @@ COMMANDS = [load, release, sync, audit]
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=180, show_default=True, help="--remote: how long to wait for the agents.")
 @click.option("--us-database", help="--remote: the US node's database URL, if not the SQLite file in --us-data.")
 @click.option("--rok-database", help="--remote: the ROK node's database URL, if not the SQLite file in --rok-data.")
+@click.option("--plain-http", is_flag=True, help="Run the local nodes over plain HTTP instead of HTTPS with mutual TLS (a demo PKI in the work dir).")
 def demo(
     keep: Path | None, as_json: bool, remote: bool, us_url: str | None, rok_url: str | None, secrets_dir: Path | None,
     us_data: Path | None, rok_data: Path | None, timeout: float, us_database: str | None, rok_database: str | None,
+    plain_http: bool,
 ) -> None:
-    """Run the demo exchange: US and ROK nodes, seeded, syncing under policy, then a leak check."""
+    """Run the demo exchange: US and ROK nodes, seeded, syncing under policy, then a leak check.
+
+    Locally both nodes serve HTTPS with mutual TLS (a demo CA and certificates made
+    by `pki init` in the work dir) unless --plain-http. With --remote, the
+    credentials folder's pki/ (if present) verifies the nodes and holds the client certificates.
+    """
     from exchange.demo import run_demo, run_remote_demo, summary_json
     from exchange.narrative import print_narrative
 
@@ -232,7 +256,7 @@ def demo(
             databases={"us": us_database or None, "rok": rok_database or None},
         )
     else:
-        result = run_demo(keep)
+        result = run_demo(keep, plain_http=plain_http)
     print_narrative(result, json_mode=as_json)
     if as_json:
         click.echo(summary_json(result))

@@ -43,16 +43,32 @@ def _need_store(data_dir: Path | None, database: str | None) -> None:
     "--accounts-from", type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Set each configured account's password from DIR/<account> (a secrets mount) before serving.",
 )
+@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CERTFILE",
+              help="Serve HTTPS only, with this server certificate (PEM; env CTI_EXCHANGE_CERTFILE).")
+@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_KEYFILE",
+              help="The server certificate's private key (PEM; env CTI_EXCHANGE_KEYFILE).")
+@click.option("--client-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CLIENT_CA",
+              help="Mutual TLS: verify client certificates against this CA bundle; a certificate identifies the account "
+                   "whose certificate_subject it has, and those accounts must present it (env CTI_EXCHANGE_CLIENT_CA).")
 @WAIT_DB
 def serve(
     node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int,
-    strict_validation: bool, accounts_from: Path | None, wait_db: float,
+    strict_validation: bool, accounts_from: Path | None, certfile: Path | None, keyfile: Path | None,
+    client_ca: Path | None, wait_db: float,
 ) -> None:
-    """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL."""
+    """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL.
+
+    Without --certfile the node speaks plain HTTP and withholds every object whose
+    IEP marking says encrypt_in_transit: must from all read endpoints.
+    """
     from exchange.node import add_account, open_node
     from exchange.server import data_dir_factory, serve as run
+    from exchange.tls import check_files
 
     _need_store(data_dir, database)
+    if certfile is None and (keyfile is not None or client_ca is not None):
+        raise click.UsageError("--keyfile and --client-ca need --certfile (TLS)")
+    check_files(certfile, keyfile, ca=client_ca)
     opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db)  # fail fast, before forking workers
     if accounts_from is not None:
         for acct in opened.node.config.accounts:
@@ -61,8 +77,14 @@ def serve(
                 add_account(opened, acct.name, _read_password_file(path), [], [])
     api_root = opened.node.config.api_root.path
     opened.close()
-    factory = data_dir_factory(node, data_dir, database, strict_validation=strict_validation)
-    run(factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root)
+    factory = data_dir_factory(
+        node, data_dir, database, strict_validation=strict_validation, tls=certfile is not None, client_certificates=client_ca is not None
+    )
+    run(
+        factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root,
+        certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
+        client_ca=str(client_ca) if client_ca else None,
+    )
 
 
 def _read_password_file(path: Path) -> str:

@@ -131,6 +131,7 @@ class _Route:
         self.c_iep_affected = one("iep-affected-party")
         self.c_iep_resale = one("iep-unmodified-resale")
         self.c_iep_encrypt = one("iep-encrypt-in-transit")
+        self.c_iep_transport = one("iep-encrypted-transport")
         self.c_vuln = one("undisclosed-vulnerability")
         self.c_attr_rel = one("attribution-relationship")
         self.c_attr_prod = one("attribution-product")
@@ -270,8 +271,9 @@ class _Marks:
 class _Ctx:
     """Per-call state: marking definitions known, caches, ``now``."""
 
-    def __init__(self, route: _Route, now: int, mdefs: dict[str, dict]) -> None:
+    def __init__(self, route: _Route, now: int, mdefs: dict[str, dict], plain: bool = False) -> None:
         self.route, self.now, self.mdefs = route, now, mdefs
+        self.plain = plain  # the channel is not encrypted (plain HTTP)
         self.info_cache: dict[str, mk.MarkingInfo] = {}
         self.marks_cache: dict[Any, _Marks] = {}
 
@@ -387,6 +389,8 @@ def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection
                      + (f" (IEP: {marks.iep})" if marks.iep else ""))
     if marks.problem:
         return _withhold(w, marks.problem_clause or route.c_unknown, marks.problem, trace)
+    if ctx.plain and route.c_iep_transport is not None and _needs_encryption(obj, marks, ctx):
+        return _withhold(w, route.c_iep_transport, "IEP encrypt_in_transit 'must': not sent over an unencrypted channel", trace)
     creator = obj.get("created_by_ref")
     own = creator in route.own_ids
     w.origin_own = own
@@ -458,6 +462,21 @@ def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection
 
 
 _NO_MARKS = _Marks(None, "", None, None, frozenset())
+
+
+def _needs_encryption(obj: dict, marks: _Marks, ctx: _Ctx) -> bool:
+    """An object (or one of its granular markings) whose IEP marking says ``encrypt_in_transit: must``."""
+    if marks.iep is not None and marks.iep.encrypt_in_transit == "must":
+        return True
+    granular = obj.get("granular_markings")
+    if isinstance(granular, list):
+        for g in granular:
+            ref = g.get("marking_ref") if isinstance(g, dict) else None
+            if isinstance(ref, str) and ref not in mk.LEVEL_OF:
+                info = ctx.info(ref)
+                if info.kind == "iep" and info.iep is not None and info.iep.encrypt_in_transit == "must":
+                    return True
+    return False
 
 
 def _labels(obj: dict) -> set[str]:
@@ -867,7 +886,7 @@ def _fix_refs(w: _Work, current: dict, bad: list[tuple[str, str]], route: _Route
 
 def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any, context: Iterable[dict],
          held: Collection[str], concurred: Collection[str], trace_id: str | None = None,
-         trace: list[str] | None = None, referenced: Collection[str] = ()) -> list[_Work]:
+         trace: list[str] | None = None, referenced: Collection[str] = (), transport: str | None = None) -> list[_Work]:
     route = _route(policy, sender, recipient)
     objs = objects if isinstance(objects, list) else list(objects)
     index: dict[str, dict] = {}
@@ -885,7 +904,9 @@ def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *
         index[oid] = o
         if o["type"] == "marking-definition":
             mdefs[oid] = o
-    ctx = _Ctx(route, _now_micros(now), mdefs)
+    if transport not in (None, "tls", "plain"):
+        raise BadRequest(f"transport {transport!r}: expected 'tls' or 'plain'")
+    ctx = _Ctx(route, _now_micros(now), mdefs, plain=transport == "plain")
     held_set = held if isinstance(held, (set, frozenset, dict)) else frozenset(held)
     works = []
     for o in objs:
@@ -931,7 +952,8 @@ def _decision(w: _Work) -> Decision:
 
 
 def evaluate(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any = None,
-             context: Iterable[dict] = (), held: Collection[str] = (), concurred: Collection[str] = ()) -> list[Decision]:
+             context: Iterable[dict] = (), held: Collection[str] = (), concurred: Collection[str] = (),
+             transport: str | None = None) -> list[Decision]:
     """One ``Decision`` per input object, in input order.
 
     ``sender``/``recipient``: party names of the policy (``us``, ``rok``, ``jp``,
@@ -942,14 +964,17 @@ def evaluate(objects: Iterable[dict], policy: Policy, sender: str, recipient: st
     companions that ``companions()`` will supply).  ``held``: ids the recipient is
     known to hold already (references to them resolve).  ``concurred``: ids of
     attribution objects with recorded joint concurrence (used only by SCCF clauses
-    that set ``accept_recorded_concurrence``).
+    that set ``accept_recorded_concurrence``).  ``transport``: ``"plain"`` when the
+    objects would travel over an unencrypted channel (IEP ``encrypt_in_transit: must``
+    objects are then withheld), ``"tls"`` or ``None`` otherwise.
     """
     # The engine allocates only acyclic objects; pausing the cyclic collector for the call
     # (restored afterwards) avoids full-heap scans that would otherwise halve throughput.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        works = _run(objects, policy, sender, recipient, now=now, context=context, held=held, concurred=concurred)
+        works = _run(objects, policy, sender, recipient, now=now, context=context, held=held, concurred=concurred,
+                     transport=transport)
         return [_decision(w) for w in works]
     finally:
         if was_enabled:

@@ -35,7 +35,7 @@ __all__ = [
     "TLP2_EXTENSION_ID", "IEP2_EXTENSION_ID", "TLP2_IDS", "TLP2_MARKINGS", "TLP2_EXTENSION_DEFINITION",
     "IEP2_EXTENSION_DEFINITION", "TLP1_MARKINGS", "TLP1_TO_TLP2", "LEVEL_OF", "OFFICIAL_OBJECTS",
     "IepPolicy", "MarkingInfo", "parse_level", "level_name", "most_restrictive", "parse_iep", "combine_iep",
-    "classify_marking_definition", "official_marking",
+    "classify_marking_definition", "official_marking", "marking_refs", "encryption_required",
 ]
 
 # TLP levels, least to most restrictive (FIRST TLP 2.0).
@@ -321,3 +321,36 @@ def classify_marking_definition(md: Mapping[str, Any] | None, marking_id: str | 
     if dtype == "tlp":
         return MarkingInfo("unknown", problem=f"{mid} claims definition_type 'tlp' but is not an official TLP 1.0 id")
     return MarkingInfo("unknown", problem=f"{mid} is not a TLP, IEP 2.0 or statement marking")
+
+
+# ---------------------------------------------------------------- transport
+
+
+def marking_refs(obj: Mapping[str, Any]) -> list[str]:
+    """Every marking definition an object references: ``object_marking_refs`` and granular ``marking_ref``s."""
+    out: list[str] = []
+    refs = obj.get("object_marking_refs")
+    if isinstance(refs, list):
+        out += [r for r in refs if isinstance(r, str)]
+    granular = obj.get("granular_markings")
+    if isinstance(granular, list):
+        out += [g["marking_ref"] for g in granular if isinstance(g, Mapping) and isinstance(g.get("marking_ref"), str)]
+    return out
+
+
+def encryption_required(obj: Mapping[str, Any], definitions: Mapping[str, Mapping[str, Any] | None]) -> bool:
+    """Whether an object may travel only over an encrypted channel.
+
+    True if any of its markings (whole-object or granular) is an IEP 2.0 marking
+    with ``encrypt_in_transit: must``, or is a marking this node cannot interpret
+    (not in ``definitions``, or neither TLP, IEP 2.0 nor a statement): an unread
+    handling instruction is treated as requiring encryption.  ``definitions``:
+    marking-definition id -> object (official TLP ids need not be in it).
+    """
+    for ref in marking_refs(obj):
+        if ref in LEVEL_OF:
+            continue
+        info = classify_marking_definition(definitions.get(ref), ref)
+        if info.kind == "unknown" or (info.kind == "iep" and info.iep is not None and info.iep.encrypt_in_transit == "must"):
+            return True
+    return False

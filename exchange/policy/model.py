@@ -225,6 +225,12 @@ class IepEncrypt(_Rule):
     kind: Literal["iep-encrypt-in-transit"]
 
 
+class IepEncryptedTransport(_Rule):
+    """IEP ``encrypt_in_transit: must``: never over an unencrypted channel (plain HTTP), whoever the recipient."""
+
+    kind: Literal["iep-encrypted-transport"]
+
+
 class IepValidity(_Rule):
     kind: Literal["iep-validity"]
 
@@ -257,8 +263,8 @@ Rule = Annotated[
         UnmarkedDefault, UnknownMarkingDefault, NoReleaseDefault, PublicSource, OfficialMarkings, PartyIdentities,
         NeverAutomated, ReleaseAny, OwnRelease, OwnWithhold, OnwardCommunity, OnwardClients, Ransomware,
         CriticalInfrastructure, AttributionRelationship, AttributionProduct, UndisclosedVulnerability, FieldRedact,
-        IepProviderAttribution, IepPermittedActions, IepAffectedParty, IepResale, IepEncrypt, IepValidity,
-        GranularRedact, RequiredRefs, OptionalRefs, ContainerRefs, Companions,
+        IepProviderAttribution, IepPermittedActions, IepAffectedParty, IepResale, IepEncrypt, IepEncryptedTransport,
+        IepValidity, GranularRedact, RequiredRefs, OptionalRefs, ContainerRefs, Companions,
     ],
     Field(discriminator="kind"),
 ]
@@ -267,7 +273,7 @@ SINGLE_KINDS = (
     "unmarked-default", "unknown-marking-default", "no-release-default", "public-source", "official-markings",
     "party-identities", "never-automated", "granular-redact", "integrity-required-refs", "integrity-optional-refs",
     "integrity-containers", "companions", "iep-provider-attribution", "iep-permitted-actions", "iep-affected-party",
-    "iep-unmodified-resale", "iep-encrypt-in-transit", "iep-validity", "undisclosed-vulnerability",
+    "iep-unmodified-resale", "iep-encrypt-in-transit", "iep-encrypted-transport", "iep-validity", "undisclosed-vulnerability",
     "attribution-relationship", "attribution-product", "critical-infrastructure",
 )
 REQUIRED_KINDS = ("unmarked-default", "unknown-marking-default", "no-release-default")

@@ -9,9 +9,10 @@ cursors (``exchange.cursor``), so any worker can serve any ``next``.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -40,6 +41,7 @@ class PageRequest:
     limit: int
     after: tuple[int, int] | None
     digest: str
+    endpoint: str = ""
 
 
 class ExchangeBackend(Backend):
@@ -52,6 +54,7 @@ class ExchangeBackend(Backend):
         *,
         strict_validation: bool = False,
         after_write: AfterWrite | None = None,
+        encrypted_transport: bool = False,
         **_: Any,
     ) -> None:
         self.node = node
@@ -66,6 +69,10 @@ class ExchangeBackend(Backend):
             for name, partner in node.config.partners.items()
         }
         self._by_id = {c.id: c for c in node.config.collections}
+        # served over plain HTTP: rows flagged encrypt_in_transit are left out of every read endpoint
+        self._plain = not encrypted_transport
+        self._withheld_seen: set[tuple] = set()
+        self._withheld_lock = threading.Lock()
 
     # -- who is asking -------------------------------------------------------------
 
@@ -164,6 +171,8 @@ class ExchangeBackend(Backend):
             sel = parse_filters(collection_id, filter_args, allowed)
         except ExchangeError as exc:
             raise ProcessingError(exc.message, exc.status) from exc
+        if self._plain:
+            sel = replace(sel, plain_transport=True)
         digest = cursor.request_digest([endpoint, collection_id, object_id, _selection_key(sel)])
         after = None
         token = filter_args.get("next")
@@ -172,10 +181,15 @@ class ExchangeBackend(Backend):
                 after = cursor.decode(self._secret, token, digest)
             except ExchangeError as exc:
                 raise ProcessingError(exc.message, exc.status) from exc
-        return PageRequest(sel=sel, limit=limit, after=after, digest=digest)
+        return PageRequest(sel=sel, limit=limit, after=after, digest=digest, endpoint=endpoint)
 
     def _fetch(self, req: PageRequest, *, object_id: str | None = None, with_body: bool = True) -> tuple[list[Row], bool, dict]:
         rows, more = self.store.page(req.sel, limit=req.limit, after=req.after, object_id=object_id, with_body=with_body)
+        if self._plain:
+            upto = (rows[-1].date_added, rows[-1].seq) if more and rows else None
+            withheld = self.store.withheld_in_range(req.sel, after=req.after, upto=upto, object_id=object_id)
+            if withheld:
+                self._audit_withheld(req.sel.collection_id, req.endpoint, withheld)
         headers: dict[str, str] = {}
         if rows:
             headers["X-TAXII-Date-Added-First"] = format_timestamp(rows[0].date_added)
@@ -215,11 +229,44 @@ class ExchangeBackend(Backend):
         ]
         return self._envelope("objects", items, rows, more, req), headers
 
+    def _must_exist(self, collection_id: str, object_id: str, endpoint: str) -> None:
+        """404 unless the object has a version this request may see (over plain HTTP: not flagged encrypt_in_transit)."""
+        if self.store.exists(collection_id, object_id, plain_transport=self._plain):
+            return
+        if self._plain:
+            sel = Selection(collection_id, versions=("all",))
+            withheld = self.store.withheld_in_range(sel, after=None, upto=None, object_id=object_id)
+            if withheld:
+                self._audit_withheld(collection_id, endpoint, withheld)
+        raise ProcessingError(f"Object '{object_id}' not found", 404)
+
+    def _audit_withheld(self, collection_id: str, endpoint: str, withheld: list[tuple[str, str]]) -> None:
+        """One audit entry per object version a plain-HTTP request did not get (once per account and version)."""
+        from exchange.release import current_policy
+
+        acct = self.account()
+        with self._withheld_lock:
+            fresh = [(oid, v) for oid, v in withheld if (acct.name, collection_id, oid, v) not in self._withheld_seen]
+            if len(self._withheld_seen) > 100_000:
+                self._withheld_seen.clear()
+            self._withheld_seen.update((acct.name, collection_id, oid, v) for oid, v in fresh)
+        if not fresh:
+            return
+        clause = current_policy().one("iep-encrypted-transport")
+        coll = self._by_id[collection_id]
+        detail = {
+            "reason": "IEP encrypt_in_transit 'must': not served over plain HTTP (this node runs without TLS)",
+            "account": acct.name, "collection": coll.alias, "endpoint": endpoint, "transport": "http",
+        }
+        audit.record(self.store, [
+            audit.Entry("transport-withhold", acct.partner, oid, v, "withhold", (clause.id,) if clause else (), detail)
+            for oid, v in fresh
+        ])
+
     def get_object(self, api_root: str, collection_id: str, object_id: str, filter_args: dict, allowed_filters: Sequence[str], limit: int):
         """Envelope with the versions of one object selected by the filters (s5.6)."""
         self._require(api_root, collection_id, "read")
-        if not self.store.exists(collection_id, object_id):
-            raise ProcessingError(f"Object '{object_id}' not found", 404)
+        self._must_exist(collection_id, object_id, "object")
         req = self._page_request("object", collection_id, filter_args, allowed_filters, limit, object_id)
         rows, more, headers = self._fetch(req, object_id=object_id)
         items = [orjson.Fragment(r.body) for r in rows]
@@ -228,8 +275,7 @@ class ExchangeBackend(Backend):
     def get_object_versions(self, api_root: str, collection_id: str, object_id: str, filter_args: dict, allowed_filters: Sequence[str], limit: int):
         """Versions resource (s5.8): every version of one object, in ``date_added`` order."""
         self._require(api_root, collection_id, "read")
-        if not self.store.exists(collection_id, object_id):
-            raise ProcessingError(f"Object '{object_id}' not found", 404)
+        self._must_exist(collection_id, object_id, "versions")
         args = dict(filter_args)
         args["match[version]"] = "all"
         req = self._page_request("versions", collection_id, args, tuple(allowed_filters) + ("version",), limit, object_id)

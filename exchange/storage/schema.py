@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -40,6 +41,8 @@ objects = Table(
     Column("is_first", Boolean, nullable=False),
     Column("is_last", Boolean, nullable=False),
     Column("body", Text, nullable=False),
+    # never served or pushed over plain HTTP (an IEP 2.0 marking says encrypt_in_transit: must); migration 0002
+    Column("encrypt_in_transit", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("collection_id", "stix_id", "version_key", name="uq_objects_version"),
     Index("ix_objects_all", "collection_id", "date_added", "seq"),
     Index("ix_objects_last", "collection_id", "is_last", "date_added", "seq"),

@@ -65,6 +65,7 @@ class Row:
     spec_version: str
     date_added: int
     body: str
+    encrypt_in_transit: bool = False  # never served or pushed over plain HTTP
 
     @property
     def date_added_str(self) -> str:
@@ -81,6 +82,7 @@ class Selection:
     versions: tuple[str, ...] = ("last",)  # 'first' | 'last' | 'all' | timestamps
     spec_versions: tuple[str, ...] = ()
     added_after: int | None = None
+    plain_transport: bool = False  # the request came over plain HTTP: rows flagged encrypt_in_transit are left out
 
 
 @dataclass
@@ -290,6 +292,7 @@ class Store:
     def _add_locked(self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult) -> None:
         stamp_str = format_timestamp(stamp)
         ids = list(dict.fromkeys(o["id"] for o in objs))
+        needs_encryption = self._encryption_check(conn, collection_id, objs)
         existing: dict[str, list] = {}
         for chunk in _chunks(ids, _CHUNK):
             for row in conn.execute(
@@ -339,6 +342,7 @@ class Store:
                 "is_first": False,
                 "is_last": False,
                 "body": body,
+                "encrypt_in_transit": needs_encryption(obj),
             }
             result.successes.append({"id": sid, "version": vstr})
 
@@ -363,7 +367,7 @@ class Store:
                         "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"],
                         "version": vstr, "version_key": stamp, "spec_version": obj.get("spec_version", "2.1"),
                         "date_added": stamp, "is_first": False, "is_last": False,
-                        "body": orjson.dumps(obj).decode("utf-8"),
+                        "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj),
                     }
                     result.successes.append({"id": obj["id"], "version": vstr})
                 else:
@@ -394,6 +398,23 @@ class Store:
             conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
         conn.execute(insert(objects), list(pending.values()))
         result.added = len(pending)
+
+    def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict]):  # type: ignore[no-untyped-def]
+        """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
+
+        Marking definitions are resolved from the batch itself, then from the same
+        collection (where the release and the sync agents store them with the objects).
+        """
+        from exchange.policy.markings import LEVEL_OF, encryption_required, marking_refs
+
+        defs: dict[str, dict | None] = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
+        wanted = sorted({r for o in objs for r in marking_refs(o) if r not in LEVEL_OF and r not in defs})
+        for chunk in _chunks(wanted, _CHUNK):
+            for sid, body in conn.execute(
+                select(objects.c.stix_id, objects.c.body).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk))
+            ):
+                defs.setdefault(sid, orjson.loads(body))
+        return lambda obj: encryption_required(obj, defs)
 
     def delete_object(self, sel: Selection, object_id: str) -> int:
         """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many."""
@@ -445,6 +466,8 @@ class Store:
             where.append(c.spec_version.in_(sel.spec_versions))
         if sel.added_after is not None:
             where.append(c.date_added > sel.added_after)
+        if sel.plain_transport:
+            where.append(c.encrypt_in_transit == False)  # noqa: E712
         return where
 
     def page(
@@ -460,13 +483,14 @@ class Store:
         c = objects.c
         cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
         cols.append(c.body if with_body else c.stix_type)
+        cols.append(c.encrypt_in_transit)
         where = self._where(sel, object_id=object_id)
         if after is not None:
             where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
         stmt = select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
         try:
             with self.engine.connect() as conn:
-                rows = [Row(r[0], r[1], r[2], r[3], r[4], r[5] if with_body else "") for r in conn.execute(stmt)]
+                rows = [Row(r[0], r[1], r[2], r[3], r[4], r[5] if with_body else "", bool(r[6])) for r in conn.execute(stmt)]
         except SQLAlchemyError as exc:
             raise StorageError(f"reading objects failed: {exc.__class__.__name__}") from exc
         more = len(rows) > limit
@@ -480,14 +504,29 @@ class Store:
             row = conn.execute(stmt).first()
         return (row[0], row[1]) if row is not None else None
 
-    def exists(self, collection_id: str, object_id: str) -> bool:
+    def exists(self, collection_id: str, object_id: str, *, plain_transport: bool = False) -> bool:
+        where = [objects.c.collection_id == collection_id, objects.c.stix_id == object_id]
+        if plain_transport:
+            where.append(objects.c.encrypt_in_transit == False)  # noqa: E712
         with self.engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(objects.c.seq).where(objects.c.collection_id == collection_id, objects.c.stix_id == object_id).limit(1)
-                ).first()
-                is not None
-            )
+            return conn.execute(select(objects.c.seq).where(*where).limit(1)).first() is not None
+
+    def withheld_in_range(
+        self, sel: Selection, *, after: tuple[int, int] | None, upto: tuple[int, int] | None, object_id: str | None = None, limit: int = 10000
+    ) -> list[tuple[str, str]]:
+        """``(id, version)`` of the rows a plain-HTTP page left out (flagged ``encrypt_in_transit``) in its keyset range."""
+        from dataclasses import replace
+
+        c = objects.c
+        where = self._where(replace(sel, plain_transport=False), object_id=object_id)
+        where.append(c.encrypt_in_transit == True)  # noqa: E712
+        if after is not None:
+            where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
+        if upto is not None:
+            where.append(tuple_(c.date_added, c.seq) <= tuple_(*upto))
+        stmt = select(c.stix_id, c.version).where(*where).order_by(c.date_added, c.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(stmt)]
 
     def iter_rows(self, sel: Selection, *, after: tuple[int, int] | None = None, batch: int = 1000) -> Iterator[Row]:
         """Every selected row in keyset order, fetched page by page (a full pull streams)."""

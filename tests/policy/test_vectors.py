@@ -37,7 +37,7 @@ def test_vector(name, vector):
     # ``concurred``: ids (or ``@alias``) of attribution objects with recorded joint concurrence
     concurred = [ids[c[1:]] if c.startswith("@") else c for c in vector.get("concurred", ())]
     decisions = evaluate(objects, POLICY, vector["from"], vector["to"], now=vector.get("now", NOW),
-                         held=vector.get("held", ()), concurred=concurred)
+                         held=vector.get("held", ()), concurred=concurred, transport=vector.get("transport"))
     assert objects == before, "evaluate mutated its input"
     aliases = [spec.get("alias") for spec in vector["objects"]]
     by_alias = dict(zip(aliases, decisions))
