@@ -10,7 +10,7 @@ objects per second.  ``check_object_strict`` additionally runs the full
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 SPEC_VERSION = "2.1"
@@ -21,6 +21,9 @@ _TYPE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _ID_RE = re.compile(r"^([a-z][a-z0-9-]{1,248}[a-z0-9])--(" + _UUID + r")$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_TS_MEMO: dict[str, int] = {}  # objects repeat their timestamps (created = modified = valid_from ...)
+_TS_MEMO_MAX = 4096
 
 SCO_TYPES = frozenset(
     {
@@ -62,17 +65,26 @@ def parse_timestamp(value: Any) -> int:
     """
     if not isinstance(value, str):
         raise ValueError(f"timestamp must be a string, not {type(value).__name__}")
+    known = _TS_MEMO.get(value)
+    if known is not None:
+        return known
     m = _TS_RE.match(value)
     if m is None:
         raise ValueError(f"{value!r} is not a STIX timestamp (YYYY-MM-DDTHH:MM:SS[.s]Z)")
     year, month, day, hour, minute, second, frac = m.groups()
+    h, mi, s = int(hour), int(minute), int(second)
     try:
-        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=timezone.utc)
+        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+        if h > 23 or mi > 59 or s > 59:
+            raise ValueError("hour, minute or second out of range")
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a valid date/time: {exc}") from None
-    micros = int((frac or "0")[:6].ljust(6, "0"))
-    delta = dt - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + micros
+    micros = int(frac[:6].ljust(6, "0")) if frac else 0
+    result = (((days * 24 + h) * 60 + mi) * 60 + s) * 1_000_000 + micros
+    if len(_TS_MEMO) >= _TS_MEMO_MAX:
+        _TS_MEMO.clear()
+    _TS_MEMO[value] = result
+    return result
 
 
 def format_timestamp(micros: int) -> str:
@@ -112,13 +124,14 @@ def check_object(obj: Any) -> str | None:
             return "'created' is required (s3.2)"
         if stype != "marking-definition" and "modified" not in obj:
             return "'modified' is required (s3.2)"
+    stamps: dict[str, int] = {}
     for prop in TIMESTAMP_PROPS:
         if prop in obj:
             try:
-                parse_timestamp(obj[prop])
+                stamps[prop] = parse_timestamp(obj[prop])
             except ValueError as exc:
                 return f"'{prop}': {exc}"
-    if "created" in obj and "modified" in obj and parse_timestamp(obj["modified"]) < parse_timestamp(obj["created"]):
+    if "created" in stamps and "modified" in stamps and stamps["modified"] < stamps["created"]:
         return "'modified' must not be earlier than 'created' (s3.2)"
     for prop in REQUIRED.get(stype, ()):
         if prop not in obj:
