@@ -241,15 +241,15 @@ class ExchangeBackend(Backend):
         raise ProcessingError(f"Object '{object_id}' not found", 404)
 
     def _audit_withheld(self, collection_id: str, endpoint: str, withheld: list[tuple[str, str]]) -> None:
-        """One audit entry per object version a plain-HTTP request did not get (once per account and version)."""
+        """One audit entry per object version a plain-HTTP request did not get (once per account, endpoint and version)."""
         from exchange.release import current_policy
 
         acct = self.account()
         with self._withheld_lock:
-            fresh = [(oid, v) for oid, v in withheld if (acct.name, collection_id, oid, v) not in self._withheld_seen]
+            fresh = [(oid, v) for oid, v in withheld if (acct.name, collection_id, endpoint, oid, v) not in self._withheld_seen]
             if len(self._withheld_seen) > 100_000:
                 self._withheld_seen.clear()
-            self._withheld_seen.update((acct.name, collection_id, oid, v) for oid, v in fresh)
+            self._withheld_seen.update((acct.name, collection_id, endpoint, oid, v) for oid, v in fresh)
         if not fresh:
             return
         clause = current_policy().one("iep-encrypted-transport")

@@ -1,4 +1,8 @@
-"""Two real nodes as subprocesses on loopback, and the sync agent as a subprocess."""
+"""Two real nodes as subprocesses on loopback, and the sync agent as a subprocess.
+
+``pair``/``bare_pair`` serve plain HTTP; ``tls_pair`` (and ``_pair(..., tls=True)``)
+serve HTTPS with mutual TLS under a demo PKI made by ``exchange.pki``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.demo import Exchange, NodeHandle, load_bundle_file, seed_files
+from exchange.demo import Exchange, NodeHandle, load_bundle_file, seed_files, tls_args
 from exchange.node import add_account, open_node
 from exchange.procs import NodeProcess
 from exchange.release import release_all
@@ -41,10 +45,18 @@ class Pair:
 
     tmp: Path
     procs: dict[str, NodeProcess]
+    pki: Path | None = None  # HTTPS with mutual TLS under this demo PKI; plain HTTP if None
 
     @property
     def exchange(self) -> Exchange:
-        return Exchange({n: NodeHandle(n, p.url, p.data_dir, PASSWORDS[n], p) for n, p in self.procs.items()})
+        return Exchange({n: NodeHandle(n, p.url, p.data_dir, PASSWORDS[n], p) for n, p in self.procs.items()}, pki=self.pki)
+
+    def tls_options(self, node: str) -> list[str]:
+        """``sync`` options for ``node``'s agent: the CA and its client certificate at the partner."""
+        if self.pki is None:
+            return []
+        stem = self.pki / f"{node}@{PARTNER[node]}"
+        return ["--ca-file", str(self.pki / "ca.crt"), "--cert-file", f"{stem}.crt", "--key-file", f"{stem}.key"]
 
     def password_file(self, node: str) -> Path:
         """The file holding ``node``'s password on its partner's node."""
@@ -58,7 +70,7 @@ class Pair:
         return [
             sys.executable, "-m", "exchange", "sync", node, "--partner", partner,
             "--partner-url", self.procs[partner].url, "--password-file", str(self.password_file(node)),
-            "--data-dir", str(self.procs[node].data_dir), *extra,
+            "--data-dir", str(self.procs[node].data_dir), *self.tls_options(node), *extra,
         ]
 
     def sync(self, node: str, *extra: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -71,18 +83,24 @@ class Pair:
         old = self.procs[node]
         old.stop()
         port = int(old.url.split(":")[2].split("/")[0])
-        self.procs[node] = NodeProcess(node, old.data_dir, port=port).start()
+        self.procs[node] = NodeProcess(node, old.data_dir, extra_args=old.extra_args, port=port).start()
         return self.procs[node]
 
 
-def _pair(tmp: Path, seed: bool) -> Iterator[Pair]:
+def _pair(tmp: Path, seed: bool, *, tls: bool = False) -> Iterator[Pair]:
     procs: dict[str, NodeProcess] = {}
+    pki = None
+    if tls:
+        from exchange.pki import init_pki
+
+        pki = tmp / "pki"
+        init_pki(pki, ("us", "rok"), days=2)
     try:
         for name in ("us", "rok"):
             data = tmp / name
             provision(name, data, seed=seed)
-            procs[name] = NodeProcess(name, data).start()
-        yield Pair(tmp, procs)
+            procs[name] = NodeProcess(name, data, extra_args=tls_args(pki, name) if pki else ()).start()
+        yield Pair(tmp, procs, pki)
     finally:
         for p in procs.values():
             p.stop()
@@ -98,6 +116,12 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 def bare_pair(tmp_path: Path) -> Iterator[Pair]:
     """Both nodes with accounts but no content."""
     yield from _pair(tmp_path, seed=False)
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> Iterator[Pair]:
+    """Both nodes with accounts but no content, serving HTTPS with mutual TLS (demo PKI in ``pair.pki``)."""
+    yield from _pair(tmp_path, seed=False, tls=True)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,9 @@ GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory) -> Iterator[Pair]:
-    """Both nodes with accounts and no content; each test uses its own subject and actor."""
-    yield from _pair(tmp_path_factory.mktemp("attribution"), seed=False)
+    """Both nodes with accounts and no content, over HTTPS with mutual TLS (a proposal's IEP marking says
+    encrypt_in_transit: must); each test uses its own subject and actor."""
+    yield from _pair(tmp_path_factory.mktemp("attribution"), seed=False, tls=True)
 
 
 def cli(pair: Pair, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
