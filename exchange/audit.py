@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import Connection, delete, insert, select
 
 from exchange.storage.schema import audit, meta
-from exchange.storage.store import Store, now_us
+from exchange.storage.store import Store, insert_rows, now_us
 
 GENESIS = "0" * 64
 EVENTS = frozenset(
@@ -69,7 +69,7 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
         )
         prev = h
     if rows:
-        conn.execute(insert(audit), rows)
+        insert_rows(conn, audit, rows)
         conn.execute(delete(meta).where(meta.c.key == "audit_head"))
         conn.execute(insert(meta).values(key="audit_head", value=f"{seq}:{prev}"))
     return len(rows)

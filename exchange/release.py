@@ -29,9 +29,10 @@ from exchange import audit
 from exchange.attribution import concurred_for
 from exchange.node import OpenNode
 from exchange.policy import Policy, companions, evaluate, load_policy
+from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, level_name, most_restrictive
 from exchange.storage.store import Selection
 
-_BATCH = 1000
+_BATCH = 2000
 _REF_KEYS = ("created_by_ref", "object_marking_refs")
 
 
@@ -134,7 +135,7 @@ def _walk(
     sel = Selection(src.id, versions=("all",))
     keys = {p: f"release:{p}:{src.id}" for p in recipients}
     while recipients:
-        with store.transaction() as conn:  # the write lock also serialises concurrent releasers
+        with store.transaction(durable=False) as conn:  # the write lock also serialises concurrent releasers; redone after a power loss
             marks = {p: _mark(store.get_state(keys[p], conn)) for p in recipients}
             starts = list(marks.values())
             after = None if any(m is None for m in starts) else min(starts)  # type: ignore[type-var]
@@ -208,6 +209,10 @@ def _judge_and_write(
     # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
     decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred)
     travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
+    if travel:  # a companion already released at this version need not travel (nor be audited) again
+        present = {(o["id"], o.get("modified") or o.get("created")) for o in store.versions_of(
+            target.id, [(o["id"], o.get("modified") or o.get("created")) for o in travel])}
+        travel = [o for o in travel if (o["id"], o.get("modified") or o.get("created")) not in present]
     shared = [d.shared for d in decisions if d.shared is not None]
     store.add_in(conn, target.id, travel + shared)
     companion_clause = policy.one("companions")
@@ -246,7 +251,7 @@ def _retry_deferred(
     dkey = f"deferred:{partner}:{src.id}"
     if not opened.store.get_state(dkey):
         return Released()
-    with opened.store.transaction() as conn:
+    with opened.store.transaction(durable=False) as conn:
         pending = [tuple(x) for x in orjson.loads(opened.store.get_state(dkey, conn) or "[]")]
         if not pending:
             return Released()
@@ -259,8 +264,6 @@ def _retry_deferred(
 
 def _context(opened: OpenNode, ids: list[str], cache: dict[str, dict | None]) -> list[dict]:
     """The stored identities and marking definitions among ``ids`` (official TLP objects are built in)."""
-    from exchange.policy.markings import OFFICIAL_OBJECTS
-
     missing = [i for i in ids if i not in cache and i not in OFFICIAL_OBJECTS]
     if missing:
         cfg = opened.node.config
@@ -284,7 +287,5 @@ def _is_context(ref: str) -> bool:
 
 def _tlp_name(obj: dict) -> str:
     """The most restrictive TLP level among an object's own markings, for reports (``none`` if unmarked)."""
-    from exchange.policy.markings import LEVEL_OF, level_name, most_restrictive
-
     levels = [LEVEL_OF[r] for r in obj.get("object_marking_refs", ()) if r in LEVEL_OF]
     return level_name(most_restrictive(levels)) if levels else "none"

@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 from sqlalchemy import (
     Connection,
+    Table,
     and_,
     create_engine,
     delete,
@@ -49,6 +50,21 @@ _CHUNK = 500
 def now_us() -> int:
     """Wall-clock time in integer microseconds since the epoch."""
     return time.time_ns() // 1000
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict]) -> None:
+    """Bulk ``INSERT`` through the driver's ``executemany`` (rows share their keys).
+
+    SQLAlchemy's per-row parameter processing dominated big batches; the
+    statement is plain SQL with the dialect's placeholder, the only dialect
+    difference here.
+    """
+    if not rows:
+        return
+    cols = list(rows[0])
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+    conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -135,9 +151,9 @@ class Store:
 
     # -- transactions ----------------------------------------------------------
 
-    def _write(self) -> Connection:
+    def _write(self, durable: bool = True) -> Connection:
         """A connection whose transaction takes the write lock up front."""
-        return self.engine.connect().execution_options(cti_write=True)
+        return self.engine.connect().execution_options(cti_write=True, cti_durable=durable)
 
     # -- node identity and secret -----------------------------------------------
 
@@ -249,12 +265,23 @@ class Store:
             return self.add_in(conn, collection_id, objs, date_added=date_added)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One write transaction holding the write lock; storage errors become ``StorageError``."""
+    def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
+        """One write transaction holding the write lock; storage errors become ``StorageError``.
+
+        ``durable`` (the default): the commit is flushed to stable storage before
+        it returns, as an acknowledged write must be.  ``durable=False`` is for
+        writes that can be redone from what is already durable (releases derived
+        from stored objects with their bookmarks, pulled pages with the partner's
+        cursor): the commit is still atomic and survives a crash of the process
+        (``kill -9``); a power loss may roll back the last few such transactions
+        as a whole, data and bookmark together, and the next run redoes them.
+        """
         try:
-            with self._write() as conn, conn.begin():
+            with self._write(durable) as conn, conn.begin():
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7274556)")
+                    if not durable:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 yield conn
         except SQLAlchemyError as exc:
             raise StorageError(f"storage write failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from exc
@@ -348,15 +375,16 @@ class Store:
 
         # Identical re-posts are successes; different content under a stored version is a failure.
         for chunk in _chunks(compare, _CHUNK):
-            keys = [(o["id"], k) for o, _, k in chunk]
+            # by (collection_id, stix_id): the unique index; a row-value IN would scan the collection on SQLite
+            keys = {(o["id"], k) for o, _, k in chunk}
             stored = {
                 (r.stix_id, r.version_key): r.body
                 for r in conn.execute(
                     select(objects.c.stix_id, objects.c.version_key, objects.c.body).where(
-                        objects.c.collection_id == collection_id,
-                        tuple_(objects.c.stix_id, objects.c.version_key).in_(keys),
+                        objects.c.collection_id == collection_id, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
                     )
                 )
+                if (r.stix_id, r.version_key) in keys
             }
             for obj, vstr, vkey in chunk:
                 body = stored.get((obj["id"], vkey))
@@ -396,7 +424,7 @@ class Store:
             conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_first=False))
         for chunk in _chunks(clear_last, _CHUNK):
             conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
-        conn.execute(insert(objects), list(pending.values()))
+        insert_rows(conn, objects, list(pending.values()))
         result.added = len(pending)
 
     def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict]):  # type: ignore[no-untyped-def]
@@ -672,5 +700,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        immediate = conn.get_execution_options().get("cti_write", False)
+        options = conn.get_execution_options()
+        immediate = options.get("cti_write", False)
+        if immediate:  # WAL: NORMAL commits are atomic and survive kill -9; FULL also survives power loss
+            conn.exec_driver_sql("PRAGMA synchronous=" + ("FULL" if options.get("cti_durable", True) else "NORMAL"))
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
