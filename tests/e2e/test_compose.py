@@ -101,10 +101,15 @@ def test_demo_service_exits_0_with_the_leak_check_passed(stack):
 
 
 @pytest.mark.compose
-def test_an_object_published_at_us_node_reaches_rok_node_and_a_red_one_does_not(stack):
+def test_an_object_published_at_us_node_reaches_rok_node_and_a_red_one_does_not(stack, tmp_path):
     run, env = stack
-    us = f"http://127.0.0.1:{env['US_PORT']}/us/"
-    rok = f"http://127.0.0.1:{env['ROK_PORT']}/rok/"
+    # the nodes serve HTTPS only; their certificates come from the demo CA in the secrets volume
+    ca = tmp_path / "ca.crt"
+    ca.write_text(run("exec", "-T", "us-node", "cat", "/secrets/pki/ca.crt").stdout)
+    us = f"https://127.0.0.1:{env['US_PORT']}/us/"
+    rok = f"https://127.0.0.1:{env['ROK_PORT']}/rok/"
+    with pytest.raises(requests.ConnectionError):  # plain HTTP is not served
+        requests.get(f"http://127.0.0.1:{env['US_PORT']}/taxii2/", timeout=10)
     us_auth = ("analyst", _secret(run, "us", "analyst"))
     rok_auth = ("analyst", _secret(run, "rok", "analyst"))
     own = load_node("us").config.collection("us-intel").id
@@ -123,12 +128,14 @@ def test_an_object_published_at_us_node_reaches_rok_node_and_a_red_one_does_not(
     red = indicator("marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1", "compose RED")
     resp = requests.post(
         f"{us}collections/{own}/objects/", data=orjson.dumps({"objects": [green, red]}),
-        headers={"Accept": TAXII, "Content-Type": TAXII}, auth=us_auth, timeout=30,
+        headers={"Accept": TAXII, "Content-Type": TAXII}, auth=us_auth, timeout=30, verify=str(ca),
     )
     assert resp.status_code == 202 and resp.json()["success_count"] == 2
 
     def at_rok(oid: str) -> int:
-        return requests.get(f"{rok}collections/{inbox}/objects/{oid}/", headers={"Accept": TAXII}, auth=rok_auth, timeout=30).status_code
+        return requests.get(
+            f"{rok}collections/{inbox}/objects/{oid}/", headers={"Accept": TAXII}, auth=rok_auth, timeout=30, verify=str(ca)
+        ).status_code
 
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and at_rok(green["id"]) != 200:
