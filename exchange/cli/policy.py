@@ -70,7 +70,9 @@ def policy() -> None:
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @_route_options
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON list of decisions.")
-def check(bundle: str, sender: str, recipient: str, policy_path: str | None, now: str | None, as_json: bool) -> None:
+@click.option("--transport", type=click.Choice(["tls", "plain"]), default="tls", show_default=True,
+              help="The channel: over 'plain' HTTP, objects whose IEP marking says encrypt_in_transit: must are withheld.")
+def check(bundle: str, sender: str, recipient: str, policy_path: str | None, now: str | None, as_json: bool, transport: str) -> None:
     """Evaluate every object of BUNDLE for release from one party to another."""
     from exchange.attribution import concurred_in
     from exchange.policy import evaluate
@@ -78,7 +80,7 @@ def check(bundle: str, sender: str, recipient: str, policy_path: str | None, now
     objects = load_bundle(bundle)
     pol = _policy(policy_path)
     # joint attribution products count as concurred if the bundle holds the concurrence (proposal and opinions)
-    decisions = evaluate(objects, pol, sender, recipient, now=now, concurred=concurred_in(objects, pol, sender))
+    decisions = evaluate(objects, pol, sender, recipient, now=now, concurred=concurred_in(objects, pol, sender), transport=transport)
     if as_json:
         click.echo(json.dumps([d.as_json() for d in decisions], ensure_ascii=False))
         return
