@@ -13,9 +13,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from exchange.errors import BadRequest
@@ -108,3 +110,71 @@ class VerificationCache:
                     self._entries.clear()
             self._entries[key] = (now + self.ttl, name)
         return True
+
+
+@dataclass
+class LoginThrottle:
+    """Failed logins per account name: ``limit`` failures within ``window`` seconds lock the name.
+
+    While locked, ``retry_after`` is the number of seconds until the oldest of
+    those failures is ``window`` seconds old (the server answers 429 with that
+    ``Retry-After`` without checking the password); then one more attempt is
+    allowed, and so on, so a guesser gets at most ``limit`` tries per window.
+    Every name counts the same, configured or not, so the answers do not tell
+    which accounts exist.  A successful login does not reset the count: a
+    partner's agent logging in every few seconds would otherwise give a guesser
+    a fresh budget each time.  Counts live in this process (per worker).
+    """
+
+    limit: int = 10
+    window: float = 300.0
+    max_names: int = 10_000
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name[:256]
+
+    def _expire(self, times: deque[float], now: float) -> None:
+        while times and times[0] <= now - self.window:
+            times.popleft()
+
+    def retry_after(self, name: str, now: float | None = None) -> int:
+        """0 if ``name`` may try to log in, else the seconds to wait."""
+        now = time.monotonic() if now is None else now
+        key = self._key(name)
+        with self._lock:
+            times = self._failures.get(key)
+            if times is None:
+                return 0
+            self._expire(times, now)
+            if not times:
+                del self._failures[key]
+                return 0
+            if len(times) < self.limit:
+                return 0
+            return max(1, math.ceil(times[0] + self.window - now))
+
+    def failed(self, name: str, now: float | None = None) -> None:
+        """Record a failed login for ``name``."""
+        now = time.monotonic() if now is None else now
+        key = self._key(name)
+        with self._lock:
+            times = self._failures.get(key)
+            if times is None:
+                if len(self._failures) >= self.max_names:
+                    self._prune(now)
+                times = self._failures[key] = deque()
+            self._expire(times, now)
+            times.append(now)
+            while len(times) > self.limit:
+                times.popleft()
+
+    def _prune(self, now: float) -> None:
+        """Forget names without a failure in the window; if still full, the oldest half."""
+        for key in [k for k, times in self._failures.items() if not times or times[-1] <= now - self.window]:
+            del self._failures[key]
+        if len(self._failures) >= self.max_names:
+            for key in list(self._failures)[: len(self._failures) // 2]:
+                del self._failures[key]

@@ -48,6 +48,20 @@ class ApiRootConfig(_Strict):
     title: str
     description: str = ""
     max_content_length: int = Field(default=10 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024)
+    # hostile input (README "Hostile input"): a POSTed envelope with more objects is refused (413)
+    max_objects_per_envelope: int = Field(default=10_000, gt=0, le=1_000_000)
+    # a POSTed object nesting objects/arrays deeper than this is refused (400)
+    max_object_depth: int = Field(default=64, ge=4, le=200)
+    # an upper bound on the JSON values a POST body may hold, checked before parsing (413):
+    # parsed JSON can take 30x its size in memory (10 MB of "[]," is 300 MB of lists)
+    max_json_values: int = Field(default=500_000, gt=0, le=100_000_000)
+
+
+class AuthConfig(_Strict):
+    """Failed-login throttling: ``max_failed_logins`` within ``failed_login_window`` seconds lock an account name."""
+
+    max_failed_logins: int = Field(default=10, gt=0, le=1_000_000)
+    failed_login_window: float = Field(default=300.0, gt=0, le=86_400)
 
 
 class CollectionConfig(_Strict):
@@ -132,6 +146,7 @@ class NodeConfig(_Strict):
     partners: dict[str, PartnerConfig] = {}
     accounts: tuple[AccountConfig, ...] = ()
     inbound: InboundConfig = InboundConfig()
+    auth: AuthConfig = AuthConfig()
     joint_identity: str | None = Field(default=None, pattern=_IDENTITY_RE.pattern)
 
     @model_validator(mode="after")

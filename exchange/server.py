@@ -10,14 +10,16 @@ gunicorn (threaded workers), never Flask's development server.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app
+from flask import Flask, Request, Response, current_app, request
 from flask.json.provider import JSONProvider
 from medallion import auth
 from medallion.exceptions import MedallionError
@@ -33,10 +35,16 @@ from exchange.errors import ExchangeError, Forbidden, Unauthorized
 from exchange.node import load_account
 from exchange.storage.backend import MEDIA_TYPE_TAXII, AfterWrite, ExchangeBackend
 from exchange.storage.store import Store
+from exchange.accounts import LoginThrottle
+from exchange.errors import BadRequest, PayloadTooLarge, TooManyRequests
+from exchange.stix import deeper_than, is_identifier
+from exchange.worker import DEFAULT_REQUEST_TIMEOUT, SlowClient, worker_class
 
 log = logging.getLogger(__name__)
 
 _EXT = "cti_exchange"
+_THROTTLE = "cti_exchange_login_throttle"
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _DUMMY_HASH = hash_password("dummy-password-for-timing")
 
 
@@ -95,6 +103,7 @@ def create_app(
     app.register_error_handler(ExchangeError, lambda e: taxii_error(e.status, e.message, e.title))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
+    _guard(app, node)
     return app
 
 
@@ -112,6 +121,95 @@ def _http_error(exc: HTTPException) -> Response:
 def _internal_error(exc: Exception) -> Response:
     log.exception("unhandled error")
     return taxii_error(500, "internal server error", "InternalError")
+
+
+# -- hostile input (README "Hostile input") ------------------------------------------------------
+
+
+class _GuardedRequest(Request):
+    """A request whose JSON body is parsed only within the node's limits."""
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        root = current_app.extensions[_EXT].node.config.api_root
+        data = self.get_data(cache=True)  # at most MAX_CONTENT_LENGTH bytes (413 beyond)
+        # Every JSON value but the outermost is the first element of a container or follows a
+        # comma, so this bounds what parsing would build (commas inside strings count too: it
+        # errs on the safe side) at the cost of three byte scans.
+        values = data.count(b",") + data.count(b"[") + data.count(b"{") + 1
+        if values > root.max_json_values:
+            raise PayloadTooLarge(
+                f"the request body holds up to {values} JSON values; this node accepts at most {root.max_json_values}"
+            )
+        parsed = super().get_json(force=force, silent=silent, cache=True)
+        objects = parsed.get("objects") if isinstance(parsed, dict) else None
+        if isinstance(objects, list):
+            if len(objects) > root.max_objects_per_envelope:
+                raise PayloadTooLarge(
+                    f"the envelope holds {len(objects)} objects; this node accepts at most {root.max_objects_per_envelope} per request"
+                )
+            for i, obj in enumerate(objects):
+                if deeper_than(obj, root.max_object_depth):
+                    raise BadRequest(f"objects[{i}] nests objects and arrays more than {root.max_object_depth} levels deep")
+        return parsed
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if e is None:
+            raise BadRequest("the request body must be JSON")
+        raise BadRequest(f"the request body is not valid JSON: {e}")
+
+
+def _guard(app: Flask, node: LoadedNode) -> None:
+    """Limits on what a request may make the node do before it is answered (README "Hostile input")."""
+    app.request_class = _GuardedRequest
+    app.extensions[_THROTTLE] = LoginThrottle(limit=node.config.auth.max_failed_logins, window=node.config.auth.failed_login_window)
+    app.register_error_handler(SlowClient, lambda e: taxii_error(408, str(e), "RequestTimeout"))
+    app.register_error_handler(TooManyRequests, lambda e: taxii_error(429, e.message, e.title, {"Retry-After": str(e.retry_after)}))
+    app.before_request(_guard_request)
+
+
+def _guard_request() -> Response | None:
+    if request.method == "HEAD":
+        # medallion's views branch on GET/POST/DELETE and return nothing for HEAD (a 500):
+        # serve it as GET; werkzeug still sends no body, as the environ says HEAD
+        request.method = "GET"
+    try:
+        creds = request.authorization
+    except ValueError:  # werkzeug raises on non-ASCII in a Basic token: treat it as no credentials (401)
+        request.environ.pop("HTTP_AUTHORIZATION", None)
+        creds = None
+    if creds is not None and creds.type == "basic" and creds.username:
+        # an account name that failed too often is refused before its password is looked at;
+        # every name is treated alike, configured or not (no account enumeration)
+        wait = current_app.extensions[_THROTTLE].retry_after(creds.username)
+        if wait:
+            raise TooManyRequests("too many failed logins for this account: try again later", retry_after=wait)
+    # identifiers in the path are STIX ids and UUIDs, nothing a database could choke on (NUL, 100 kB...)
+    args = request.view_args or {}
+    if "object_id" in args and not is_identifier(args["object_id"]):
+        raise BadRequest(f"{args['object_id'][:100]!r} is not a STIX identifier (type--UUID)")
+    if "status_id" in args and not _UUID_RE.match(args["status_id"]):
+        raise BadRequest(f"{args['status_id'][:100]!r} is not a status identifier (UUID)")
+    env = request.environ
+    if (
+        request.method == "POST"
+        and not env.get("CONTENT_LENGTH")
+        and "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
+        and creds is not None
+    ):
+        # a chunked body: read it now, bounded (werkzeug stops at MAX_CONTENT_LENGTH with 413),
+        # and state its length for medallion's Content-Length check
+        limit = current_app.extensions[_EXT].node.config.api_root.max_content_length
+        data = request.get_data(cache=True)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"the request body exceeds this node's max_content_length ({limit} bytes)")
+        env["CONTENT_LENGTH"] = str(len(data))
+    return None
+
+
+def _note_failed_login() -> None:
+    creds = request.authorization
+    if creds is not None and creds.username:
+        current_app.extensions[_THROTTLE].failed(creds.username)
 
 
 @auth.verify_password
@@ -167,6 +265,7 @@ def _certificate_account(ctx: NodeContext, username: str) -> Account | None:
 @auth.error_handler
 def _auth_error(status: int) -> Response:
     if status == 401:
+        _note_failed_login()
         return taxii_error(401, "authentication required: valid HTTP Basic credentials for this node", "Unauthorized")
     return taxii_error(status, "forbidden", "Forbidden")
 
@@ -183,8 +282,12 @@ def serve(
     certfile: str | None = None,
     keyfile: str | None = None,
     client_ca: str | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> None:
     """Run the app under gunicorn; print the API root URL once listening.
+
+    ``request_timeout``: seconds a client has to send each request (head and body)
+    from its first bytes; later it is answered 408 and disconnected (``exchange.worker``).
 
     ``certfile``/``keyfile``: serve HTTPS only; ``client_ca``: also verify client
     certificates against that CA bundle (mutual TLS; see ``exchange.tls.server_context``).
@@ -203,7 +306,7 @@ def serve(
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": worker_class(request_timeout),  # gthread with a request deadline
         "timeout": 60,
         "graceful_timeout": 10,
         "keepalive": 5,
@@ -254,13 +357,21 @@ class BackgroundReleaser:
     Every ``poll`` seconds it also checks (read-only) for rows written by
     another process, such as a sync agent storing what it pulled from a partner,
     so those go onward under policy without the agent doing it.
+
+    Acknowledged writes come first: while envelopes keep arriving the thread
+    waits until writes have been ``quiet`` for a moment (at most ``max_delay``
+    seconds), and between release batches it pauses briefly when a write came in
+    meanwhile, so a push burst is not slowed by releasing what it just wrote.
     """
 
-    def __init__(self, opened: Any, *, poll: float = 1.0) -> None:
+    def __init__(self, opened: Any, *, poll: float = 1.0, quiet: float = 0.2, max_delay: float = 5.0) -> None:
         import threading
 
         self._opened = opened
         self._poll = poll
+        self._quiet = quiet
+        self._max_delay = max_delay
+        self._last_write = 0.0
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cti-exchange-release", daemon=True)
         self._thread.start()
@@ -268,7 +379,21 @@ class BackgroundReleaser:
 
     def notify(self, coll: Any) -> None:
         if coll.role in ("own", "partner-inbox"):
+            self._last_write = time.monotonic()
             self._wake.set()
+
+    def _settle(self) -> None:
+        """Wait until writes have been quiet for ``quiet`` seconds, or ``max_delay`` passed."""
+        deadline = time.monotonic() + self._max_delay
+        while (now := time.monotonic()) < deadline:
+            idle = now - self._last_write
+            if idle >= self._quiet:
+                return
+            time.sleep(min(self._quiet - idle, deadline - now))
+
+    def _pause(self) -> None:
+        if time.monotonic() - self._last_write < self._quiet:
+            time.sleep(0.05)  # a writer is active: let it take the write lock between our batches
 
     def _run(self) -> None:
         from exchange.release import pending, release_all
@@ -277,8 +402,10 @@ class BackgroundReleaser:
             woken = self._wake.wait(self._poll)
             self._wake.clear()
             try:
+                if woken:
+                    self._settle()
                 if woken or pending(self._opened):
-                    release_all(self._opened)
+                    release_all(self._opened, pause=self._pause)
             except Exception:  # never let the thread die: the next notification retries from the bookmarks
                 log.exception("background release failed")
 

@@ -179,6 +179,35 @@ def _check_common(obj: dict) -> str | None:
     return None
 
 
+def is_identifier(value: Any) -> bool:
+    """True if ``value`` is a STIX identifier (``type--UUID``, s2.9)."""
+    return isinstance(value, str) and len(value) <= 300 and _ID_RE.match(value) is not None
+
+
+def is_type_name(value: Any) -> bool:
+    """True if ``value`` is a valid STIX type name (s3.1)."""
+    return isinstance(value, str) and 3 <= len(value) <= 250 and _TYPE_RE.match(value) is not None
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """True if JSON ``value`` nests objects/arrays more than ``limit`` levels (a scalar is level 0).
+
+    Iterative, and it visits containers only, so its cost is a fraction of a
+    parse and a hostile value cannot exhaust the stack.
+    """
+    if not isinstance(value, (dict, list)):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def check_object_strict(obj: Any) -> str | None:
     """``check_object`` plus a full ``stix2`` parse (pattern grammar, vocabularies)."""
     problem = check_object(obj)

@@ -38,6 +38,10 @@ def _need_store(data_dir: Path | None, database: str | None) -> None:
 @click.option("--port", default=6100, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server worker processes.")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256), help="Threads per worker.")
+@click.option(
+    "--request-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+    help="Seconds a client has to send a whole request (head and body); later: 408 and disconnected.",
+)
 @click.option("--strict-validation", is_flag=True, help="Also run the full stix2 parser (pattern grammar) on every posted object.")
 @click.option(
     "--accounts-from", type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -54,7 +58,7 @@ def _need_store(data_dir: Path | None, database: str | None) -> None:
 def serve(
     node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int,
     strict_validation: bool, accounts_from: Path | None, certfile: Path | None, keyfile: Path | None,
-    client_ca: Path | None, wait_db: float,
+    client_ca: Path | None, wait_db: float, request_timeout: float,
 ) -> None:
     """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL.
 
@@ -83,7 +87,7 @@ def serve(
     run(
         factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root,
         certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
-        client_ca=str(client_ca) if client_ca else None,
+        client_ca=str(client_ca) if client_ca else None, request_timeout=request_timeout,
     )
 
 

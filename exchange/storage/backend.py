@@ -27,6 +27,7 @@ from exchange.config import CollectionConfig, LoadedNode
 from exchange.errors import BadRequest, ExchangeError
 from exchange.inbound import InboundRules
 from exchange.stix import MEDIA_TYPE_STIX, check_object, check_object_strict, format_timestamp, parse_timestamp
+from exchange.stix import is_identifier, is_type_name
 from exchange.storage.store import AddResult, Row, Selection, Store, now_us
 
 MEDIA_TYPE_TAXII = "application/taxii+json;version=2.1"
@@ -406,11 +407,11 @@ def parse_filters(collection_id: str, args: Mapping[str, str], allowed: Sequence
             raise BadRequest(f"added_after: {exc}") from None
     if "id" in allowed and "match[id]" in args:
         ids = _split(args["match[id]"])
-        if not ids or any(len(i) > 300 or "--" not in i for i in ids):
+        if not ids or not all(is_identifier(i) for i in ids):
             raise BadRequest("match[id]: expected comma-separated STIX identifiers")
     if "type" in allowed and "match[type]" in args:
         types = _split(args["match[type]"])
-        if not types or any(len(t) > 250 for t in types):
+        if not types or not all(is_type_name(t) for t in types):
             raise BadRequest("match[type]: expected comma-separated STIX types")
     if "version" in allowed and "match[version]" in args:
         versions = _split(args["match[version]"])

@@ -33,3 +33,14 @@ def test_garbage_is_refused(token):
 
 def test_digest_ignores_nothing_it_is_given():
     assert cursor.request_digest(["objects", "c", None, [["a"]]]) != cursor.request_digest(["objects", "c", None, [["b"]]])
+
+
+def test_a_respelled_token_is_refused():
+    # base64url of 16 bytes ends in a character with 4 unused bits: setting one spells the same bytes
+    token = cursor.encode(SECRET, 1, 2, "d")
+    body, mac = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelled = mac[:-1] + alphabet[alphabet.index(mac[-1]) | 1]
+    assert respelled != mac
+    with pytest.raises(BadRequest):
+        cursor.decode(SECRET, body + "." + respelled, "d")
