@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,15 @@ def current_policy(path: Path | None = None) -> Policy:
     return _cached_policy(str(target), mtime)
 
 
-def release_all(opened: OpenNode, policy: Policy | None = None, *, now: str | None = None) -> dict[str, Released]:
+def release_all(
+    opened: OpenNode, policy: Policy | None = None, *, now: str | None = None, pause: Callable[[], None] | None = None
+) -> dict[str, Released]:
     """Release new objects to every partner of the node.
 
     Each source (the own collection, each partner's inbox) is walked once: a
     batch is read and parsed once, judged for every recipient, and written with
     its audit entries and every recipient's bookmark in one transaction.
+    ``pause`` runs between batches (a server's releaser lets waiting writers in).
     """
     policy = policy or current_policy()
     cfg = opened.node.config
@@ -83,7 +87,7 @@ def release_all(opened: OpenNode, policy: Policy | None = None, *, now: str | No
         recipients = [p for p in partners if not (src.role == "partner-inbox" and src.partner == p)]
         for p in recipients:
             totals[p].add(_retry_deferred(opened, p, policy, src, deferred_kinds, now, cache))
-        _walk(opened, src, recipients, policy, deferred_kinds, now, cache, totals)
+        _walk(opened, src, recipients, policy, deferred_kinds, now, cache, totals, pause)
     return totals
 
 
@@ -123,7 +127,7 @@ def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None =
 
 def _walk(
     opened: OpenNode, src: Any, recipients: list[str], policy: Policy, deferred_kinds: set[str], now: str | None,
-    cache: dict[str, dict | None], totals: dict[str, Released],
+    cache: dict[str, dict | None], totals: dict[str, Released], pause: Callable[[], None] | None = None,
 ) -> None:
     """Judge every object version of ``src`` after each recipient's bookmark, batch by batch.
 
@@ -161,6 +165,8 @@ def _walk(
                 store.set_state(conn, keys[p], orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
         if not more:
             return
+        if pause is not None:
+            pause()
 
 
 def _mark(raw: str | None) -> tuple[int, int] | None:

@@ -364,7 +364,7 @@ class BackgroundReleaser:
     meanwhile, so a push burst is not slowed by releasing what it just wrote.
     """
 
-    def __init__(self, opened: Any, *, poll: float = 1.0, quiet: float = 0.2, max_delay: float = 5.0) -> None:
+    def __init__(self, opened: Any, *, poll: float = 1.0, quiet: float = 0.2, max_delay: float = 30.0) -> None:
         import threading
 
         self._opened = opened

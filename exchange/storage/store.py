@@ -695,7 +695,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA wal_autocheckpoint=8192")  # checkpoint every ~32 MiB of WAL, not every 4 MiB (each one syncs the file)
-        cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
+        cur.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache per connection (a worker pools several)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
