@@ -100,6 +100,10 @@ def build_report(logs: dict[str, list[dict]]) -> dict[str, Any]:
                 recipient = node if e["event"] == "inbound-reject" else e["partner"]
                 d = directions.setdefault(f"{sender}->{recipient}", _empty())
                 d["rejected"][e["clauses"][0] if e["clauses"] else "?"] += 1
+            elif e["event"] == "transport-withhold" and e["partner"]:
+                # released, but not served or pushed to the partner over plain HTTP (IEP encrypt_in_transit 'must')
+                d = directions.setdefault(f"{node}->{e['partner']}", _empty())
+                d["in_transit"].add((e["object_id"], e["version"]))
     out: dict[str, Any] = {"nodes": sorted(logs), "directions": {}}
     for name, d in sorted(directions.items()):
         lat = {}
@@ -117,6 +121,7 @@ def build_report(logs: dict[str, list[dict]]) -> dict[str, Any]:
             "clauses": dict(d["clauses"].most_common()),
             "arrived": d["arrived"],
             "rejected": dict(d["rejected"]),
+            "withheld_in_transit": len(d["in_transit"]),
             "latency": {k: lat[k] for k in sorted(lat, key=_tlp_rank)},
             "latency_basis": sorted(d["latency_basis"]),
         }
@@ -131,6 +136,7 @@ def _empty() -> dict[str, Any]:
         "clauses": Counter(),
         "arrived": 0,
         "rejected": Counter(),
+        "in_transit": set(),
         "latency": defaultdict(list),
         "latency_basis": set(),
     }
@@ -150,12 +156,12 @@ def render_terminal(report: dict[str, Any], console: Any = None) -> None:
 
     console = console or Console()
     summary = Table(title=f"cti-exchange report: {', '.join(report['nodes'])}")
-    for col in ("direction", "shared", "redacted", "withheld", "arrived", "rejected on arrival"):
+    for col in ("direction", "shared", "redacted", "withheld", "arrived", "rejected on arrival", "kept off plain HTTP"):
         summary.add_column(col, justify="right" if col != "direction" else "left")
     for name, d in report["directions"].items():
         dec = d["decisions"]
         summary.add_row(name, str(dec.get("share", 0)), str(dec.get("redact", 0)), str(dec.get("withhold", 0)),
-                        str(d["arrived"]), str(sum(d["rejected"].values())))
+                        str(d["arrived"]), str(sum(d["rejected"].values())), str(d.get("withheld_in_transit", 0)))
     console.print(summary)
     for name, d in report["directions"].items():
         if d["clauses"]:
@@ -294,5 +300,7 @@ def render_html(report: dict[str, Any]) -> str:
             parts.append(f"<div class=chart>{_latency(d, f'{name}: time to arrival ({basis})')}</div>")
         if d["rejected"]:
             parts.append("<p>Rejected on arrival: " + ", ".join(f"{e(k)}: {v}" for k, v in d["rejected"].items()) + "</p>")
+        if d.get("withheld_in_transit"):
+            parts.append(f"<p>Kept off plain HTTP (IEP encrypt_in_transit must): {d['withheld_in_transit']} object versions</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -341,6 +341,10 @@ def test_encrypt_in_transit_must_never_crosses_plain_http(bare_pair):
     assert pushed[0]["partner"] == "rok" and "not pushed over plain HTTP" in pushed[0]["detail"]["reason"]
     served = [e for e in withheld if e["detail"].get("account") == "rok"]
     assert served and served[0]["partner"] == "rok" and "not served over plain HTTP" in served[0]["detail"]["reason"]
+    # and the report counts it, once, for the direction
+    from exchange.report import build_report, read_logs
+
+    assert build_report(read_logs([pair.procs["us"].data_dir]))["directions"]["us->rok"]["withheld_in_transit"] == 1
 
 
 def test_encrypt_in_transit_must_crosses_over_tls_and_stays_hidden_if_a_node_later_serves_plain_http(tls_pair):
