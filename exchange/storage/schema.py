@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData()
@@ -47,6 +48,11 @@ objects = Table(
     Index("ix_objects_all", "collection_id", "date_added", "seq"),
     Index("ix_objects_last", "collection_id", "is_last", "date_added", "seq"),
     Index("ix_objects_first", "collection_id", "is_first", "date_added", "seq"),
+    # only the rows flagged encrypt_in_transit (migration 0003)
+    Index(
+        "ix_objects_encrypted", "collection_id", "date_added", "seq",
+        sqlite_where=text("encrypt_in_transit = 1"), postgresql_where=text("encrypt_in_transit"),
+    ),
 )
 
 statuses = Table(
