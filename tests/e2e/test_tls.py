@@ -363,3 +363,27 @@ def test_encrypt_in_transit_must_crosses_over_tls_and_stays_hidden_if_a_node_lat
     assert not any(shown.values()), shown
     assert plain["id"] in _reveal_all(pair, "rok", "analyst", "us-inbox", plain["id"])["walk"]
     assert _wait_for(lambda: any(e["event"] == "transport-withhold" and e["object_id"] == secret["id"] for e in _audit(pair, "rok")))
+
+
+# -- the demo ---------------------------------------------------------------------------------------
+
+
+def _demo(*args: str) -> dict:
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "exchange", "demo", "--json", *args], capture_output=True, text=True, timeout=600,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_the_demo_runs_over_https_with_mutual_tls_by_default():
+    result = _demo()
+    assert result["ok"] and result["leak_check"]["ok"]
+    assert result["transport"] == "https (mutual TLS)"
+    assert all(url.startswith("https://127.0.0.1:") for url in result["nodes"].values())
+    assert {"ok", "nodes", "data_dir", "transfers", "decisions", "attribution", "leak_check", "seconds"} <= set(result)
+    assert [r["round"] for r in result["attribution"]] == ["concur", "dissent"] and all(r["ok"] for r in result["attribution"])
+    plain = _demo("--plain-http")
+    assert plain["ok"] and plain["transport"] == "http" and plain["attribution"] == []
+    assert all(url.startswith("http://") for url in plain["nodes"].values())
