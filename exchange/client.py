@@ -112,11 +112,12 @@ class PartnerClient:
             if status >= 500 or status in (408, 429):
                 raise PartnerUnavailable(f"{what}: partner {self.url} answered {status}{detail}") from exc
             raise PartnerError(f"{what}: partner {self.url} answered {status}{detail}", status=status) from exc
-        except requests.exceptions.SSLError as exc:
-            raise PartnerTLSError(f"{what}: TLS with partner {self.url} failed: {explain_ssl_error(exc)}") from exc
-        except requests.ConnectionError as exc:
-            if _refused_certificate(exc):
-                raise PartnerTLSError(f"{what}: TLS with partner {self.url} failed: {explain_ssl_error(exc)}") from exc
+        except requests.ConnectionError as exc:  # requests' SSLError is one
+            reason, fatal = classify_ssl_error(exc)
+            if fatal:  # a certificate or protocol problem: retrying cannot help
+                raise PartnerTLSError(f"{what}: TLS with partner {self.url} failed: {reason}") from exc
+            if isinstance(exc, requests.exceptions.SSLError):
+                raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: TLS connection failed: {reason}") from exc
             raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: {exc.__class__.__name__}") from exc
         except requests.Timeout as exc:
             raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: {exc.__class__.__name__}") from exc
@@ -250,17 +251,10 @@ def _check_tls_files(url: str, verify: bool | str, cert: str | tuple[str, str] |
         raise PartnerTLSError(f"TLS with partner {url}: {exc}") from exc
 
 
-def _refused_certificate(exc: BaseException) -> bool:
-    """A connection error that is really a TLS alert about our certificate (TLS 1.3 sends it after the handshake)."""
-    from exchange.tls import explain_ssl_error
+def classify_ssl_error(exc: BaseException) -> tuple[str, bool]:
+    from exchange.tls import classify_ssl_error as classify
 
-    return explain_ssl_error(exc).startswith(("the partner refused our client certificate", "the partner requires a client certificate"))
-
-
-def explain_ssl_error(exc: BaseException) -> str:
-    from exchange.tls import explain_ssl_error as explain
-
-    return explain(exc)
+    return classify(exc)
 
 
 def _error_detail(resp: requests.Response | None) -> str:

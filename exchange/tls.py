@@ -21,7 +21,9 @@ from pathlib import Path
 
 from exchange.errors import ConfigError
 
-__all__ = ["CertificateMap", "check_files", "explain_ssl_error", "normalise_subject", "server_context", "subject_of_der"]
+__all__ = [
+    "CertificateMap", "check_files", "classify_ssl_error", "explain_ssl_error", "normalise_subject", "server_context", "subject_of_der",
+]
 
 
 def normalise_subject(text: str) -> str:
@@ -170,6 +172,13 @@ _REASONS = (
 
 def explain_ssl_error(exc: BaseException) -> str:
     """A readable one-line reason for a TLS failure (walks the exception's causes for the ssl error)."""
+    return classify_ssl_error(exc)[0]
+
+
+def classify_ssl_error(exc: BaseException) -> tuple[str, bool]:
+    """``(reason, fatal)``: fatal for certificate and protocol problems that a retry cannot fix
+    (wrong CA, expired or refused certificate, not TLS at all); not fatal for anything else
+    (e.g. the connection closed mid-handshake while the partner restarts)."""
     seen: set[int] = set()
     texts: list[str] = []
     cur: BaseException | None = exc
@@ -186,9 +195,9 @@ def explain_ssl_error(exc: BaseException) -> str:
     blob = " ".join(texts).lower()
     for needle, meaning in _REASONS:
         if needle in blob:
-            return meaning
-    verify = "certificate verify failed"
-    if verify in blob:
-        return "the partner's certificate could not be verified against the configured CA (--ca-file)"
-    first = next((t for t in texts if t), type(exc).__name__)
-    return first.splitlines()[0][:200]
+            return meaning, True
+    if "certificate verify failed" in blob:
+        return "the partner's certificate could not be verified against the configured CA (--ca-file)", True
+    inner = [t for t in texts if t and "(_ssl.c:" in t]
+    first = (inner or [t for t in texts if t] or [type(exc).__name__])[-1]
+    return first.splitlines()[0][:200], False

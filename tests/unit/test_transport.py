@@ -88,3 +88,19 @@ def test_tls_failures_get_readable_reasons():
     assert explain_ssl_error(err("[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")) == \
         "the partner requires a client certificate (--cert-file/--key-file)"
     assert explain_ssl_error(err("[SSL: WRONG_VERSION_NUMBER] wrong version number")).startswith("the partner does not speak TLS")
+
+
+def test_only_certificate_and_protocol_failures_are_fatal():
+    from exchange.tls import classify_ssl_error
+
+    def err(exc: BaseException) -> Exception:
+        try:
+            raise ConnectionError("HTTPSConnectionPool: Max retries exceeded") from exc
+        except ConnectionError as outer:
+            return outer
+
+    assert classify_ssl_error(err(ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)")))[1]
+    # a partner that closes the connection mid-handshake (e.g. while restarting) is retried, not fatal
+    reason, fatal = classify_ssl_error(err(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)")))
+    assert not fatal and reason == "EOF occurred in violation of protocol (_ssl.c:2427)"
+    assert not classify_ssl_error(err(ConnectionRefusedError(111, "Connection refused")))[1]
