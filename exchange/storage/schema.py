@@ -48,6 +48,7 @@ objects = Table(
     Index("ix_objects_all", "collection_id", "date_added", "seq"),
     Index("ix_objects_last", "collection_id", "is_last", "date_added", "seq"),
     Index("ix_objects_first", "collection_id", "is_first", "date_added", "seq"),
+    Index("ix_objects_type", "collection_id", "stix_type", "is_last", "date_added", "seq"),  # match[type]; migration 0004
     # only the rows flagged encrypt_in_transit (migration 0003)
     Index(
         "ix_objects_encrypted", "collection_id", "date_added", "seq",

@@ -13,12 +13,13 @@ that commits later with an earlier timestamp.
 
 from __future__ import annotations
 
+import heapq
 import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -507,7 +508,16 @@ class Store:
         object_id: str | None = None,
         with_body: bool = True,
     ) -> tuple[list[Row], bool]:
-        """Up to ``limit`` rows in ``(date_added, seq)`` order after ``after``, and whether there are more."""
+        """Up to ``limit`` rows in ``(date_added, seq)`` order after ``after``, and whether there are more.
+
+        Several types (``match[type]=a,b``) are one indexed query per type, merged:
+        a single ``IN`` would make the planner walk the whole collection instead.
+        """
+        if len(sel.types) > 1:
+            parts = [self.page(replace(sel, types=(t,)), limit=limit, after=after, object_id=object_id, with_body=with_body)
+                     for t in dict.fromkeys(sel.types)]
+            merged = list(heapq.merge(*(rows for rows, _ in parts), key=lambda r: (r.date_added, r.seq)))
+            return merged[:limit], len(merged) > limit or any(more for _, more in parts)
         c = objects.c
         cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
         cols.append(c.body if with_body else c.stix_type)

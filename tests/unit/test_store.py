@@ -83,7 +83,7 @@ def _page_sql(store: Store, sel: Selection) -> str:
 
 @pytest.mark.parametrize(
     "sel,index",
-    [(Selection(CID), "ix_objects_last"), (Selection(CID, versions=("all",)), "ix_objects_all"), (Selection(CID, types=("indicator",)), "ix_objects_last")],
+    [(Selection(CID), "ix_objects_last"), (Selection(CID, versions=("all",)), "ix_objects_all"), (Selection(CID, types=("indicator",)), "ix_objects_type")],
 )
 def test_sqlite_pages_walk_an_index_without_sorting(tmp_path, sel, index):
     """One page must not scan or sort the collection: the planner walks the keyset index."""
@@ -109,3 +109,25 @@ def test_postgresql_pages_walk_an_index_without_sorting(tmp_path):
     # an index scan in keyset order, stopped by the LIMIT: no sequential scan, no sort
     assert "Index Scan using ix_objects_" in plan, plan
     assert "Sort" not in plan and "Seq Scan" not in plan, plan
+
+
+def test_several_types_page_in_keyset_order_across_types(store):
+    """match[type]=a,b is one indexed query per type, merged: same rows and order as one walk, nothing skipped."""
+    def rel(i: int) -> dict:
+        return {"type": "relationship", "spec_version": "2.1", "id": f"relationship--{i:08d}-0000-4000-8000-000000000000",
+                "created": "2026-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z", "relationship_type": "uses",
+                "source_ref": "intrusion-set--00000000-0000-4000-8000-000000000000",
+                "target_ref": "malware--00000000-0000-4000-8000-000000000000"}
+
+    for i in range(30):  # interleave: indicators, relationships and identities in separate envelopes
+        store.add_objects(CID, [new_indicator(i)])
+        store.add_objects(CID, [rel(i)])
+    expected = [r.stix_id for r in store.iter_rows(Selection(CID)) if not r.stix_id.startswith("identity--")]
+    got, after = [], None
+    while True:
+        rows, more = store.page(Selection(CID, types=("relationship", "indicator")), limit=7, after=after)
+        got += [r.stix_id for r in rows]
+        if not more:
+            break
+        after = (rows[-1].date_added, rows[-1].seq)
+    assert got == expected and len(got) == 60
