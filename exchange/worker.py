@@ -22,7 +22,9 @@ for as long as it likes, and a handful of them stop the node.
   2 s) happens on the poller instead of blocking the worker's main loop;
 * the errors gunicorn answers itself (request line or headers too large,
   malformed request line or headers, bad chunked encoding) carry TAXII error
-  bodies (``application/taxii+json``) instead of HTML.
+  bodies (``application/taxii+json``) instead of HTML, and the two it answers
+  with a 5xx although the client caused them (an unknown transfer coding: 501;
+  a ``SCRIPT_NAME`` header the path does not start with: 500) are 400s.
 
 A client trickling its *body* (or, over TLS, its head) still holds a thread
 until its deadline: ``--threads`` bounds how many of those a worker absorbs,
@@ -41,6 +43,7 @@ from typing import Any
 
 import orjson
 from gunicorn import util as gunicorn_util
+from gunicorn.http.errors import ConfigurationProblem, UnsupportedTransferCoding
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
 
@@ -224,6 +227,15 @@ class _ExchangeWorker(gthread.ThreadWorker):
                 gunicorn_util.write_nonblock(client, taxii_error_response(408, "Request Timeout", str(exc)))
             except Exception:  # noqa: BLE001 - the client may be gone
                 self.log.debug("Failed to send the 408 answer.")
+            return
+        if isinstance(exc, (UnsupportedTransferCoding, ConfigurationProblem)):
+            # gunicorn answers these 501 and 500; they are the client's doing (a transfer coding
+            # other than chunked, a SCRIPT_NAME header its path does not start with): 400
+            self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+            try:
+                gunicorn_util.write_nonblock(client, taxii_error_response(400, "Bad Request", str(exc)))
+            except Exception:  # noqa: BLE001 - the client may be gone
+                self.log.debug("Failed to send the 400 answer.")
             return
         super().handle_error(req, client, addr, exc)
 

@@ -473,3 +473,84 @@ def test_non_ascii_basic_token_is_401_not_500(node):
     for value in ("Basic \x80", "BASIC YW\xe9", "Basic \xff\xfe"):
         ans = raw_request(node.port, "GET", "/taxii2/", headers={"Accept": TAXII, "Authorization": value})
         assert_taxii_error(ans.status, ans.headers, ans.body, 401)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /us/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\nContent-Length: 2\r\n\r\n{}",  # gunicorn: 501
+        b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\nSCRIPT_NAME: /foo\r\n\r\n",  # gunicorn: 500
+        b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 10_000 + b"\r\n\r\n",
+        b"GET /taxii2/ HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"\r\n",
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /taxii2/ HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET /taxii2/ HTTP/1.1\nHost: x\n\n",
+    ],
+    ids=["unknown-transfer-coding", "script-name", "huge-header", "many-headers", "long-request-line", "nul-in-header",
+         "http2-version", "h2-preface", "bare-lf"],
+)
+def test_requests_the_http_parser_refuses_get_a_4xx_taxii_body(node, head):
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+    sock.sendall(head)
+    data = read_response(sock, 10)
+    sock.close()
+    status_line, _, rest = data.partition(b"\r\n")
+    status = int(status_line.split()[1])
+    assert 400 <= status < 500, data[:300]
+    headers_raw, _, body = rest.partition(b"\r\n\r\n")
+    assert b"application/taxii+json" in headers_raw
+    assert orjson.loads(body)["http_status"] == str(status)
+
+
+# -- slow clients over TLS ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory):
+    from exchange.pki import init_pki
+
+    tmp: Path = tmp_path_factory.mktemp("hostile-tls")
+    pki = tmp / "pki"
+    init_pki(pki, ("us",), days=2)
+    data = tmp / "data"
+    provision("us", data)
+    proc = NodeProcess(
+        "us", data, extra_args=("--certfile", str(pki / "us.crt"), "--keyfile", str(pki / "us.key"), "--request-timeout", str(REQUEST_TIMEOUT))
+    ).start()
+    proc.port = urllib.parse.urlsplit(proc.url).port
+    proc.ca = str(pki / "ca.crt")  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_stalled_tls_handshake_is_cut_at_the_deadline(tls_node):
+    sock = socket.create_connection(("127.0.0.1", tls_node.port), timeout=10)
+    sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, and no more
+    started = time.monotonic()
+    resp = requests.get(tls_node.base + "taxii2/", headers={"Accept": TAXII}, auth=AUTH, verify=tls_node.ca, timeout=10)
+    assert resp.status_code == 200  # others are served meanwhile
+    data = read_response(sock, REQUEST_TIMEOUT + 5)  # until the server closes it
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert not data.startswith(b"\x16\x03")  # no ServerHello: the handshake never completed
+    assert elapsed < REQUEST_TIMEOUT + 2.5
+
+
+def test_slow_request_head_over_tls_is_408(tls_node):
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=tls_node.ca)
+    raw = socket.create_connection(("127.0.0.1", tls_node.port), timeout=10)
+    sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    sock.sendall(b"GET /taxii2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and the rest never comes
+    started = time.monotonic()
+    data = read_response(sock, REQUEST_TIMEOUT + 5)
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), data[:200]
+    assert orjson.loads(body)["http_status"] == "408"
+    assert time.monotonic() - started < REQUEST_TIMEOUT + 2
