@@ -288,8 +288,9 @@ def run_cycle(
     summary: dict = {}
     with _progress(show_progress) as bar:
         settle(opened)
-        released = release_all(opened)
-        summary["released"] = {p: r.shared + r.redacted for p, r in released.items()}
+        if direction in ("both", "push"):  # what this cycle pushes must be released first; a pull-only agent leaves it to the server
+            released = release_all(opened)
+            summary["released"] = {p: r.shared + r.redacted for p, r in released.items()}
         if direction in ("both", "pull"):
             task = bar(f"pull from {partner}")
             t = pull(opened, partner, client, backoff=backoff, page_size=page_size, progress=task)
