@@ -62,6 +62,7 @@ from node_bench import (  # noqa: E402  (reuse the colleague's helpers: data, me
     prepare_source,
     start_medallion,
     stop_process_group,
+    wait_idle,
 )
 
 from exchange.client import PartnerClient  # noqa: E402
@@ -238,24 +239,6 @@ def run_agent(cmd: list[str], timeout: float, profile: Path | None, rate: int = 
 def summary_of(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if "sync " in ln and "{" in ln]
     return lines[-1].split(": ", 1)[-1] if lines else ""
-
-
-def wait_idle(pid: int, limit: float, threshold: float = 5.0) -> float:
-    """Wait (at most ``limit`` s) until a process tree uses < ``threshold`` % CPU for 2 s; the seconds waited."""
-    import psutil
-
-    t0 = time.monotonic()
-    root = psutil.Process(pid)
-    quiet = 0
-    while time.monotonic() - t0 < limit:
-        procs = [root] + root.children(recursive=True)
-        before = sum(sum(p.cpu_times()[:2]) for p in procs)
-        time.sleep(0.5)
-        after = sum(sum(p.cpu_times()[:2]) for p in procs)
-        quiet = quiet + 1 if (after - before) / 0.5 * 100 < threshold else 0
-        if quiet >= 4:
-            break
-    return time.monotonic() - t0
 
 
 # ---------------------------------------------------------------------------------------------
