@@ -17,7 +17,8 @@ for as long as it likes, and a handful of them stop the node.
   gunicorn >= 27, which has that hand-back), so clients trickling their
   headers hold no thread at all;
 * a TLS handshake not completed by the deadline is cut by the worker's main
-  loop (gunicorn performs it in the thread, without a timeout);
+  loop (gunicorn performs it in the thread, without a timeout), and a new TLS
+  connection that has sent nothing yet waits on the poller, not in a thread;
 * closing a connection (FIN, then reading until the client closes, at most
   2 s) happens on the poller instead of blocking the worker's main loop;
 * the errors gunicorn answers itself (request line or headers too large,
@@ -174,17 +175,35 @@ class _ExchangeWorker(gthread.ThreadWorker):
         if conn.deadline is None:
             conn.deadline = now + self.request_timeout
             conn.responded = False
-        if _DEFER is not None and not self.cfg.is_ssl and not conn.is_http2 and self._head_incomplete(conn):
-            if now < conn.deadline:
-                return _DEFER  # the poller hands it back when more arrives (or closes it after keepalive s idle)
-            self.handle_error(None, conn.sock, conn.client, SlowClient(f"the request head was not received within {self.request_timeout:g} s"))
-            return False
-        if not conn.initialized:
-            conn.data_ready = True  # its bytes are in conn.early: gunicorn must not wait for the socket
+        if _DEFER is not None and not conn.is_http2:
+            if not self.cfg.is_ssl:
+                if self._head_incomplete(conn):
+                    if now < conn.deadline:
+                        return _DEFER  # the poller hands it back when more arrives (or closes it after keepalive s idle)
+                    self.handle_error(None, conn.sock, conn.client, SlowClient(f"the request head was not received within {self.request_timeout:g} s"))
+                    return False
+                if not conn.initialized:
+                    conn.data_ready = True  # its bytes are in conn.early: gunicorn must not wait for the socket
+            elif not conn.initialized and not conn.data_ready:
+                # TLS: nothing sent yet: back to the poller at once rather than a thread waiting 5 s for it
+                if not self._readable_now(conn.sock):
+                    conn.deadline = None
+                    return _DEFER
+                conn.data_ready = True
         result = super().handle(conn)
         # the next request on a kept-alive connection gets its own deadline
         conn.deadline = None
         return result
+
+    @staticmethod
+    def _readable_now(sock: Any) -> bool:
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"" (closed) counts: gunicorn meets it
+            return True
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # let gunicorn meet the error
 
     @staticmethod
     def _head_incomplete(conn: Any) -> bool:

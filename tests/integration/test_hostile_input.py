@@ -554,3 +554,17 @@ def test_slow_request_head_over_tls_is_408(tls_node):
     assert head.startswith(b"HTTP/1.1 408"), data[:200]
     assert orjson.loads(body)["http_status"] == "408"
     assert time.monotonic() - started < REQUEST_TIMEOUT + 2
+
+
+def test_idle_tls_connections_do_not_hold_threads(tls_node):
+    # more connections that never send a byte than the worker has threads (4)
+    idle = [socket.create_connection(("127.0.0.1", tls_node.port), timeout=10) for _ in range(8)]
+    try:
+        time.sleep(0.3)
+        t = time.monotonic()
+        resp = requests.get(tls_node.base + "taxii2/", headers={"Accept": TAXII}, auth=AUTH, verify=tls_node.ca, timeout=10)
+        assert resp.status_code == 200
+        assert time.monotonic() - t < 1.5
+    finally:
+        for sock in idle:
+            sock.close()
