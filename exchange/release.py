@@ -113,6 +113,13 @@ def pending(opened: OpenNode) -> bool:
     return False
 
 
+def newest_write(opened: OpenNode) -> int | None:
+    """The ``date_added`` (microseconds) of the newest row in any release source, through any worker or process."""
+    cfg = opened.node.config
+    keys = [opened.store.last_key(c.id) for c in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]]
+    return max((k[0] for k in keys if k is not None), default=None)
+
+
 def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None = None) -> Released:
     """Release new objects to one partner (``release_all`` does every partner in one pass)."""
     cfg = opened.node.config

@@ -382,17 +382,27 @@ class BackgroundReleaser:
             self._last_write = time.monotonic()
             self._wake.set()
 
+    def _idle_for(self) -> float:
+        """Seconds since the last write to a release source, here or through another worker."""
+        from exchange.release import newest_write
+
+        idle = time.monotonic() - self._last_write
+        if idle < self._quiet:
+            return idle
+        newest = newest_write(self._opened)  # writes served by the node's other workers (a few index probes)
+        return idle if newest is None else min(idle, max(0.0, (time.time_ns() // 1000 - newest) / 1e6))
+
     def _settle(self) -> None:
         """Wait until writes have been quiet for ``quiet`` seconds, or ``max_delay`` passed."""
         deadline = time.monotonic() + self._max_delay
         while (now := time.monotonic()) < deadline:
-            idle = now - self._last_write
+            idle = self._idle_for()
             if idle >= self._quiet:
                 return
-            time.sleep(min(self._quiet - idle, deadline - now))
+            time.sleep(min(max(self._quiet - idle, 0.02), deadline - now))
 
     def _pause(self) -> None:
-        if time.monotonic() - self._last_write < self._quiet:
+        if self._idle_for() < self._quiet:
             time.sleep(0.05)  # a writer is active: let it take the write lock between our batches
 
     def _run(self) -> None:
@@ -405,7 +415,11 @@ class BackgroundReleaser:
                 if woken:
                     self._settle()
                 if woken or pending(self._opened):
-                    release_all(self._opened, pause=self._pause)
+                    # one releaser at a time across the node's workers; one that skips is covered by the
+                    # running one, or by its own next poll for what that one's last batch did not see
+                    with self._opened.store.try_exclusive() as mine:
+                        if mine:
+                            release_all(self._opened, pause=self._pause)
             except Exception:  # never let the thread die: the next notification retries from the bookmarks
                 log.exception("background release failed")
 

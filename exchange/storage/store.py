@@ -287,6 +287,44 @@ class Store:
         except SQLAlchemyError as exc:
             raise StorageError(f"storage write failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from exc
 
+    @contextmanager
+    def try_exclusive(self) -> Iterator[bool]:
+        """A node-wide lock held across transactions, taken without waiting: yields whether it was got.
+
+        Lets one of several server workers run the background release while the
+        others skip (PostgreSQL: a session advisory lock; SQLite: ``flock`` on a
+        file beside the database).
+        """
+        if self.dialect == "postgresql":
+            conn = self.engine.connect()
+            got = False
+            try:
+                got = bool(conn.exec_driver_sql("SELECT pg_try_advisory_lock(7274557)").scalar())
+                conn.commit()
+                yield got
+            finally:
+                try:
+                    if got:
+                        conn.exec_driver_sql("SELECT pg_advisory_unlock(7274557)")
+                        conn.commit()
+                except SQLAlchemyError:
+                    conn.invalidate()  # a session still holding the lock must not go back to the pool
+                conn.close()
+            return
+        import fcntl
+
+        path = f"{self.engine.url.database}.release-lock"
+        with open(path, "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def add_in(self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None) -> AddResult:
         """``add_objects`` inside a ``transaction()``.
 
