@@ -412,9 +412,8 @@ class BackgroundReleaser:
             woken = self._wake.wait(self._poll)
             self._wake.clear()
             try:
-                if woken:
-                    self._settle()
                 if woken or pending(self._opened):
+                    self._settle()  # also when another worker's writes woke the poll: they may still be arriving
                     # one releaser at a time across the node's workers; one that skips is covered by the
                     # running one, or by its own next poll for what that one's last batch did not see
                     with self._opened.store.try_exclusive() as mine:
