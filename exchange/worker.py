@@ -242,21 +242,22 @@ class _ExchangeWorker(gthread.ThreadWorker):
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, SlowClient):
             self.log.info("Request timeout from %s: %s", (addr or ("",))[0], exc)
-            try:
-                gunicorn_util.write_nonblock(client, taxii_error_response(408, "Request Timeout", str(exc)))
-            except Exception:  # noqa: BLE001 - the client may be gone
-                self.log.debug("Failed to send the 408 answer.")
+            self._answer(client, 408, "Request Timeout", exc)
             return
         if isinstance(exc, (UnsupportedTransferCoding, ConfigurationProblem)):
             # gunicorn answers these 501 and 500; they are the client's doing (a transfer coding
             # other than chunked, a SCRIPT_NAME header its path does not start with): 400
             self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
-            try:
-                gunicorn_util.write_nonblock(client, taxii_error_response(400, "Bad Request", str(exc)))
-            except Exception:  # noqa: BLE001 - the client may be gone
-                self.log.debug("Failed to send the 400 answer.")
+            self._answer(client, 400, "Bad Request", exc)
             return
         super().handle_error(req, client, addr, exc)
+
+    def _answer(self, client: Any, status: int, title: str, exc: BaseException) -> None:
+        """Write a TAXII error answer without blocking; the client may already be gone."""
+        try:
+            gunicorn_util.write_nonblock(client, taxii_error_response(status, title, str(exc)))
+        except Exception:  # noqa: BLE001 - the client may be gone
+            self.log.debug("Failed to send the %s answer.", status)
 
     # -- TLS handshakes: cut by the main loop at the deadline -----------------------------
 
