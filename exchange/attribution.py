@@ -477,8 +477,7 @@ def parties_of(opened: Any, policy: Any = None) -> Parties:
 
 
 def _sources(opened: Any) -> list[Any]:
-    cfg = opened.node.config
-    return [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]
+    return opened.node.config.release_sources
 
 
 def gather(opened: Any) -> list[dict]:

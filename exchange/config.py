@@ -199,6 +199,15 @@ class NodeConfig(_Strict):
     def own_collection(self) -> CollectionConfig:
         return next(c for c in self.collections if c.role == "own")
 
+    @property
+    def release_sources(self) -> list[CollectionConfig]:
+        """Where released objects come from: the own collection, then each partner's inbox (onward sharing)."""
+        return [self.own_collection] + [c for c in self.collections if c.role == "partner-inbox"]
+
+    def recipients_of(self, source: CollectionConfig) -> list[str]:
+        """The partners a release source goes to: every partner, except an inbox's own sender."""
+        return [p for p in self.partners if not (source.role == "partner-inbox" and source.partner == p)]
+
     def partner_collection(self, partner: str, role: Role) -> CollectionConfig:
         for coll in self.collections:
             if coll.partner == partner and coll.role == role:

@@ -31,6 +31,7 @@ from exchange.attribution import concurred_for
 from exchange.node import OpenNode
 from exchange.policy import Policy, companions, evaluate, load_policy
 from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, level_name, most_restrictive
+from exchange.stix import object_version
 from exchange.storage.store import Selection
 
 _BATCH = 2000
@@ -79,12 +80,11 @@ def release_all(
     """
     policy = policy or current_policy()
     cfg = opened.node.config
-    partners = list(cfg.partners)
-    totals = {p: Released() for p in partners}
+    totals = {p: Released() for p in cfg.partners}
     cache: dict[str, dict | None] = {}  # identities and marking definitions, looked up once per run
     deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
-    for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]:
-        recipients = [p for p in partners if not (src.role == "partner-inbox" and src.partner == p)]
+    for src in cfg.release_sources:
+        recipients = cfg.recipients_of(src)
         for p in recipients:
             totals[p].add(_retry_deferred(opened, p, policy, src, deferred_kinds, now, cache))
         _walk(opened, src, recipients, policy, deferred_kinds, now, cache, totals, pause)
@@ -98,16 +98,13 @@ def pending(opened: OpenNode) -> bool:
     process (a sync agent storing what it pulled) without taking the write lock.
     """
     cfg = opened.node.config
-    partners = list(cfg.partners)
     store = opened.store
-    for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]:
+    for src in cfg.release_sources:
         last = store.last_key(src.id)
         if last is None:
             continue
-        for p in partners:
-            if src.role == "partner-inbox" and src.partner == p:
-                continue
-            mark = _mark(store.get_state(f"release:{p}:{src.id}"))
+        for p in cfg.recipients_of(src):
+            mark = _mark(store.get_state(_bookmark(p, src.id)))
             if mark is None or mark < last:
                 return True
     return False
@@ -115,8 +112,7 @@ def pending(opened: OpenNode) -> bool:
 
 def newest_write(opened: OpenNode) -> int | None:
     """The ``date_added`` (microseconds) of the newest row in any release source, through any worker or process."""
-    cfg = opened.node.config
-    keys = [opened.store.last_key(c.id) for c in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]]
+    keys = [opened.store.last_key(c.id) for c in opened.node.config.release_sources]
     return max((k[0] for k in keys if k is not None), default=None)
 
 
@@ -126,7 +122,7 @@ def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None =
     total = {partner: Released()}
     cache: dict[str, dict | None] = {}
     deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
-    for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox" and c.partner != partner]:
+    for src in [s for s in cfg.release_sources if partner in cfg.recipients_of(s)]:
         total[partner].add(_retry_deferred(opened, partner, policy, src, deferred_kinds, now, cache))
         _walk(opened, src, [partner], policy, deferred_kinds, now, cache, total)
     return total[partner]
@@ -144,7 +140,7 @@ def _walk(
     """
     store = opened.store
     sel = Selection(src.id, versions=("all",))
-    keys = {p: f"release:{p}:{src.id}" for p in recipients}
+    keys = {p: _bookmark(p, src.id) for p in recipients}
     while recipients:
         with store.transaction(durable=False) as conn:  # the write lock also serialises concurrent releasers; redone after a power loss
             marks = {p: _mark(store.get_state(keys[p], conn)) for p in recipients}
@@ -174,6 +170,11 @@ def _walk(
             return
         if pause is not None:
             pause()
+
+
+def _bookmark(partner: str, source_id: str) -> str:
+    """The sync-state key of ``partner``'s release bookmark in a source collection."""
+    return f"release:{partner}:{source_id}"
 
 
 def _mark(raw: str | None) -> tuple[int, int] | None:
@@ -223,9 +224,8 @@ def _judge_and_write(
     decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred)
     travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
     if travel:  # a companion already released at this version need not travel (nor be audited) again
-        present = {(o["id"], o.get("modified") or o.get("created")) for o in store.versions_of(
-            target.id, [(o["id"], o.get("modified") or o.get("created")) for o in travel])}
-        travel = [o for o in travel if (o["id"], o.get("modified") or o.get("created")) not in present]
+        present = {(o["id"], object_version(o)) for o in store.versions_of(target.id, [(o["id"], object_version(o)) for o in travel])}
+        travel = [o for o in travel if (o["id"], object_version(o)) not in present]
     shared = [d.shared for d in decisions if d.shared is not None]
     store.add_in(conn, target.id, travel + shared)
     companion_clause = policy.one("companions")
@@ -238,7 +238,7 @@ def _judge_and_write(
     ]
     entries += [
         audit.Entry(
-            "share", partner, o["id"], o.get("modified") or o.get("created"), "share",
+            "share", partner, o["id"], object_version(o), "share",
             (companion_clause.id,) if companion_clause else (),
             {"type": o.get("type"), "reason": "travels with released objects that reference it", "removed_fields": [],
              "source": src.alias, "tlp": _tlp_name(o)},

@@ -29,15 +29,14 @@ from medallion.views import manifest as v_manifest
 from medallion.views import objects as v_objects
 from werkzeug.exceptions import HTTPException
 
-from exchange.accounts import Account, VerificationCache, hash_password
+from exchange.accounts import Account, LoginThrottle, VerificationCache, hash_password
 from exchange.config import LoadedNode
-from exchange.errors import ExchangeError, Forbidden, Unauthorized
+from exchange.errors import BadRequest, ExchangeError, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
 from exchange.node import load_account
+from exchange.release import newest_write, pending, release_all
+from exchange.stix import deeper_than, is_identifier
 from exchange.storage.backend import MEDIA_TYPE_TAXII, AfterWrite, ExchangeBackend
 from exchange.storage.store import Store
-from exchange.accounts import LoginThrottle
-from exchange.errors import BadRequest, PayloadTooLarge, TooManyRequests
-from exchange.stix import deeper_than, is_identifier
 from exchange.worker import DEFAULT_REQUEST_TIMEOUT, SlowClient, worker_class
 
 log = logging.getLogger(__name__)
@@ -384,8 +383,6 @@ class BackgroundReleaser:
 
     def _idle_for(self) -> float:
         """Seconds since the last write to a release source, here or through another worker."""
-        from exchange.release import newest_write
-
         idle = time.monotonic() - self._last_write
         if idle < self._quiet:
             return idle
@@ -406,8 +403,6 @@ class BackgroundReleaser:
             time.sleep(0.05)  # a writer is active: let it take the write lock between our batches
 
     def _run(self) -> None:
-        from exchange.release import pending, release_all
-
         while True:
             woken = self._wake.wait(self._poll)
             self._wake.clear()

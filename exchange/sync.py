@@ -30,6 +30,8 @@ from exchange.client import PartnerClient
 from exchange.errors import ConfigError, PartnerError, PartnerUnavailable
 from exchange.inbound import InboundRules
 from exchange.node import OpenNode
+from exchange.attribution import settle
+from exchange.release import _tlp_name, current_policy, release_all
 from exchange.stix import check_object, object_version, parse_timestamp
 from exchange.storage.store import Selection
 
@@ -190,8 +192,6 @@ def _latency(obj: dict, now_us: int) -> dict:
         published = parse_timestamp(object_version(obj))  # type: ignore[arg-type]
     except (ValueError, TypeError):
         return {}
-    from exchange.release import _tlp_name
-
     return {"latency_s": round((now_us - published) / 1e6, 3), "type": obj.get("type"), "tlp": _tlp_name(obj)}
 
 
@@ -249,8 +249,6 @@ def _transport_withheld(partner: str, url: str, rows: list) -> list[audit.Entry]
     """Audit entries for object versions not pushed because the partner URL is plain HTTP."""
     if not rows:
         return []
-    from exchange.release import current_policy
-
     clause = current_policy().one("iep-encrypted-transport")
     detail = {"reason": f"IEP encrypt_in_transit 'must': not pushed over plain HTTP to {url}", "transport": "http", "endpoint": "push"}
     return [
@@ -282,9 +280,6 @@ def run_cycle(
     Onward sharing of what was pulled is the node server's background releaser's job
     (it polls for rows written by this agent); the next cycle's release also catches up.
     """
-    from exchange.attribution import settle
-    from exchange.release import release_all
-
     summary: dict = {}
     with _progress(show_progress) as bar:
         settle(opened)
