@@ -61,13 +61,17 @@ def test_acknowledged_objects_survive_kill_9_exactly_once(tmp_path, database):
     assert not missing, f"{len(missing)} acknowledged objects lost"
 
 
-@pytest.fixture
-def two_worker_node(tmp_path, database):
+def _multi_worker_node(tmp_path, database, workers: int, threads: int):
     data = tmp_path / "us"
     provision("us", data, database=database)
-    node = NodeProcess("us", data, extra_args=("--workers", "2", "--threads", "2", *node_args(database))).start()
+    node = NodeProcess("us", data, extra_args=("--workers", str(workers), "--threads", str(threads), *node_args(database))).start()
     yield node
     node.stop()
+
+
+@pytest.fixture
+def two_worker_node(tmp_path, database):
+    yield from _multi_worker_node(tmp_path, database, workers=2, threads=2)
 
 
 def test_next_cursor_works_whichever_worker_answers(two_worker_node):
@@ -94,11 +98,7 @@ def test_next_cursor_works_whichever_worker_answers(two_worker_node):
 
 @pytest.fixture
 def three_worker_node(tmp_path, database):
-    data = tmp_path / "us"
-    provision("us", data, database=database)
-    node = NodeProcess("us", data, extra_args=("--workers", "3", "--threads", "4", *node_args(database))).start()
-    yield node
-    node.stop()
+    yield from _multi_worker_node(tmp_path, database, workers=3, threads=4)
 
 
 def test_concurrent_pushers_and_pullers_across_workers_lose_and_duplicate_nothing(three_worker_node):
