@@ -111,6 +111,32 @@ def test_postgresql_pages_walk_an_index_without_sorting(tmp_path):
     assert "Sort" not in plan and "Seq Scan" not in plan, plan
 
 
+def test_postgresql_bulk_load_into_a_fresh_table_gets_statistics(tmp_path):
+    """A fresh node's first bulk load: the store analyzes ``objects`` itself once the table has grown.
+
+    Without statistics PostgreSQL estimated a collection at a few dozen rows, so each add's
+    ``stix_id IN (...)`` lookup walked the whole collection through ``ix_objects_first``
+    (1,600 adds/s at 100k objects instead of 11,000/s) until autovacuum got round to it.
+    """
+    import re
+
+    with fresh_database("postgresql", tmp_path) as url:
+        store = Store.open(database=url)
+        try:
+            for _ in range(12):
+                store.add_objects(CID, [new_indicator(i) for i in range(2000)])
+            with store.engine.connect() as conn:
+                analyzed = conn.execute(text(
+                    "SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'objects'"
+                )).scalar()
+                plan = conn.execute(text(f"EXPLAIN SELECT seq FROM objects WHERE collection_id = '{CID}'")).first()[0]
+        finally:
+            store.close()
+    assert analyzed
+    estimate = int(re.search(r"rows=(\d+)", plan).group(1))
+    assert 12_000 <= estimate <= 48_000, plan  # 24,000 stored
+
+
 def test_several_types_page_in_keyset_order_across_types(store):
     """match[type]=a,b is one indexed query per type, merged: same rows and order as one walk, nothing skipped."""
     def rel(i: int) -> dict:
