@@ -31,7 +31,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -102,7 +101,7 @@ def setup_database(url: str, pg_host: str, db: str, n: int, batch: int, small: d
     t0 = time.perf_counter()
     loaded = 0
     for objs in chunks_of_indicators(n, batch, seed):
-        r = store.add_objects(own, objs)
+        store.add_objects(own, objs)
         loaded += len(objs)
         if loaded % 100_000 < batch:
             el = time.perf_counter() - t0
@@ -295,6 +294,59 @@ def _walk_raw(url: str, token: str | None, npages: int, start_at: float, timeout
     return {"count": total, "distinct": total, "first": None, "t0": t0, "t1": time.time(), "cpu_s": time.process_time() - c0, "bytes": nbytes}
 
 
+def _walk_lean(url: str, token: str | None, npages: int, start_at: float, timeout: float) -> dict:
+    """The same range with a lean TAXII 2.1 client: one keep-alive ``http.client`` connection, Basic
+    auth, the TAXII media type checked, every envelope parsed whole with orjson, ``more``/``next``
+    followed (TAXII 2.1 section 3.4) and every id collected.  Same work as the taxii2-client walk,
+    without ``requests``' 8 KiB chunked body reads and simplejson's slower decoder."""
+    import base64
+    import http.client
+    from urllib.parse import quote, urlsplit
+
+    import orjson
+
+    parts = urlsplit(url)
+    path = parts.path + "objects/"
+    headers = {
+        "Accept": nb.MEDIA_TAXII,
+        "Authorization": "Basic " + base64.b64encode(f"{nb.USER}:{nb.PASSWORD}".encode()).decode(),
+    }
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+    def get(query: str) -> dict:
+        conn.request("GET", f"{path}?{query}", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200 or not (resp.getheader("Content-Type") or "").startswith("application/taxii+json"):
+            raise RuntimeError(f"GET {path}?{query}: HTTP {resp.status} {body[:200]!r}")
+        return orjson.loads(body)
+
+    get("limit=1")  # warm the connection (untimed)
+    time.sleep(max(0.0, start_at - time.time()))
+    t0, c0 = time.time(), time.process_time()
+    total, first, seen = 0, None, set()
+    for _ in range(npages):
+        env = get(f"limit={PAGE}" + (f"&next={quote(token, safe='')}" if token else ""))
+        objs = env.get("objects", [])
+        if first is None and objs:
+            first = objs[0]["id"]
+        total += len(objs)
+        seen.update(o["id"] for o in objs)
+        token = env.get("next")
+        if not env.get("more") or not token:
+            break
+    conn.close()
+    return {"count": total, "distinct": len(seen), "first": first, "t0": t0, "t1": time.time(), "cpu_s": time.process_time() - c0}
+
+
+# the 4-client pull is run with each kind of client; "lean" is the one the issue-8 target is read on
+CLIENTS = {
+    "lean": (_walk_lean, "lean TAXII clients (http.client keep-alive, orjson)"),
+    "taxii2-client": (_walk_range, "taxii2-client"),
+    "thin": (_walk_raw, "thin clients (raw HTTP, no JSON parse)"),
+}
+
+
 def _push_range(url: str, n: int, seed: int, envelope: int, start_at: float, timeout: float) -> dict:
     coll = nb.client_collection(url, timeout=timeout)
     objs = nb.make_indicators(n, seed)
@@ -362,11 +414,7 @@ class ServerRun:
     pull_1c_per_s: float | None = None
     pull_1c_s: float | None = None
     pull_1c_objects: int | None = None
-    pull_4c_per_s: float | None = None
-    pull_4c_s: float | None = None
-    pull_4c_objects: int | None = None
-    pull_4c_clients: list = field(default_factory=list)
-    pull_4c_raw_per_s: float | None = None
+    pull_4c: dict = field(default_factory=dict)  # client kind -> {"per_s": median, "reps": [...], "clients": [...]}
     cpu: dict = field(default_factory=dict)  # phase -> cores used by server tree / postgres / clients / other
     last_page_big_s: float | None = None
     last_page_big_all: list = field(default_factory=list)
@@ -393,90 +441,143 @@ def timed_reps(fn, reps: int) -> list[float]:
     return out
 
 
-def bench_server(workers: int, args, url: str, tmp: Path, setup: Setup, do_pull: bool, do_push: bool, push_seed: int) -> ServerRun:
+def _single_client_phases(run: ServerRun, srv, rss: ProcRss, args, setup: Setup) -> list[dict]:
+    """1-client walk of the whole collection, last-page latencies, the 2k walks.  Returns the walk's pages."""
+    workers = run.workers
+    big = srv.collection_url("us-intel")
+    coll = nb.client_collection(big, timeout=args.timeout)
+    n = setup.collections["us-intel"][1]
+    print(f"   [{workers}w] pull, 1 client, {n:,} objects ...", flush=True)
+    before, c0 = cpu_snapshot(rss), time.process_time()
+    pages, total, secs = walk(coll)
+    run.cpu["pull_1c"] = cpu_split(before, cpu_snapshot(rss), time.process_time() - c0)
+    run.pull_1c_objects, run.pull_1c_s, run.pull_1c_per_s = total, secs, total / secs
+    if total != n:
+        run.notes.append(f"1-client walk got {total:,}, expected {n:,}")
+    print(f"      {total / secs:,.0f} obj/s ({secs:.1f} s)", flush=True)
+    # last page at N: the next token of the second-to-last page, reused
+    tok = pages[-2]["next"]
+    got: list[dict] = []
+    run.last_page_big_all = timed_reps(lambda: got.append(coll.get_objects(limit=PAGE, next=tok)), args.reps)
+    run.last_page_big_s = statistics.median(run.last_page_big_all)
+    last = got[-1].get("objects", [])
+    if len(last) != pages[-1]["count"] or last[0]["id"] != pages[-1]["first"] or got[-1].get("more"):
+        run.notes.append("last page at N: unexpected content")
+    # last page at 1k: the only page of rok-inbox (1,000 objects): a plain first request
+    small = nb.client_collection(srv.collection_url("rok-inbox"), timeout=args.timeout)
+    got1k: list[dict] = []
+    run.last_page_1k_all = timed_reps(lambda: got1k.append(small.get_objects(limit=PAGE)), args.reps)
+    run.last_page_1k_s = statistics.median(run.last_page_1k_all)
+    if len(got1k[-1].get("objects", [])) != setup.collections["rok-inbox"][1] or got1k[-1].get("more"):
+        run.notes.append("last page at 1k: unexpected content")
+    # 2k (jp-read): pull rate at small N (for the medallion ratio), and a last page by next token
+    c2k = nb.client_collection(srv.collection_url("jp-read"), timeout=args.timeout)
+    rates = []
+    for _ in range(3):
+        p2, t2, s2 = walk(c2k)
+        rates.append(t2 / s2)
+    run.pull_2k_per_s = statistics.median(rates)
+    tok2 = p2[-2]["next"]
+    run.last_page_2k_next_s = statistics.median(timed_reps(lambda: c2k.get_objects(limit=PAGE, next=tok2), args.reps))
+    return pages
+
+
+def bench_pulls(args, url: str, tmp: Path, setup: Setup) -> dict[int, ServerRun]:
+    """The pulls, with a 1-worker and a 4-worker server up at once on the same database.
+
+    The single-client phases run on one server after the other.  The 4-client pulls are
+    interleaved: each repetition runs every client kind against 1 worker, then 4 workers, so
+    drift in the machine's speed (other jobs on shared cores) hits both sides of the ratio alike.
+    The idle server meanwhile only polls for releases once a second.
+    """
+    runs: dict[int, ServerRun] = {}
+    servers: dict[int, tuple] = {}
+    try:
+        for w in (1, 4):
+            runs[w] = ServerRun(workers=w, loadavg_before=[round(x, 2) for x in os.getloadavg()])
+            d = tmp / f"pull-{w}w"
+            d.mkdir(parents=True, exist_ok=True)
+            srv = start_server(w, url, d, args.threads)
+            servers[w] = (srv, ProcRss(srv.proc.pid).start())
+        time.sleep(1.0)
+        pages: list[dict] = []
+        for w, (srv, rss) in servers.items():
+            pages = _single_client_phases(runs[w], srv, rss, args, setup)
+        total = sum(p["count"] for p in pages)
+        # 4 clients, disjoint quarters of the collection, each from a next token of the 1-client walk
+        per = len(pages) // 4
+        starts = [None] + [pages[i * per - 1]["next"] for i in (1, 2, 3)]
+        npages = [per, per, per, len(pages) - 3 * per]
+        print(f"   pull, 4 clients x ~{per * PAGE:,} objects: {args.pull_reps} rep(s), each client kind on 1 worker then 4 ...", flush=True)
+        for rep in range(args.pull_reps):
+            for kind, (fn, _label) in CLIENTS.items():
+                for w, (srv, rss) in servers.items():
+                    big = srv.collection_url("us-intel")
+                    out, t0, t1, cpu = run_parallel(fn, [(big, starts[i], npages[i], args.timeout) for i in range(4)], 2.0, rss)
+                    total4 = sum(o["count"] for o in out)
+                    entry = runs[w].pull_4c.setdefault(kind, {"reps": [], "cpu": [], "clients": []})
+                    entry["reps"].append(total4 / (t1 - t0))
+                    entry["cpu"].append(cpu)
+                    entry["clients"].append([round(o["count"] / (o["t1"] - o["t0"])) for o in out])
+                    for i, o in enumerate(out):
+                        if o["distinct"] != o["count"] or (o["first"] is not None and o["first"] != pages[i * per]["first"]):
+                            runs[w].notes.append(f"4 {kind} clients, rep {rep}: client {i} range mismatch")
+                    if total4 != total:
+                        runs[w].notes.append(f"4 {kind} clients, rep {rep}: got {total4:,} objects, expected {total:,}")
+                    print(f"      [{w}w] {kind:>13}: {total4 / (t1 - t0):,.0f} obj/s aggregate ({t1 - t0:.1f} s); cores {cpu}", flush=True)
+        for run in runs.values():
+            for entry in run.pull_4c.values():
+                entry["per_s"] = statistics.median(entry["reps"])
+    finally:
+        for w, (srv, rss) in servers.items():
+            runs[w].rss = rss.stop()
+            srv.stop()
+    for kind in CLIENTS:
+        r1, r4 = runs[1].pull_4c.get(kind), runs[4].pull_4c.get(kind)
+        if r1 and r4:
+            r4["paired_ratios"] = [round(b / a, 3) for a, b in zip(r1["reps"], r4["reps"])]
+    return runs
+
+
+def bench_pushes(workers: int, args, url: str, tmp: Path, setup: Setup, push_seed: int) -> ServerRun:
     run = ServerRun(workers=workers, loadavg_before=[round(x, 2) for x in os.getloadavg()])
-    srv = start_server(workers, url, tmp, args.threads)
+    d = tmp / f"push-{workers}w"
+    d.mkdir(parents=True, exist_ok=True)
+    srv = start_server(workers, url, d, args.threads)
     rss = ProcRss(srv.proc.pid).start()
     try:
         time.sleep(1.0)
         big = srv.collection_url("us-intel")
-        coll = nb.client_collection(big, timeout=args.timeout)
-        n = setup.collections["us-intel"][1]
-        if do_pull:
-            # 1 client: the whole collection
-            print(f"   [{workers}w] pull, 1 client, {n:,} objects ...", flush=True)
-            before, c0 = cpu_snapshot(rss), time.process_time()
-            pages, total, secs = walk(coll)
-            run.cpu["pull_1c"] = cpu_split(before, cpu_snapshot(rss), time.process_time() - c0)
-            run.pull_1c_objects, run.pull_1c_s, run.pull_1c_per_s = total, secs, total / secs
-            if total != n:
-                run.notes.append(f"1-client walk got {total:,}, expected {n:,}")
-            print(f"      {total / secs:,.0f} obj/s ({secs:.1f} s)", flush=True)
-            # last page at N: the next token of the second-to-last page, reused
-            tok = pages[-2]["next"]
-            got: list[dict] = []
-            run.last_page_big_all = timed_reps(lambda: got.append(coll.get_objects(limit=PAGE, next=tok)), args.reps)
-            run.last_page_big_s = statistics.median(run.last_page_big_all)
-            last = got[-1].get("objects", [])
-            if len(last) != pages[-1]["count"] or last[0]["id"] != pages[-1]["first"] or got[-1].get("more"):
-                run.notes.append("last page at N: unexpected content")
-            # last page at 1k: the only page of rok-inbox (1,000 objects): a plain first request
-            small = nb.client_collection(srv.collection_url("rok-inbox"), timeout=args.timeout)
-            got1k: list[dict] = []
-            run.last_page_1k_all = timed_reps(lambda: got1k.append(small.get_objects(limit=PAGE)), args.reps)
-            run.last_page_1k_s = statistics.median(run.last_page_1k_all)
-            if len(got1k[-1].get("objects", [])) != setup.collections["rok-inbox"][1] or got1k[-1].get("more"):
-                run.notes.append("last page at 1k: unexpected content")
-            # 2k (jp-read): pull rate at small N (for the medallion ratio), and a last page by next token
-            c2k = nb.client_collection(srv.collection_url("jp-read"), timeout=args.timeout)
-            rates = []
-            for _ in range(3):
-                p2, t2, s2 = walk(c2k)
-                rates.append(t2 / s2)
-            run.pull_2k_per_s = statistics.median(rates)
-            tok2 = p2[-2]["next"]
-            run.last_page_2k_next_s = statistics.median(timed_reps(lambda: c2k.get_objects(limit=PAGE, next=tok2), args.reps))
-            # 4 clients, disjoint quarters of the collection, each from a next token of the 1-client walk
-            per = len(pages) // 4
-            starts = [None] + [pages[i * per - 1]["next"] for i in (1, 2, 3)]
-            npages = [per, per, per, len(pages) - 3 * per]
-            print(f"   [{workers}w] pull, 4 clients x ~{per * PAGE:,} objects ...", flush=True)
-            out, t0, t1, run.cpu["pull_4c"] = run_parallel(_walk_range, [(big, starts[i], npages[i], args.timeout) for i in range(4)], 3.0, rss)
-            total4 = sum(o["count"] for o in out)
-            run.pull_4c_objects, run.pull_4c_s, run.pull_4c_per_s = total4, t1 - t0, total4 / (t1 - t0)
-            run.pull_4c_clients = [{"objects": o["count"], "per_s": o["count"] / (o["t1"] - o["t0"]), "s": o["t1"] - o["t0"]} for o in out]
-            for i, o in enumerate(out):
-                if o["first"] != pages[i * per]["first"] or o["distinct"] != o["count"]:
-                    run.notes.append(f"4-client walk: client {i} range mismatch")
-            if total4 != total:
-                run.notes.append(f"4-client walk got {total4:,} objects, expected {total:,}")
-            print(f"      {run.pull_4c_per_s:,.0f} obj/s aggregate ({t1 - t0:.1f} s); cores {run.cpu['pull_4c']}", flush=True)
-            # the same 4 ranges with a thin client (raw HTTP, no JSON parse): what the server side can serve
-            out, t0, t1, run.cpu["pull_4c_raw"] = run_parallel(_walk_raw, [(big, starts[i], npages[i], args.timeout) for i in range(4)], 3.0, rss)
-            totr = sum(o["count"] for o in out)
-            run.pull_4c_raw_per_s = totr / (t1 - t0)
-            if totr != total:
-                run.notes.append(f"4 raw clients got {totr:,} objects, expected {total:,}")
-            print(f"      thin clients: {run.pull_4c_raw_per_s:,.0f} obj/s aggregate ({t1 - t0:.1f} s); cores {run.cpu['pull_4c_raw']}", flush=True)
-        if do_push:
-            for pushers, attr in ((1, "1p"), (4, "4p")):
-                each = args.push_n // pushers
-                print(f"   [{workers}w] push, {pushers} pusher(s) x {each:,} ...", flush=True)
-                sets = [(big, each, push_seed + 100 * pushers + i, args.envelope, args.timeout) for i in range(pushers)]
-                out, t0, t1, run.cpu[f"push_{attr}"] = run_parallel(_push_range, sets, 3.0 + 0.5 * pushers, rss)
-                ok = sum(o["ok"] for o in out)
-                rate = sum(o["count"] for o in out) / (t1 - t0)
-                setattr(run, f"push_{attr}_per_s", rate)
-                run.push_envelope_median_s[attr] = statistics.median([e for o in out for e in o["envelope_s"]])
-                if ok != pushers * each:
-                    run.notes.append(f"push {attr}: {ok} of {pushers * each} successes")
-                drain = wait_idle(rss, 900)
-                setattr(run, f"push_{attr}_release_drain_s", drain)
-                print(f"      {rate:,.0f} obj/s; background release busy {drain:.1f} s after the last envelope", flush=True)
+        for pushers, attr in ((1, "1p"), (4, "4p")):
+            each = args.push_n // pushers
+            print(f"   [{workers}w] push, {pushers} pusher(s) x {each:,} ...", flush=True)
+            sets = [(big, each, push_seed + 100 * pushers + i, args.envelope, args.timeout) for i in range(pushers)]
+            out, t0, t1, run.cpu[f"push_{attr}"] = run_parallel(_push_range, sets, 3.0 + 0.5 * pushers, rss)
+            ok = sum(o["ok"] for o in out)
+            rate = sum(o["count"] for o in out) / (t1 - t0)
+            setattr(run, f"push_{attr}_per_s", rate)
+            run.push_envelope_median_s[attr] = statistics.median([e for o in out for e in o["envelope_s"]])
+            if ok != pushers * each:
+                run.notes.append(f"push {attr}: {ok} of {pushers * each} successes")
+            drain = wait_idle(rss, 900)
+            setattr(run, f"push_{attr}_release_drain_s", drain)
+            print(f"      {rate:,.0f} obj/s; background release busy {drain:.1f} s after the last envelope", flush=True)
     finally:
         run.rss = rss.stop()
         srv.stop()
     return run
+
+
+def merge_pushes(run: ServerRun, pushed: ServerRun) -> None:
+    """Fold a push-only server run into the pull run of the same worker count."""
+    for k in ("push_1p_per_s", "push_4p_per_s", "push_1p_release_drain_s", "push_4p_release_drain_s"):
+        setattr(run, k, getattr(pushed, k))
+    run.push_envelope_median_s = pushed.push_envelope_median_s
+    run.cpu.update(pushed.cpu)
+    run.notes += pushed.notes
+    for k in ("worker_peak_mb", "master_mb", "tree_peak_mb"):
+        run.rss[k] = max(run.rss.get(k, 0), pushed.rss.get(k, 0))
+    run.rss["workers_mb"] = sorted(run.rss.get("workers_mb", []) + pushed.rss.get("workers_mb", []))
 
 
 def medallion_ref(n: int, args) -> nb.Result:
@@ -486,6 +587,10 @@ def medallion_ref(n: int, args) -> nb.Result:
 
 # ---------------------------------------------------------------------------------------------
 # report
+
+
+def _p4(run: ServerRun, kind: str) -> float | None:
+    return run.pull_4c.get(kind, {}).get("per_s")
 
 
 def _f(v, fmt=",.0f") -> str:
@@ -503,8 +608,8 @@ def report(setup: Setup, runs: dict[int, ServerRun], ref: nb.Result | None, args
           f"VACUUM ANALYZE {setup.analyze_s:.1f} s, database {setup.db_size_mb:,.0f} MB")
     rows = [
         ("pull, 1 client (obj/s)", _f(r1.pull_1c_per_s), _f(r4.pull_1c_per_s)),
-        ("pull, 4 clients, aggregate (obj/s)", _f(r1.pull_4c_per_s), _f(r4.pull_4c_per_s)),
-        ("pull, 4 thin clients (raw HTTP), aggregate (obj/s)", _f(r1.pull_4c_raw_per_s), _f(r4.pull_4c_raw_per_s)),
+        *[(f"pull, 4 {label}, aggregate (obj/s, median of {args.pull_reps})", _f(_p4(r1, kind)), _f(_p4(r4, kind)))
+          for kind, (_fn, label) in CLIENTS.items()],
         ("push, 1 pusher (obj/s)", _f(r1.push_1p_per_s), _f(r4.push_1p_per_s)),
         ("push, 4 pushers, aggregate (obj/s)", _f(r1.push_4p_per_s), _f(r4.push_4p_per_s)),
         ("  background release busy after push 1p/4p (s)",
@@ -525,8 +630,13 @@ def report(setup: Setup, runs: dict[int, ServerRun], ref: nb.Result | None, args
     for a, b, c in rows:
         print(f"| {a:<{w}} | {b:>8} | {c:>9} |")
     for k, r in runs.items():
-        print(f"  {k} worker(s): per-worker peak RSS {r.rss.get('workers_mb')}; 4-client per-client obj/s "
-              f"{[round(c['per_s']) for c in r.pull_4c_clients]}")
+        print(f"  {k} worker(s): per-worker peak RSS {r.rss.get('workers_mb')}")
+        for kind, entry in r.pull_4c.items():
+            print(f"    4 {kind} clients: aggregate per rep {[round(x) for x in entry['reps']]}; per client {entry['clients']}")
+            mid = sorted(range(len(entry["reps"])), key=lambda i: entry["reps"][i])[len(entry["reps"]) // 2]
+            print(f"      cores used (median rep): {entry['cpu'][mid]}")
+            if "paired_ratios" in entry:
+                print(f"      4w/1w per interleaved pair: {entry['paired_ratios']}")
         for phase, split in r.cpu.items():
             print(f"    cores used during {phase}: {split}")
         for note in r.notes:
@@ -564,18 +674,20 @@ def report(setup: Setup, runs: dict[int, ServerRun], ref: nb.Result | None, args
     lp = [div(r.last_page_big_s, r.last_page_1k_s) for r in (r1, r4)]
     targets.append({"target": f"last page at {n:,} <= {TARGET_LAST_PAGE_FACTOR:.0f}x last page at 1k", "value": lp,
                     "met": all(x is not None and x <= TARGET_LAST_PAGE_FACTOR for x in lp)})
-    scale_same_clients = div(r4.pull_4c_per_s, r1.pull_4c_per_s)
-    scale_vs_single = div(r4.pull_4c_per_s, r1.pull_1c_per_s)
-    targets.append({"target": f"aggregate pull, 4 workers >= {TARGET_PULL_SCALE}x 1 worker (4 clients on both)",
-                    "value": scale_same_clients, "also_vs_1_worker_1_client": scale_vs_single,
-                    "met": scale_same_clients is not None and scale_same_clients >= TARGET_PULL_SCALE})
+    scale = {kind: div(_p4(r4, kind), _p4(r1, kind)) for kind in CLIENTS}
+    paired = {k: statistics.median(r4.pull_4c[k]["paired_ratios"]) for k in CLIENTS if r4.pull_4c.get(k, {}).get("paired_ratios")}
+    targets.append({"target": f"aggregate pull, 4 workers >= {TARGET_PULL_SCALE}x 1 worker (4 lean clients on both)",
+                    "value": scale["lean"], "also": {**{f"4 {k} clients": v for k, v in scale.items() if k != "lean"},
+                                                     **{f"median of paired ratios, {k}": v for k, v in paired.items()},
+                                                     "4w with 4 lean clients over 1w with 1 taxii2-client": div(_p4(r4, "lean"), r1.pull_1c_per_s)},
+                    "met": scale["lean"] is not None and scale["lean"] >= TARGET_PULL_SCALE})
     worst = max(r1.rss.get("worker_peak_mb", 0), r4.rss.get("worker_peak_mb", 0))
     targets.append({"target": f"RSS per worker < {TARGET_RSS_WORKER_MB:.0f} MB", "value": worst, "met": worst < TARGET_RSS_WORKER_MB})
     print("\nIssue 8 targets:")
     for t in targets:
         v = t["value"]
         vs = ", ".join(_f(x, ".2f") for x in v) if isinstance(v, list) else _f(v, ".2f")
-        extra = f" (4w/4c over 1w/1c: {_f(t['also_vs_1_worker_1_client'], '.2f')})" if "also_vs_1_worker_1_client" in t else ""
+        extra = "".join(f"; {k}: {_f(x, '.2f')}" for k, x in t.get("also", {}).items())
         print(f"  [{'MET' if t['met'] else 'MISSED':>6}] {t['target']}: {vs}{extra}")
     return {
         "command": " ".join(["bench/pg_bench.py"] + sys.argv[1:]),
@@ -583,7 +695,8 @@ def report(setup: Setup, runs: dict[int, ServerRun], ref: nb.Result | None, args
         "head": nb._git("rev-parse", "HEAD").strip(),
         "uncommitted_in_exchange": [ln[3:] for ln in nb._git("status", "--porcelain", "--", "exchange").splitlines()],
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "settings": {"n": n, "push_n": args.push_n, "envelope": args.envelope, "page": PAGE, "threads": args.threads, "reps": args.reps},
+        "settings": {"n": n, "push_n": args.push_n, "envelope": args.envelope, "page": PAGE, "threads": args.threads, "reps": args.reps,
+                     "pull_reps": args.pull_reps},
         "setup": asdict(setup),
         "runs": {k: asdict(v) for k, v in runs.items()},
         "medallion": asdict(ref) if ref is not None else None,
@@ -600,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--envelope", type=int, default=1000, help="objects per add_objects envelope (default 1000)")
     p.add_argument("--load-batch", type=int, default=2000, help="objects per in-process add_objects (default 2000)")
     p.add_argument("--threads", type=int, help="threads per worker (default: serve's default)")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=5, help="requests per last-page median (default 5)")
+    p.add_argument("--pull-reps", type=int, default=3, help="4-client pulls per client kind and server (default 3; the median is reported)")
     p.add_argument("--pg", default="/var/run/postgresql", help="PostgreSQL host or socket directory")
     p.add_argument("--no-analyze", action="store_true", help="skip VACUUM ANALYZE after the bulk load")
     p.add_argument("--no-ref", action="store_true", help="skip medallion")
@@ -632,22 +746,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- medallion 3.0.0 memory backend, N = {args.ref_n:,} ...", flush=True)
             ref = medallion_ref(args.ref_n, args)
             print(f"   pull {_f(ref.pull_per_s)}/s, last page {_ms(ref.last_page_s)}, RSS {_f(ref.rss_peak_mb, '.1f')} MB", flush=True)
-        # pulls on an unchanged collection first (1 worker, then 4), then the pushes (4 workers, then 1)
-        print("-- 1 worker: pulls", flush=True)
-        runs[1] = bench_server(1, args, url, tmp, setup, True, False, args.seed)
-        print("-- 4 workers: pulls and pushes", flush=True)
-        runs[4] = bench_server(4, args, url, tmp, setup, True, True, args.seed + 1)
-        print("-- 1 worker: pushes", flush=True)
-        r1p = bench_server(1, args, url, tmp, setup, False, True, args.seed + 2)
-        for k in ("push_1p_per_s", "push_4p_per_s", "push_1p_release_drain_s", "push_4p_release_drain_s"):
-            setattr(runs[1], k, getattr(r1p, k))
-        runs[1].push_envelope_median_s = r1p.push_envelope_median_s
-        runs[1].cpu.update(r1p.cpu)
-        runs[1].notes += r1p.notes
-        runs[1].rss["worker_peak_mb"] = max(runs[1].rss["worker_peak_mb"], r1p.rss["worker_peak_mb"])
-        runs[1].rss["master_mb"] = max(runs[1].rss["master_mb"], r1p.rss["master_mb"])
-        runs[1].rss["tree_peak_mb"] = max(runs[1].rss["tree_peak_mb"], r1p.rss["tree_peak_mb"])
-        runs[1].rss["workers_mb"] = sorted(runs[1].rss["workers_mb"] + r1p.rss["workers_mb"])
+        # pulls on an unchanged collection first (both servers up, 4-client pulls interleaved), then the pushes
+        print("-- pulls: 1 worker and 4 workers", flush=True)
+        runs = bench_pulls(args, url, tmp, setup)
+        for w, seed in ((4, args.seed + 1), (1, args.seed + 2)):
+            print(f"-- {w} worker(s): pushes", flush=True)
+            merge_pushes(runs[w], bench_pushes(w, args, url, tmp, setup, seed))
         out = report(setup, runs, ref, args)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -21,6 +21,11 @@ for as long as it likes, and a handful of them stop the node.
   connection that has sent nothing yet waits on the poller, not in a thread;
 * closing a connection (FIN, then reading until the client closes, at most
   2 s) happens on the poller instead of blocking the worker's main loop;
+* with several workers, a worker that has just accepted a connection leaves
+  the next ones to the others for a few milliseconds (longer the more it
+  holds): gunicorn's workers race for each connection on the shared socket,
+  and a few keep-alive clients (partners' sync agents) would otherwise often
+  all stick to one worker and share its interpreter lock while the rest idle;
 * the errors gunicorn answers itself (request line or headers too large,
   malformed request line or headers, bad chunked encoding) carry TAXII error
   bodies (``application/taxii+json``) instead of HTML, and the two it answers
@@ -53,6 +58,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 _DEFER = getattr(gthread, "_DEFER", None)  # gunicorn >= 27: "put this connection back on the poller"
 _MAX_HEAD = 1024 * 1024  # beyond this, the parser's own limits answer (request line, header fields)
 _LINGER_SECONDS, _LINGER_BYTES = 2.0, 64 * 1024  # as gunicorn's close_graceful
+_SPREAD_PAUSE, _SPREAD_PAUSE_MAX = 0.005, 0.05  # seconds per connection held, and at most (see accept)
 
 
 class SlowClient(Exception):
@@ -166,7 +172,38 @@ class _ExchangeWorker(gthread.ThreadWorker):
         self._watched: dict[Any, tuple[int, float]] = {}
         self._lingering: dict[Any, list] = {}
         self._watch_lock = threading.Lock()
+        self._spread = self.cfg.workers > 1
+        self._accept_paused_until = 0.0
         super().init_process()
+
+    # -- spreading connections over the workers ----------------------------------------------
+
+    def accept(self, listener: Any) -> None:
+        """Accept one connection; with other workers about, then stop accepting for a moment.
+
+        Every worker polls the one listening socket and the first to call
+        ``accept()`` gets the connection, so a worker that has just served one
+        tends to win the next too: long-lived keep-alive clients then pile up on
+        it and share one interpreter lock while other workers idle.  Pausing
+        ``_SPREAD_PAUSE`` per connection this worker holds (at most
+        ``_SPREAD_PAUSE_MAX``) leaves new connections to less busy workers; an
+        idle worker never pauses, and a paused one resumes within the pause.
+        """
+        super().accept(listener)
+        if self._spread and self.nr_conns > 0:
+            self._accept_paused_until = time.monotonic() + min(_SPREAD_PAUSE * self.nr_conns, _SPREAD_PAUSE_MAX)
+            self.set_accept_enabled(False)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and time.monotonic() < self._accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if not self._accepting and self._accept_paused_until:
+            # wake up when the pause ends, not only on the next event or after a second
+            timeout = max(0.0, min(timeout, self._accept_paused_until - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
 
     # -- per-request deadline ----------------------------------------------------------
 

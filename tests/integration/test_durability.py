@@ -136,3 +136,52 @@ def test_concurrent_pushers_and_pullers_across_workers_lose_and_duplicate_nothin
     final = _pull_ids(url)
     assert len(final) == len(set(final))
     assert set(final) == {o["id"] for b in batches for o in b}
+
+
+@pytest.fixture
+def four_worker_node(tmp_path, database):
+    yield from _multi_worker_node(tmp_path, database, workers=4, threads=4)
+
+
+def test_keep_alive_clients_spread_over_the_workers(four_worker_node):
+    """4 partners' keep-alive connections opened at once land on different workers, not on one.
+
+    gunicorn's workers race for each connection; without the worker's accept pause one
+    worker usually won 3 or all 4 of them (14 of 20 rounds; 4 different workers in none),
+    and those clients then shared one interpreter lock for as long as they stayed connected.
+    """
+    import base64
+    import http.client
+    from collections import Counter
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    parts = urlsplit(four_worker_node.collection_url("us-intel"))
+    headers = {
+        "Accept": "application/taxii+json;version=2.1",
+        "Authorization": "Basic " + base64.b64encode(f"analyst:{PASSWORDS['analyst']}".encode()).decode(),
+    }
+    master = psutil.Process(four_worker_node.proc.pid)
+    deadline = time.monotonic() + 30
+    while len(master.children()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = master.children()
+    assert len(workers) == 4
+    spread = 0
+    for _ in range(10):
+        conns = [http.client.HTTPConnection(parts.hostname, parts.port, timeout=10) for _ in range(4)]
+        for c in conns:
+            c.connect()
+        for c in conns:
+            c.request("GET", parts.path + "objects/?limit=10", headers=headers)
+        for c in conns:
+            assert c.getresponse().read()
+        ports = {c.sock.getsockname()[1] for c in conns}
+        held = Counter(w.pid for w in workers for k in w.net_connections(kind="tcp") if k.raddr and k.raddr.port in ports)
+        assert sum(held.values()) == 4
+        spread += len(held) == 4
+        for c in conns:
+            c.close()
+        time.sleep(0.2)
+    assert spread >= 7, f"the 4 connections went to 4 different workers in only {spread} of 10 rounds"
