@@ -248,11 +248,17 @@ def walk(coll, limit: int | None = None) -> tuple[list[dict], int, float]:
 def _walk_range(url: str, token: str | None, npages: int, start_at: float, timeout: float) -> dict:
     coll = nb.client_collection(url, timeout=timeout)
     coll.get_objects(limit=1)  # warm the connection (untimed)
+    return _timed_walk(lambda tok: coll.get_objects(limit=PAGE, next=tok) if tok else coll.get_objects(limit=PAGE), token, npages, start_at)
+
+
+def _timed_walk(fetch, token: str | None, npages: int, start_at: float) -> dict:
+    """From ``start_at`` (wall clock), up to ``npages`` envelopes via ``fetch(next_token)``, following
+    ``more``/``next``: objects, distinct ids, the first id, wall span and this process's CPU seconds."""
     time.sleep(max(0.0, start_at - time.time()))
     t0, c0 = time.time(), time.process_time()
     total, first, seen = 0, None, set()
     for _ in range(npages):
-        env = coll.get_objects(limit=PAGE, next=token) if token else coll.get_objects(limit=PAGE)
+        env = fetch(token)
         objs = env.get("objects", [])
         if first is None and objs:
             first = objs[0]["id"]
@@ -322,21 +328,10 @@ def _walk_lean(url: str, token: str | None, npages: int, start_at: float, timeou
         return orjson.loads(body)
 
     get("limit=1")  # warm the connection (untimed)
-    time.sleep(max(0.0, start_at - time.time()))
-    t0, c0 = time.time(), time.process_time()
-    total, first, seen = 0, None, set()
-    for _ in range(npages):
-        env = get(f"limit={PAGE}" + (f"&next={quote(token, safe='')}" if token else ""))
-        objs = env.get("objects", [])
-        if first is None and objs:
-            first = objs[0]["id"]
-        total += len(objs)
-        seen.update(o["id"] for o in objs)
-        token = env.get("next")
-        if not env.get("more") or not token:
-            break
-    conn.close()
-    return {"count": total, "distinct": len(seen), "first": first, "t0": t0, "t1": time.time(), "cpu_s": time.process_time() - c0}
+    try:
+        return _timed_walk(lambda tok: get(f"limit={PAGE}" + (f"&next={quote(tok, safe='')}" if tok else "")), token, npages, start_at)
+    finally:
+        conn.close()
 
 
 # the 4-client pull is run with each kind of client; "lean" is the one the issue-8 target is read on
