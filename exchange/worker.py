@@ -200,9 +200,11 @@ class _ExchangeWorker(gthread.ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        if not self._accepting and self._accept_paused_until:
-            # wake up when the pause ends, not only on the next event or after a second
-            timeout = max(0.0, min(timeout, self._accept_paused_until - time.monotonic()))
+        paused_for = self._accept_paused_until - time.monotonic()
+        if paused_for > 0 and not self._accepting:
+            # wake up when the pause ends, not only on the next event or after a second (once
+            # it has ended, a worker not accepting is full or stopping: gunicorn's timeout holds)
+            timeout = min(timeout, paused_for)
         super().wait_for_and_dispatch_events(timeout)
 
     # -- per-request deadline ----------------------------------------------------------
