@@ -36,7 +36,7 @@ from exchange.node import load_account
 from exchange.release import newest_write, pending, release_all
 from exchange.stix import deeper_than, is_identifier
 from exchange.storage.backend import MEDIA_TYPE_TAXII, AfterWrite, ExchangeBackend
-from exchange.storage.store import Store
+from exchange.storage.store import Store, now_us
 from exchange.worker import DEFAULT_REQUEST_TIMEOUT, SlowClient, worker_class
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,6 @@ def _certificate_account(ctx: NodeContext, username: str) -> Account | None:
     another account, is refused (403); an account mapped to a certificate subject
     must present its certificate here (401 with a password alone).
     """
-    from flask import request
-
     sock = request.environ.get("gunicorn.socket")
     getpeercert = getattr(sock, "getpeercert", None)
     der = getpeercert(binary_form=True) if getpeercert is not None else None
@@ -387,7 +385,7 @@ class BackgroundReleaser:
         if idle < self._quiet:
             return idle
         newest = newest_write(self._opened)  # writes served by the node's other workers (a few index probes)
-        return idle if newest is None else min(idle, max(0.0, (time.time_ns() // 1000 - newest) / 1e6))
+        return idle if newest is None else min(idle, max(0.0, (now_us() - newest) / 1e6))
 
     def _settle(self) -> None:
         """Wait until writes have been quiet for ``quiet`` seconds, or ``max_delay`` passed."""

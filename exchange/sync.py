@@ -33,7 +33,7 @@ from exchange.node import OpenNode
 from exchange.attribution import settle
 from exchange.release import _tlp_name, current_policy, release_all
 from exchange.stix import check_object, object_version, parse_timestamp
-from exchange.storage.store import Selection
+from exchange.storage.store import Selection, now_us
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -157,7 +157,7 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
     refused = rules.judge(valid, opened.store.resolver(inbox_id))
     accepted = [o for i, o in enumerate(valid) if i not in refused]
     entries += [_reject(partner, valid[i], reason) for i, reason in refused.items()]
-    now = time.time_ns() // 1000
+    now = now_us()
     for obj in accepted:
         entries.append(
             audit.Entry("pull", partner, obj["id"], object_version(obj), "accepted", (), _latency(obj, now))
@@ -221,7 +221,7 @@ def push(
         transfer.received += len(objs)
         transfer.stored += status["success_count"]
         transfer.rejected += status["failure_count"]
-        now = time.time_ns() // 1000
+        now = now_us()
         by_id = {o["id"]: o for o in objs}
         entries = [
             audit.Entry("push", partner, s.get("id"), s.get("version"), "acknowledged", (), _latency(by_id.get(s.get("id"), {}), now))

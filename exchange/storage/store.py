@@ -304,7 +304,7 @@ class Store:
                 yield conn
         except SQLAlchemyError as exc:
             raise StorageError(f"storage write failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from exc
-        if self._inserted_since_check >= _STATS_CHECK_ROWS:
+        if self.dialect == "postgresql" and self._inserted_since_check >= _STATS_CHECK_ROWS:
             self._keep_statistics()
 
     def _keep_statistics(self) -> None:
@@ -324,8 +324,6 @@ class Store:
             if self._inserted_since_check < _STATS_CHECK_ROWS:
                 return
             self._inserted_since_check = 0
-        if self.dialect != "postgresql":
-            return
         try:
             with self.engine.connect() as conn:
                 # relpages: the size at the last ANALYZE or VACUUM (0 before any); the file's size now is exact
