@@ -17,7 +17,6 @@ import math
 import secrets
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from exchange.errors import BadRequest
@@ -112,69 +111,44 @@ class VerificationCache:
         return True
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoginThrottle:
     """Failed logins per account name: ``limit`` failures within ``window`` seconds lock the name.
 
     While locked, ``retry_after`` is the number of seconds until the oldest of
-    those failures is ``window`` seconds old (the server answers 429 with that
-    ``Retry-After`` without checking the password); then one more attempt is
-    allowed, and so on, so a guesser gets at most ``limit`` tries per window.
-    Every name counts the same, configured or not, so the answers do not tell
-    which accounts exist.  A successful login does not reset the count: a
-    partner's agent logging in every few seconds would otherwise give a guesser
-    a fresh budget each time.  Counts live in this process (per worker).
+    those ``limit`` failures is ``window`` seconds old (the server answers 429
+    with that ``Retry-After`` without checking the password); then one more
+    attempt is allowed, and so on, so a guesser gets at most ``limit`` tries
+    per window.  Every name counts the same, configured or not, so the answers
+    do not tell which accounts exist.  A successful login does not reset the
+    count: a partner's agent logging in every few seconds would otherwise give
+    a guesser a fresh budget each time.
+
+    Pure: the failures live in the node's database (``Store.note_failed_login``),
+    shared by all workers; this says which of them count and for how long.
+    Times are integer microseconds since the epoch.
     """
 
     limit: int = 10
     window: float = 300.0
-    max_names: int = 10_000
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @staticmethod
-    def _key(name: str) -> str:
-        return name[:256]
+    def key(name: str) -> str:
+        """The name as counted and looked up: its first 256 characters (a 10,000-character name is
+        one short row), NUL replaced (PostgreSQL text cannot hold it; no account name has one)."""
+        return name[:256].replace("\x00", "\ufffd")
 
-    def _expire(self, times: deque[float], now: float) -> None:
-        while times and times[0] <= now - self.window:
-            times.popleft()
+    def since(self, now: int) -> int:
+        """Failures after this time (µs) count."""
+        return now - int(self.window * 1_000_000)
 
-    def retry_after(self, name: str, now: float | None = None) -> int:
-        """0 if ``name`` may try to log in, else the seconds to wait."""
-        now = time.monotonic() if now is None else now
-        key = self._key(name)
-        with self._lock:
-            times = self._failures.get(key)
-            if times is None:
-                return 0
-            self._expire(times, now)
-            if not times:
-                del self._failures[key]
-                return 0
-            if len(times) < self.limit:
-                return 0
-            return max(1, math.ceil(times[0] + self.window - now))
+    def retry_after(self, locking_failure: int | None, now: int) -> int:
+        """0 if the name may try to log in, else the seconds to wait.
 
-    def failed(self, name: str, now: float | None = None) -> None:
-        """Record a failed login for ``name``."""
-        now = time.monotonic() if now is None else now
-        key = self._key(name)
-        with self._lock:
-            times = self._failures.get(key)
-            if times is None:
-                if len(self._failures) >= self.max_names:
-                    self._prune(now)
-                times = self._failures[key] = deque()
-            self._expire(times, now)
-            times.append(now)
-            while len(times) > self.limit:
-                times.popleft()
-
-    def _prune(self, now: float) -> None:
-        """Forget names without a failure in the window; if still full, the oldest half."""
-        for key in [k for k, times in self._failures.items() if not times or times[-1] <= now - self.window]:
-            del self._failures[key]
-        if len(self._failures) >= self.max_names:
-            for key in list(self._failures)[: len(self._failures) // 2]:
-                del self._failures[key]
+        ``locking_failure``: the time of the ``limit``-th newest failure within the
+        window (``Store.login``), or ``None`` if there are fewer.
+        """
+        if locking_failure is None:
+            return 0
+        left = locking_failure + int(self.window * 1_000_000) - now
+        return max(1, math.ceil(left / 1_000_000)) if left > 0 else 0

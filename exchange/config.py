@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from exchange._yaml import load_model
 from exchange.errors import ConfigError
 
 NODE_FILE = "node.yaml"
@@ -273,7 +272,7 @@ def load_node(node: str) -> "LoadedNode":
     return LoadedNode(config=config, path=path, identity=identities[config.identity], identities=identities)
 
 
-def _located(exc: "ValidationError") -> tuple[tuple, str] | None:  # type: ignore[name-defined]
+def _located(exc: ValidationError) -> tuple[tuple, str] | None:
     for err in exc.errors():
         ctx = err.get("ctx") or {}
         inner = ctx.get("error")

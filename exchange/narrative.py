@@ -67,7 +67,7 @@ def _print_attribution(console: Console, rounds: list[dict[str, Any]] | None) ->
                   "agree does each node build the same joint report and joint attribution (created by the joint cell, "
                   "TLP:CLEAR, combined confidence = the lower of the two), which then go onward to Japan.")
     for r in rounds:
-        us, rok = r["us"], r["rok"]
+        us = r["us"]
         stances = ", ".join(f"{NAMES.get(p, p)} {op or 'pending'}" + (f" ({c})" if c is not None else "")
                             for p, (op, c) in us["stances"].items())
         line = (f"   - {r['subject']} -> {r['actor']}"

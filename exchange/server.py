@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from exchange.accounts import Account, LoginThrottle, VerificationCache, hash_password
 from exchange.config import LoadedNode
-from exchange.errors import BadRequest, ExchangeError, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
+from exchange.errors import BadRequest, ExchangeError, Forbidden, PayloadTooLarge, StorageError, TooManyRequests, Unauthorized
 from exchange.node import load_account
 from exchange.release import newest_write, pending, release_all
 from exchange.stix import deeper_than, is_identifier
@@ -176,12 +176,6 @@ def _guard_request() -> Response | None:
     except ValueError:  # werkzeug raises on non-ASCII in a Basic token: treat it as no credentials (401)
         request.environ.pop("HTTP_AUTHORIZATION", None)
         creds = None
-    if creds is not None and creds.type == "basic" and creds.username:
-        # an account name that failed too often is refused before its password is looked at;
-        # every name is treated alike, configured or not (no account enumeration)
-        wait = current_app.extensions[_THROTTLE].retry_after(creds.username)
-        if wait:
-            raise TooManyRequests("too many failed logins for this account: try again later", retry_after=wait)
     # identifiers in the path are STIX ids and UUIDs, nothing a database could choke on (NUL, 100 kB...)
     args = request.view_args or {}
     if "object_id" in args and not is_identifier(args["object_id"]):
@@ -206,9 +200,16 @@ def _guard_request() -> Response | None:
 
 
 def _note_failed_login() -> None:
+    """Count a failed Basic login against its account name, for every worker (``LoginThrottle``)."""
     creds = request.authorization
-    if creds is not None and creds.username:
-        current_app.extensions[_THROTTLE].failed(creds.username)
+    if creds is None or not creds.username:
+        return
+    throttle: LoginThrottle = current_app.extensions[_THROTTLE]
+    now = now_us()
+    try:
+        current_app.extensions[_EXT].store.note_failed_login(throttle.key(creds.username), now, forget_before=throttle.since(now))
+    except StorageError as exc:  # the 401 still goes out; the count misses one
+        log.warning("could not record a failed login for %r: %s", creds.username[:64], exc)
 
 
 @auth.verify_password
@@ -225,12 +226,22 @@ def _verify(username: str, password: str) -> Account | None:
 
 
 def _password_ok(ctx: NodeContext, expected: Account | None, username: str, password: str) -> Account | None:
-    found = load_account(ctx.store, username)
-    if found is None or found[0] is None:
+    """Basic credentials against the account's salted hash, after the failed-login throttle.
+
+    The account, its grants and the name's recent failed logins are one read. A name
+    that failed too often is refused (429) before its password is looked at; every
+    name is treated alike, configured or not (no account enumeration).
+    """
+    throttle: LoginThrottle = current_app.extensions[_THROTTLE]
+    now = now_us()
+    found = ctx.store.login(throttle.key(username), failures_after=throttle.since(now), failures_limit=throttle.limit)
+    if wait := throttle.retry_after(found.locking_failure, now):
+        raise TooManyRequests("too many failed logins for this account: try again later", retry_after=wait)
+    if not found.exists or found.password_hash is None:
         ctx.cache.check("", password, _DUMMY_HASH)  # same cost as a real miss: no user enumeration by timing
         return None
-    password_hash, account = found
-    return (expected or account) if ctx.cache.check(username, password, password_hash) else None
+    account = Account(name=username, readable=found.readable, writable=found.writable, partner=found.partner)
+    return (expected or account) if ctx.cache.check(username, password, found.password_hash) else None
 
 
 def _certificate_account(ctx: NodeContext, username: str) -> Account | None:

@@ -46,7 +46,7 @@ from typing import Any
 from exchange.errors import BadRequest
 from exchange.policy import markings as mk
 from exchange.policy.model import Clause, Policy
-from exchange.stix import REQUIRED, SCO_TYPES, parse_timestamp
+from exchange.stix import REQUIRED, parse_timestamp
 
 __all__ = ["Decision", "Explanation", "evaluate", "explain", "companions", "SHARE", "REDACT", "WITHHOLD"]
 

@@ -85,6 +85,17 @@ grants = Table(
     PrimaryKeyConstraint("account", "collection_id", "permission", "source"),
 )
 
+# failed logins per account name, shared by every worker on the database (migration 0005):
+# the throttle counts the rows of a name within the window
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False),
+    Column("at", BigInteger, nullable=False),  # microseconds since the epoch (wall clock: several processes)
+    Index("ix_login_failures_name", "name", "at"),
+)
+
 meta = Table(
     "meta",
     metadata,

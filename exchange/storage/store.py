@@ -34,6 +34,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     tuple_,
@@ -43,7 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import ConfigError, StorageError
-from exchange.storage.schema import accounts, grants, meta, objects, statuses, sync_state
+from exchange.storage.schema import accounts, grants, login_failures, meta, objects, statuses, sync_state
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 
 DB_FILE = "cti-exchange.sqlite"
@@ -52,6 +53,21 @@ _CHUNK = 500
 # pages, ~10,000 indicators) below which a table is not worth analyzing by hand (Store._keep_statistics)
 _STATS_CHECK_ROWS = 5_000
 _STATS_MIN_PAGES = 1_000
+# failed logins this process records between two sweeps of every name's expired rows
+_LOGIN_SWEEP_EVERY = 256
+
+
+class Login(NamedTuple):
+    """An account name as a login sees it (``Store.login``): one statement, a snapshot."""
+
+    exists: bool
+    password_hash: str | None
+    partner: str | None
+    readable: frozenset[str]
+    writable: frozenset[str]
+    # the time (µs) of the ``failures_limit``-th newest failed login after ``failures_after``, if
+    # there are that many: the name is locked until it leaves the window
+    locking_failure: int | None
 
 
 def now_us() -> int:
@@ -142,6 +158,7 @@ class Store:
             raise StorageError(f"cannot initialise database {url!r}: {exc.__class__.__name__}: {exc}") from exc
         self._secret: bytes | None = None
         self._inserted_since_check = 0
+        self._failures_noted = 0
         self._stats_lock = threading.Lock()
 
     @classmethod
@@ -238,17 +255,60 @@ class Store:
 
     def account(self, name: str) -> tuple[str | None, str | None, frozenset[str], frozenset[str]] | None:
         """``(password_hash, partner, readable, writable)`` or ``None``: one statement (a snapshot)."""
+        found = self.login(name)
+        return (found.password_hash, found.partner, found.readable, found.writable) if found.exists else None
+
+    def login(self, name: str, *, failures_after: int | None = None, failures_limit: int = 1) -> Login:
+        """The account ``name`` (``exists`` False if there is none) and, if ``failures_after`` is
+        given, the failed login that locks the name (see ``Login``), in one statement: the
+        account, its grants and its failures are read in the same round trip and snapshot."""
         a, g = accounts.c, grants.c
-        stmt = select(a.password_hash, a.partner, g.collection_id, g.permission).select_from(
-            accounts.outerjoin(grants, g.account == a.name)
-        ).where(a.name == name)
-        with self._read() as conn:
-            rows = conn.execute(stmt).all()
-        if not rows:
-            return None
-        readable = frozenset(r.collection_id for r in rows if r.permission == "read")
-        writable = frozenset(r.collection_id for r in rows if r.permission == "write")
-        return rows[0].password_hash, rows[0].partner, readable, writable
+        cols = [a.name, a.password_hash, a.partner, g.collection_id, g.permission]
+        if failures_after is None:
+            stmt = select(*cols).select_from(accounts.outerjoin(grants, g.account == a.name)).where(a.name == name)
+        else:
+            f = login_failures.c
+            locking = (
+                select(f.at).where(f.name == name, f.at > failures_after)
+                .order_by(f.at.desc()).limit(1).offset(max(0, failures_limit - 1)).scalar_subquery()
+            )
+            # one row even for a name with no account (an unknown name is throttled alike)
+            anchor = select(literal(1).label("one")).subquery("anchor")
+            stmt = select(*cols, locking.label("locking")).select_from(
+                anchor.outerjoin(accounts, a.name == name).outerjoin(grants, g.account == a.name)
+            )
+        try:
+            with self._read() as conn:
+                rows = conn.execute(stmt).all()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"reading account failed: {exc.__class__.__name__}") from exc
+        locking = rows[0].locking if failures_after is not None else None
+        if not rows or rows[0].name is None:
+            return Login(False, None, None, frozenset(), frozenset(), locking)
+        return Login(
+            True, rows[0].password_hash, rows[0].partner,
+            frozenset(r.collection_id for r in rows if r.permission == "read"),
+            frozenset(r.collection_id for r in rows if r.permission == "write"),
+            locking,
+        )
+
+    def note_failed_login(self, name: str, at: int, *, forget_before: int) -> None:
+        """Record a failed login for ``name`` at ``at`` (µs), for every worker on this database.
+
+        Rows at or before ``forget_before`` (out of the throttle's window) are deleted: the
+        name's own now, every name's every few hundred failures, so the table stays as small
+        as the failures of one window.  Not durable (a power loss may forget the last few) and
+        not under the node's write lock: a failed login never waits for a big write.
+        """
+        f = login_failures.c
+        with self._write(durable=False) as conn, conn.begin():
+            conn.execute(insert(login_failures).values(name=name, at=at))
+            conn.execute(delete(login_failures).where(f.name == name, f.at <= forget_before))
+            with self._stats_lock:
+                self._failures_noted += 1
+                sweep = self._failures_noted % _LOGIN_SWEEP_EVERY == 0
+            if sweep:
+                conn.execute(delete(login_failures).where(f.at <= forget_before))
 
     def accounts(self) -> list[tuple[str, bool, str | None, frozenset[str], frozenset[str]]]:
         """Every account: ``(name, has_password, partner, readable, writable)``."""

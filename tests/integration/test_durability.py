@@ -185,3 +185,25 @@ def test_keep_alive_clients_spread_over_the_workers(four_worker_node):
             c.close()
         time.sleep(0.2)
     assert spread >= 7, f"the 4 connections went to 4 different workers in only {spread} of 10 rounds"
+
+
+def test_failed_login_limit_holds_across_workers(four_worker_node):
+    """``max_failed_logins`` (10 by default) is per node, not per worker process.
+
+    Each attempt is a new connection, so the attempts land on different workers; when
+    each worker kept its own counts, a guesser got up to 4 x 10 tries per window here.
+    """
+    discovery = four_worker_node.base + "taxii2/"
+
+    def attempt(password: str) -> requests.Response:
+        return requests.get(
+            discovery, headers={"Accept": "application/taxii+json;version=2.1", "Connection": "close"},
+            auth=("jp", password), timeout=10,
+        )
+
+    assert [attempt(f"wrong-{i}").status_code for i in range(10)] == [401] * 10
+    after = [attempt(PASSWORDS["jp"] if i % 2 else f"wrong-more-{i}") for i in range(12)]
+    assert [r.status_code for r in after] == [429] * 12, "a worker let a locked account name try again"
+    assert all(1 <= int(r.headers["Retry-After"]) <= 300 for r in after)
+    ok = requests.get(discovery, headers={"Accept": "application/taxii+json;version=2.1"}, auth=("analyst", PASSWORDS["analyst"]), timeout=10)
+    assert ok.status_code == 200  # other accounts are unaffected

@@ -567,3 +567,10 @@ def _expect_408_within_deadline(sock) -> None:
     assert head.startswith(b"HTTP/1.1 408"), data[:300]
     assert orjson.loads(body)["http_status"] == "408"
     assert time.monotonic() - started < REQUEST_TIMEOUT + 2
+
+
+def test_a_nul_in_the_account_name_is_refused_not_a_crash(node):
+    """PostgreSQL text cannot hold NUL: such a name is looked up and counted with it replaced."""
+    for _ in range(2):
+        resp = requests.get(node.base + "taxii2/", headers={"Accept": TAXII}, auth=("jp\x00admin", "x"), timeout=10)
+        _taxii_error(resp, 401)

@@ -10,33 +10,26 @@ from exchange.config import ApiRootConfig, AuthConfig, load_node
 from exchange.stix import deeper_than, is_identifier, is_type_name
 
 
-def test_throttle_locks_a_name_after_the_limit_within_the_window():
+S = 1_000_000  # microseconds
+
+
+def test_throttle_counts_failures_within_the_window_only():
     t = LoginThrottle(limit=3, window=60)
-    for i in range(2):
-        t.failed("jp", now=100 + i)
-    assert t.retry_after("jp", now=102) == 0
-    t.failed("jp", now=102)
-    assert t.retry_after("jp", now=103) == 57  # until the first failure (t=100) is 60 s old
-    assert t.retry_after("analyst", now=103) == 0  # per name
-    assert t.retry_after("jp", now=160.5) == 0  # the first failure left the window: one more try
-    t.failed("jp", now=160.8)
-    assert t.retry_after("jp", now=160.8) == 1  # locked again until the second failure (t=101) is 60 s old
+    assert t.since(100 * S) == 40 * S
 
 
-def test_throttle_failures_outside_the_window_do_not_count():
-    t = LoginThrottle(limit=2, window=10)
-    t.failed("x", now=0)
-    t.failed("x", now=11)
-    assert t.retry_after("x", now=11) == 0
+def test_throttle_waits_until_the_locking_failure_leaves_the_window():
+    t = LoginThrottle(limit=3, window=60)
+    assert t.retry_after(None, 103 * S) == 0  # fewer than 3 failures in the window
+    assert t.retry_after(100 * S, 103 * S) == 57  # the 3rd newest failure (t=100) is 60 s old at t=160
+    assert t.retry_after(100 * S, 159 * S + 1) == 1  # rounded up: never "retry after 0"
+    assert t.retry_after(100 * S, 160 * S) == 0  # it left the window: one more try
 
 
-def test_throttle_treats_unknown_and_long_names_alike_and_stays_bounded():
-    t = LoginThrottle(limit=1, window=10, max_names=100)
-    t.failed("a" * 10_000, now=0)
-    assert t.retry_after("a" * 10_000, now=1) == 9
-    for i in range(1000):
-        t.failed(f"spray-{i}", now=1)
-    assert len(t._failures) <= 100
+def test_throttle_keys_names_by_their_first_256_characters_without_nul():
+    assert LoginThrottle.key("a" * 10_000) == "a" * 256
+    assert LoginThrottle.key("jp") == "jp"
+    assert "\x00" not in LoginThrottle.key("jp\x00")  # PostgreSQL text cannot hold NUL
 
 
 def test_depth_counts_container_levels():

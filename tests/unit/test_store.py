@@ -157,3 +157,40 @@ def test_several_types_page_in_keyset_order_across_types(store):
             break
         after = (rows[-1].date_added, rows[-1].seq)
     assert got == expected and len(got) == 60
+
+
+def test_failed_logins_are_seen_by_every_store_on_the_database(tmp_path, database):
+    """Each worker opens its own Store: a failure one records counts for all (the login throttle)."""
+    s = 1_000_000
+    one = Store.open(data_dir=tmp_path, database=database)
+    other = Store.open(data_dir=tmp_path, database=database)
+    try:
+        one.upsert_account("jp", password_hash="x", read=[CID])
+        for t in (100, 101, 102):
+            (one if t % 2 else other).note_failed_login("jp", t * s, forget_before=(t - 60) * s)
+        got = other.login("jp", failures_after=50 * s, failures_limit=3)
+        assert got.exists and got.readable == {CID}
+        assert got.locking_failure == 100 * s  # the 3rd newest failure within the window
+        assert other.login("jp", failures_after=100 * s, failures_limit=3).locking_failure is None  # 2 left in it
+        assert other.login("jp").locking_failure is None  # no throttle asked for
+        # a name without an account is counted alike (no enumeration)
+        ghost = one.login("ghost", failures_after=0, failures_limit=1)
+        assert not ghost.exists and ghost.locking_failure is None
+        other.note_failed_login("ghost", 103 * s, forget_before=43 * s)
+        assert one.login("ghost", failures_after=0, failures_limit=1) == ghost._replace(locking_failure=103 * s)
+        assert one.account("ghost") is None and one.account("jp")[2] == {CID}
+    finally:
+        one.close()
+        other.close()
+
+
+def test_failed_logins_out_of_the_window_are_forgotten(store):
+    from exchange.storage.schema import login_failures
+
+    s = 1_000_000
+    for i in range(300):  # a spray of names: the periodic sweep drops every expired row
+        store.note_failed_login(f"spray-{i}", i * s, forget_before=(i - 10) * s)
+    with store.engine.connect() as conn:
+        left = conn.execute(select(login_failures.c.name)).scalars().all()
+    assert len(left) <= 300 - 256 + 10, len(left)
+    assert all(int(n.split("-")[1]) >= 256 - 10 for n in left)
