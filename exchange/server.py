@@ -367,19 +367,35 @@ class BackgroundReleaser:
     so those go onward under policy without the agent doing it.
 
     Acknowledged writes come first: while envelopes keep arriving the thread
-    waits until writes have been ``quiet`` for a moment (at most ``max_delay``
-    seconds), and between release batches it pauses briefly when a write came in
-    meanwhile, so a push burst is not slowed by releasing what it just wrote.
+    waits until writes have been quiet for a moment (at most ``max_delay``
+    seconds), and a release pass that is running when writes come in gives
+    them the write lock between its batches for as long as its last batch
+    held it, so it takes at most about half of the lock while a push goes on.
+
+    Quiet means ``quiet`` seconds since this worker's last write, and
+    ``quiet_elsewhere`` seconds since the newest row's ``date_added`` for rows
+    newer than that write, served by the node's other workers or written by
+    another process (a sync agent): that stamp is taken when the rows are
+    inserted, a whole push cycle (parse, check, insert, answer, the client's
+    next envelope) before the next one, 0.2-0.5 s for 1,000 objects on a busy
+    2-core machine; with 0.2 s for both, a worker that saw another's push only
+    through the database took its gaps for quiet and released during the push
+    (1 pusher on 4 workers: 4,000 objects/s against 9,600 on 1 worker).
     """
 
-    def __init__(self, opened: Any, *, poll: float = 1.0, quiet: float = 0.2, max_delay: float = 30.0) -> None:
+    def __init__(
+        self, opened: Any, *, poll: float = 1.0, quiet: float = 0.2, quiet_elsewhere: float = 1.0, max_delay: float = 30.0
+    ) -> None:
         import threading
 
         self._opened = opened
         self._poll = poll
         self._quiet = quiet
+        self._quiet_elsewhere = max(quiet, quiet_elsewhere)
         self._max_delay = max_delay
         self._last_write = 0.0
+        self._last_write_us = 0  # wall clock of that write's acknowledgement: rows stamped before it are not news
+        self._batch_began = 0.0
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cti-exchange-release", daemon=True)
         self._thread.start()
@@ -388,28 +404,34 @@ class BackgroundReleaser:
     def notify(self, coll: Any) -> None:
         if coll.role in ("own", "partner-inbox"):
             self._last_write = time.monotonic()
+            self._last_write_us = now_us()
             self._wake.set()
 
-    def _idle_for(self) -> float:
-        """Seconds since the last write to a release source, here or through another worker."""
-        idle = time.monotonic() - self._last_write
-        if idle < self._quiet:
-            return idle
+    def _quiet_in(self) -> float:
+        """Seconds until writes to the release sources, here or through another worker, count as quiet (0: now)."""
+        here = self._quiet - (time.monotonic() - self._last_write)
+        if here > 0:
+            return here
         newest = newest_write(self._opened)  # writes served by the node's other workers (a few index probes)
-        return idle if newest is None else min(idle, max(0.0, (now_us() - newest) / 1e6))
+        if newest is None or newest <= self._last_write_us:
+            return 0.0  # nothing newer than this worker's own last write, which is quiet
+        return max(0.0, self._quiet_elsewhere - (now_us() - newest) / 1e6)
 
     def _settle(self) -> None:
-        """Wait until writes have been quiet for ``quiet`` seconds, or ``max_delay`` passed."""
+        """Wait until writes have been quiet, or ``max_delay`` passed."""
         deadline = time.monotonic() + self._max_delay
         while (now := time.monotonic()) < deadline:
-            idle = self._idle_for()
-            if idle >= self._quiet:
+            wait = self._quiet_in()
+            if wait <= 0:
                 return
-            time.sleep(min(max(self._quiet - idle, 0.02), deadline - now))
+            time.sleep(min(max(wait, 0.02), deadline - now))
 
     def _pause(self) -> None:
-        if self._idle_for() < self._quiet:
-            time.sleep(0.05)  # a writer is active: let it take the write lock between our batches
+        """Between release batches: while writes are arriving, leave them the write lock as long as the last batch held it."""
+        held = time.monotonic() - self._batch_began
+        if self._quiet_in() > 0:
+            time.sleep(min(max(held, 0.05), 2.0))
+        self._batch_began = time.monotonic()
 
     def _run(self) -> None:
         while True:
@@ -422,6 +444,7 @@ class BackgroundReleaser:
                     # running one, or by its own next poll for what that one's last batch did not see
                     with self._opened.store.try_exclusive() as mine:
                         if mine:
+                            self._batch_began = time.monotonic()
                             release_all(self._opened, pause=self._pause)
             except Exception:  # never let the thread die: the next notification retries from the bookmarks
                 log.exception("background release failed")
