@@ -71,11 +71,15 @@ def create_app(
     *,
     strict_validation: bool = False,
     after_write: AfterWrite | None = None,
+    write_activity: Callable[[bool], None] | None = None,
     tls: bool = False,
     client_certificates: bool = False,
 ) -> Flask:
     """A Flask app serving one node's TAXII 2.1 API root.
 
+    ``after_write(collection)`` runs after objects were committed; ``write_activity``
+    is called with True when a POST begins (before its body is read) and False
+    when it ends, so a background releaser can tell a write is under way;
     ``tls``: the server speaks only HTTPS (objects whose IEP marking says
     ``encrypt_in_transit: must`` are withheld from every read endpoint otherwise);
     ``client_certificates``: mutual TLS, a verified client certificate identifies its
@@ -103,7 +107,25 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     _guard(app, node)
+    if write_activity is not None:
+        _track_writes(app, write_activity)
     return app
+
+
+def _track_writes(app: Flask, activity: Callable[[bool], None]) -> None:
+    """Tell ``activity`` when each POST begins and ends (whatever its outcome)."""
+
+    def began() -> None:
+        if request.method == "POST":
+            request.environ["cti_exchange.write"] = True
+            activity(True)
+
+    def ended(_exc: BaseException | None) -> None:
+        if request.environ.pop("cti_exchange.write", False):
+            activity(False)
+
+    app.before_request_funcs.setdefault(None, []).insert(0, began)
+    app.teardown_request(ended)
 
 
 def taxii_error(status: int, description: str, title: str | None = None, headers: dict | None = None) -> Response:
@@ -368,11 +390,14 @@ class BackgroundReleaser:
 
     Acknowledged writes come first: while envelopes keep arriving the thread
     waits until writes have been quiet for a moment (at most ``max_delay``
-    seconds), and a release pass that is running when writes come in gives
-    them the write lock between its batches for as long as its last batch
-    held it, so it takes at most about half of the lock while a push goes on.
+    seconds), and a release pass that is running when writes come in leaves
+    them the write lock between its batches for twice as long as its last
+    batch held it, so it takes at most about a third of the lock while a push
+    goes on (and still gets through a backlog under a never-ending one).
 
-    Quiet means ``quiet`` seconds since this worker's last write, and
+    Quiet means no POST under way in this worker (one may be reading its body
+    or waiting for the write lock), ``quiet`` seconds since this worker's last
+    write, and
     ``quiet_elsewhere`` seconds since the newest row's ``date_added`` for rows
     newer than that write, served by the node's other workers or written by
     another process (a sync agent): that stamp is taken when the rows are
@@ -395,6 +420,8 @@ class BackgroundReleaser:
         self._max_delay = max_delay
         self._last_write = 0.0
         self._last_write_us = 0  # wall clock of that write's acknowledgement: rows stamped before it are not news
+        self._writing = 0  # POSTs under way in this worker
+        self._writing_lock = threading.Lock()
         self._batch_began = 0.0
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cti-exchange-release", daemon=True)
@@ -407,8 +434,17 @@ class BackgroundReleaser:
             self._last_write_us = now_us()
             self._wake.set()
 
+    def activity(self, started: bool) -> None:
+        """A POST began (True) or ended (False) in this worker."""
+        with self._writing_lock:
+            self._writing += 1 if started else -1
+            if not started:
+                self._last_write = time.monotonic()
+
     def _quiet_in(self) -> float:
         """Seconds until writes to the release sources, here or through another worker, count as quiet (0: now)."""
+        if self._writing > 0:
+            return self._quiet  # a write is under way here: look again in a moment
         here = self._quiet - (time.monotonic() - self._last_write)
         if here > 0:
             return here
@@ -427,10 +463,10 @@ class BackgroundReleaser:
             time.sleep(min(max(wait, 0.02), deadline - now))
 
     def _pause(self) -> None:
-        """Between release batches: while writes are arriving, leave them the write lock as long as the last batch held it."""
+        """Between release batches: while writes are arriving, leave them the write lock twice as long as the last batch held it."""
         held = time.monotonic() - self._batch_began
         if self._quiet_in() > 0:
-            time.sleep(min(max(held, 0.05), 2.0))
+            time.sleep(min(max(2 * held, 0.05), 3.0))
         self._batch_began = time.monotonic()
 
     def _run(self) -> None:
@@ -458,6 +494,6 @@ def data_dir_factory(node_name: str, data_dir: Path | None, database: str | None
 
         opened = open_node(node_name, data_dir=data_dir, database=database)
         releaser = BackgroundReleaser(opened)
-        return create_app(opened.node, opened.store, after_write=releaser.notify, **kwargs)
+        return create_app(opened.node, opened.store, after_write=releaser.notify, write_activity=releaser.activity, **kwargs)
 
     return factory
