@@ -397,15 +397,14 @@ class BackgroundReleaser:
 
     Quiet means no POST under way in this worker (one may be reading its body
     or waiting for the write lock), ``quiet`` seconds since this worker's last
-    write, and
-    ``quiet_elsewhere`` seconds since the newest row's ``date_added`` for rows
-    newer than that write, served by the node's other workers or written by
-    another process (a sync agent): that stamp is taken when the rows are
-    inserted, a whole push cycle (parse, check, insert, answer, the client's
-    next envelope) before the next one, 0.2-0.5 s for 1,000 objects on a busy
-    2-core machine; with 0.2 s for both, a worker that saw another's push only
-    through the database took its gaps for quiet and released during the push
-    (1 pusher on 4 workers: 4,000 objects/s against 9,600 on 1 worker).
+    write, and ``quiet_elsewhere`` seconds since the newest row's ``date_added``
+    for rows newer than that write, served by the node's other workers or
+    written by another process (a sync agent). That stamp is taken when the
+    rows are inserted, a whole push cycle (parse, check, insert, answer, the
+    client's next envelope) before the next one: 0.2-0.5 s for 1,000 objects on
+    a busy 2-core machine. With 0.2 s for both, a worker that saw another's
+    push only through the database took its gaps for quiet and released during
+    the push (1 pusher on 4 workers: 4,000 objects/s against 9,600 on 1).
     """
 
     def __init__(
