@@ -18,6 +18,7 @@ databases).  The database is dropped at the end unless --keep.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import multiprocessing as mp
 import os
@@ -32,6 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -252,47 +254,52 @@ def _walk_range(url: str, token: str | None, npages: int, start_at: float, timeo
     return _timed_walk(lambda tok: coll.get_objects(limit=PAGE, next=tok) if tok else coll.get_objects(limit=PAGE), token, npages, start_at)
 
 
-def _timed_walk(fetch, token: str | None, npages: int, start_at: float) -> dict:
-    """From ``start_at`` (wall clock), up to ``npages`` envelopes via ``fetch(next_token)``, following
-    ``more``/``next``: objects, distinct ids, the first id, wall span and this process's CPU seconds."""
-    time.sleep(max(0.0, start_at - time.time()))
-    t0, c0 = time.time(), time.process_time()
-    total, first, seen = 0, None, set()
-    for _ in range(npages):
-        env = fetch(token)
-        objs = env.get("objects", [])
-        if first is None and objs:
-            first = objs[0]["id"]
-        total += len(objs)
-        seen.update(o["id"] for o in objs)
-        token = env.get("next")
-        if not env.get("more") or not token:
-            break
-    return {"count": total, "distinct": len(seen), "first": first, "t0": t0, "t1": time.time(), "cpu_s": time.process_time() - c0}
+def _parsed_page(env: dict) -> tuple[int, list[str] | None, str | None, str | None]:
+    """An envelope parsed whole: its object count, ids, first id, and ``next`` if ``more``."""
+    ids = [o["id"] for o in env.get("objects", [])]
+    return len(ids), ids, ids[0] if ids else None, env.get("next") if env.get("more") else None
 
 
 _NEXT = re.compile(rb'"next":"([^"]+)"')
 _FIRST_ID = re.compile(rb'"id":"([^"]+)"')
 
 
-def _timed_count_walk(fetch, token: str | None, npages: int, start_at: float) -> dict:
-    """``_timed_walk`` without a JSON parse, for the load-generator clients: ``fetch(next_token)``
-    returns an envelope's bytes; objects are counted by their ``spec_version`` members, ``next`` and
-    the range's first id found by regex (our envelopes put ``more``/``next`` before ``objects``)."""
+def _counted_page(body: bytes) -> tuple[int, list[str] | None, str | None, str | None]:
+    """An envelope's bytes, not parsed: objects counted by their ``spec_version`` members, the first
+    id and ``next`` found by regex (our envelopes put ``more``/``next`` before ``objects``)."""
+    m = _FIRST_ID.search(body, max(0, body.find(b'"objects"')))
+    nxt = _NEXT.search(body, 0, 2000)
+    return body.count(b'"spec_version"'), None, m.group(1).decode() if m else None, nxt.group(1).decode() if nxt else None
+
+
+def _timed_walk(fetch, token: str | None, npages: int, start_at: float, page=_parsed_page) -> dict:
+    """From ``start_at`` (wall clock), up to ``npages`` pages via ``fetch(next_token)``, read by
+    ``page`` and following ``next``: objects, distinct ids (when ``page`` gives ids), the first id,
+    wall span and this process's CPU seconds."""
     time.sleep(max(0.0, start_at - time.time()))
     t0, c0 = time.time(), time.process_time()
-    total, nbytes, first = 0, 0, None
+    total, first, seen, counted_only = 0, None, set(), False
     for _ in range(npages):
-        body = fetch(token)
-        nbytes += len(body)
-        total += body.count(b'"spec_version"')
-        if first is None and (m := _FIRST_ID.search(body, max(0, body.find(b'"objects"')))):
-            first = m.group(1).decode()
-        m = _NEXT.search(body, 0, 2000)
-        token = m.group(1).decode() if m else None
+        count, ids, head, token = page(fetch(token))
+        total += count
+        first = first or head
+        if ids is None:
+            counted_only = True
+        else:
+            seen.update(ids)
         if not token:
             break
-    return {"count": total, "distinct": total, "first": first, "t0": t0, "t1": time.time(), "cpu_s": time.process_time() - c0, "bytes": nbytes}
+    distinct = total if counted_only else len(seen)
+    return {"count": total, "distinct": distinct, "first": first, "t0": t0, "t1": time.time(), "cpu_s": time.process_time() - c0}
+
+
+def _basic_auth() -> str:
+    return "Basic " + base64.b64encode(f"{nb.USER}:{nb.PASSWORD}".encode()).decode()
+
+
+def _objects_query(token: str | None) -> str:
+    """The query string of one page of ``PAGE`` objects, after ``token``."""
+    return f"limit={PAGE}" + (f"&next={quote(token, safe='')}" if token else "")
 
 
 def _walk_raw(url: str, token: str | None, npages: int, start_at: float, timeout: float) -> dict:
@@ -311,7 +318,7 @@ def _walk_raw(url: str, token: str | None, npages: int, start_at: float, timeout
         r.raise_for_status()
         return r.content
 
-    return _timed_count_walk(fetch, token, npages, start_at)
+    return _timed_walk(fetch, token, npages, start_at, page=_counted_page)
 
 
 def _walk_lean(url: str, token: str | None, npages: int, start_at: float, timeout: float) -> dict:
@@ -319,18 +326,13 @@ def _walk_lean(url: str, token: str | None, npages: int, start_at: float, timeou
     auth, the TAXII media type checked, every envelope parsed whole with orjson, ``more``/``next``
     followed (TAXII 2.1 section 3.4) and every id collected.  Same work as the taxii2-client walk,
     without ``requests``' 8 KiB chunked body reads and simplejson's slower decoder."""
-    import base64
     import http.client
-    from urllib.parse import quote, urlsplit
 
     import orjson
 
     parts = urlsplit(url)
     path = parts.path + "objects/"
-    headers = {
-        "Accept": nb.MEDIA_TAXII,
-        "Authorization": "Basic " + base64.b64encode(f"{nb.USER}:{nb.PASSWORD}".encode()).decode(),
-    }
+    headers = {"Accept": nb.MEDIA_TAXII, "Authorization": _basic_auth()}
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
     def get(query: str) -> dict:
@@ -343,7 +345,7 @@ def _walk_lean(url: str, token: str | None, npages: int, start_at: float, timeou
 
     get("limit=1")  # warm the connection (untimed)
     try:
-        return _timed_walk(lambda tok: get(f"limit={PAGE}" + (f"&next={quote(tok, safe='')}" if tok else "")), token, npages, start_at)
+        return _timed_walk(lambda tok: get(_objects_query(tok)), token, npages, start_at)
     finally:
         conn.close()
 
@@ -353,15 +355,13 @@ def _walk_socket(url: str, token: str | None, npages: int, start_at: float, time
     bytes, the body read with ``recv_into`` straight into one buffer, no JSON parse (objects counted,
     ``next`` found by regex in the envelope's head).  It spends the least CPU per object of the
     clients here, so the 4-worker figure shows most what the server can do on 2 shared cores."""
-    import base64
     import socket
-    from urllib.parse import quote, urlsplit
 
     parts = urlsplit(url)
     path = parts.path + "objects/"
     head = (
         f"Host: {parts.hostname}:{parts.port}\r\nAccept: {nb.MEDIA_TAXII}\r\n"
-        f"Authorization: Basic {base64.b64encode(f'{nb.USER}:{nb.PASSWORD}'.encode()).decode()}\r\n\r\n"
+        f"Authorization: {_basic_auth()}\r\n\r\n"
     ).encode()
     sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -395,7 +395,7 @@ def _walk_socket(url: str, token: str | None, npages: int, start_at: float, time
 
     get("limit=1")  # warm the connection (untimed)
     try:
-        return _timed_count_walk(lambda tok: get(f"limit={PAGE}" + (f"&next={quote(tok, safe='')}" if tok else "")), token, npages, start_at)
+        return _timed_walk(lambda tok: get(_objects_query(tok)), token, npages, start_at, page=_counted_page)
     finally:
         sock.close()
 

@@ -138,9 +138,13 @@ class LoginThrottle:
         one short row), NUL replaced (PostgreSQL text cannot hold it; no account name has one)."""
         return name[:256].replace("\x00", "\ufffd")
 
+    @property
+    def window_us(self) -> int:
+        return int(self.window * 1_000_000)
+
     def since(self, now: int) -> int:
         """Failures after this time (µs) count."""
-        return now - int(self.window * 1_000_000)
+        return now - self.window_us
 
     def retry_after(self, locking_failure: int | None, now: int) -> int:
         """0 if the name may try to log in, else the seconds to wait.
@@ -150,5 +154,5 @@ class LoginThrottle:
         """
         if locking_failure is None:
             return 0
-        left = locking_failure + int(self.window * 1_000_000) - now
+        left = locking_failure + self.window_us - now
         return max(1, math.ceil(left / 1_000_000)) if left > 0 else 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from exchange.accounts import Account, hash_password
 from exchange.config import LoadedNode, load_node
 from exchange.errors import ConfigError, StorageError
-from exchange.storage.store import Store
+from exchange.storage.store import Login, Store
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,10 @@ def add_account(
 
 def load_account(store: Store, name: str) -> tuple[str | None, Account] | None:
     """``(password_hash, Account)`` for ``name``, or ``None`` if there is no such account."""
-    found = store.account(name)
-    if found is None:
-        return None
-    password_hash, partner, readable, writable = found
-    return password_hash, Account(name=name, readable=readable, writable=writable, partner=partner)
+    found = store.login(name)
+    return (found.password_hash, account_of(name, found)) if found.exists else None
+
+
+def account_of(name: str, found: Login) -> Account:
+    """The ``Account`` of what ``Store.login`` read for ``name``."""
+    return Account(name=name, readable=found.readable, writable=found.writable, partner=found.partner)

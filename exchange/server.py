@@ -32,7 +32,7 @@ from werkzeug.exceptions import HTTPException
 from exchange.accounts import Account, LoginThrottle, VerificationCache, hash_password
 from exchange.config import LoadedNode
 from exchange.errors import BadRequest, ExchangeError, Forbidden, PayloadTooLarge, StorageError, TooManyRequests, Unauthorized
-from exchange.node import load_account
+from exchange.node import account_of, load_account
 from exchange.release import newest_write, pending, release_all
 from exchange.stix import deeper_than, is_identifier
 from exchange.storage.backend import MEDIA_TYPE_TAXII, AfterWrite, ExchangeBackend
@@ -262,8 +262,7 @@ def _password_ok(ctx: NodeContext, expected: Account | None, username: str, pass
     if not found.exists or found.password_hash is None:
         ctx.cache.check("", password, _DUMMY_HASH)  # same cost as a real miss: no user enumeration by timing
         return None
-    account = Account(name=username, readable=found.readable, writable=found.writable, partner=found.partner)
-    return (expected or account) if ctx.cache.check(username, password, found.password_hash) else None
+    return (expected or account_of(username, found)) if ctx.cache.check(username, password, found.password_hash) else None
 
 
 def _certificate_account(ctx: NodeContext, username: str) -> Account | None:

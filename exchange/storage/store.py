@@ -159,7 +159,7 @@ class Store:
         self._secret: bytes | None = None
         self._inserted_since_check = 0
         self._failures_noted = 0
-        self._stats_lock = threading.Lock()
+        self._counters_lock = threading.Lock()
 
     @classmethod
     def open(cls, data_dir: Path | None = None, database: str | None = None) -> "Store":
@@ -282,11 +282,14 @@ class Store:
                 rows = conn.execute(stmt).all()
         except SQLAlchemyError as exc:
             raise StorageError(f"reading account failed: {exc.__class__.__name__}") from exc
-        locking = rows[0].locking if failures_after is not None else None
-        if not rows or rows[0].name is None:
+        if not rows:  # no account, and no failures asked for
+            return Login(False, None, None, frozenset(), frozenset(), None)
+        first = rows[0]
+        locking = first.locking if failures_after is not None else None
+        if first.name is None:
             return Login(False, None, None, frozenset(), frozenset(), locking)
         return Login(
-            True, rows[0].password_hash, rows[0].partner,
+            True, first.password_hash, first.partner,
             frozenset(r.collection_id for r in rows if r.permission == "read"),
             frozenset(r.collection_id for r in rows if r.permission == "write"),
             locking,
@@ -304,7 +307,7 @@ class Store:
         with self._write(durable=False) as conn, conn.begin():
             conn.execute(insert(login_failures).values(name=name, at=at))
             conn.execute(delete(login_failures).where(f.name == name, f.at <= forget_before))
-            with self._stats_lock:
+            with self._counters_lock:
                 self._failures_noted += 1
                 sweep = self._failures_noted % _LOGIN_SWEEP_EVERY == 0
             if sweep:
@@ -380,7 +383,7 @@ class Store:
         few sample reads over the life of the table.  Best effort: a failure here
         never fails the write that has already committed.
         """
-        with self._stats_lock:
+        with self._counters_lock:
             if self._inserted_since_check < _STATS_CHECK_ROWS:
                 return
             self._inserted_since_check = 0
