@@ -38,10 +38,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 try:
     import psutil
@@ -78,7 +79,7 @@ _SOURCES = ["joint US-ROK analysis", "CISA advisory", "KISA incident response", 
 def make_indicators(n: int, seed: int) -> list[dict]:
     """``n`` distinct, realistic STIX 2.1 indicators of about 800 bytes each (compact JSON)."""
     rng = random.Random(seed)
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
     out = []
     for i in range(n):
         sid = f"indicator--{uuid.UUID(int=rng.getrandbits(128), version=4)}"
@@ -193,7 +194,7 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self.sample()
         self._thread.start()
         return self
@@ -275,7 +276,7 @@ class Server:
 _PROVISION = """
 import sys
 from exchange.config import load_node
-from exchange.node import add_account, open_node
+from exchange.node.ops import add_account, open_node
 opened = open_node("us", data_dir=sys.argv[1])
 add_account(opened, sys.argv[2], sys.argv[3], ["us-intel"], ["us-intel"])
 opened.close()
@@ -732,7 +733,7 @@ def report(results: list[Result], args: argparse.Namespace) -> dict:
             print(f"  {server} N={n:,}: {note}")
     return {
         "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform},
         "settings": {
             "envelope": args.envelope,

@@ -31,16 +31,15 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import node_bench as nb  # noqa: E402  (indicators, client, RSS sampler, medallion launcher)
 import psutil  # noqa: E402
 from taxii2client.v21 import as_pages  # noqa: E402
-
-import node_bench as nb  # noqa: E402  (indicators, client, RSS sampler, medallion launcher)
 
 REPO = nb.REPO
 PAGE = 1000
@@ -93,7 +92,7 @@ def setup_database(url: str, pg_host: str, db: str, n: int, batch: int, small: d
     move the release bookmarks to the end so the servers' background releaser has nothing to catch up on."""
     from sqlalchemy import text
 
-    from exchange.node import add_account, open_node
+    from exchange.node.ops import add_account, open_node
 
     res = Setup(n=n)
     opened = open_node("us", database=url)
@@ -188,7 +187,7 @@ class ProcRss:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def start(self) -> "ProcRss":
+    def start(self) -> ProcRss:
         self.sample()
         self._thread.start()
         return self
@@ -207,7 +206,7 @@ class ProcRss:
 
 
 def start_server(workers: int, url: str, tmp: Path, threads: int | None):
-    from exchange.procs import NodeProcess
+    from exchange.demo.procs import NodeProcess
 
     extra = ("--database", url, "--workers", str(workers))
     if threads:
@@ -429,7 +428,7 @@ def _push_range(url: str, n: int, seed: int, envelope: int, start_at: float, tim
     return {"count": n, "ok": ok, "t0": t0, "t1": time.time(), "envelope_s": each, "cpu_s": time.process_time() - c0}
 
 
-def cpu_snapshot(rss: "ProcRss") -> dict:
+def cpu_snapshot(rss: ProcRss) -> dict:
     """CPU seconds so far: the server tree, all PostgreSQL processes, the whole machine (busy)."""
     pg = 0.0
     for p in psutil.process_iter(["name"]):
@@ -453,7 +452,7 @@ def cpu_split(before: dict, after: dict, clients_cpu: float) -> dict:
     return {k: round(v, 2) for k, v in d.items()}
 
 
-def run_parallel(fn, argsets: list[tuple], lead: float, rss: "ProcRss") -> tuple[list[dict], float, float, dict]:
+def run_parallel(fn, argsets: list[tuple], lead: float, rss: ProcRss) -> tuple[list[dict], float, float, dict]:
     """Run ``fn(*args, start_at)`` in one spawned process each; all start at the same wall time.
 
     Returns the results, the common start and the last end (wall clock), and the CPU split of that window.
@@ -760,7 +759,7 @@ def report(setup: Setup, runs: dict[int, ServerRun], ref: nb.Result | None, args
         print(f"  [{'MET' if t['met'] else 'MISSED':>6}] {t['target']}: {vs}{extra}")
     return {
         "command": " ".join(["bench/pg_bench.py"] + sys.argv[1:]),
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "head": nb._git("rev-parse", "HEAD").strip(),
         "uncommitted_in_exchange": [ln[3:] for ln in nb._git("status", "--porcelain", "--", "exchange").splitlines()],
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
-import io
 import json
 import os
 import pstats
@@ -46,7 +45,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -54,7 +53,11 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_bench import (  # noqa: E402  (reuse the colleague's helpers: data, medallion, RSS sampling)
     PASSWORD as MED_PASSWORD,
+)
+from node_bench import (
     USER as MED_USER,
+)
+from node_bench import (
     RssSampler,
     TimeoutAdapter,
     client_collection,
@@ -65,10 +68,10 @@ from node_bench import (  # noqa: E402  (reuse the colleague's helpers: data, me
     wait_idle,
 )
 
-from exchange.client import PartnerClient  # noqa: E402
-from exchange.node import add_account, open_node  # noqa: E402
-from exchange.procs import NodeProcess  # noqa: E402
-from exchange.release import release_all  # noqa: E402
+from exchange.demo.procs import NodeProcess  # noqa: E402
+from exchange.node.ops import add_account, open_node  # noqa: E402
+from exchange.sharing.client import PartnerClient  # noqa: E402
+from exchange.sharing.release import release_all  # noqa: E402
 from exchange.storage.store import Selection  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -387,7 +390,7 @@ def full_sync(args: argparse.Namespace, work: Path, fig: Figures, procs: list) -
 
 
 def green_indicator(i: int) -> dict:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
     return {
         "type": "indicator", "spec_version": "2.1", "id": f"indicator--{uuid.uuid4()}", "created_by_ref": US_IDENTITY,
@@ -668,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nProfile: {name}")
         print("\n".join("  " + ln for ln in lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "when": datetime.now(UTC).isoformat(timespec="seconds"),
                                                "code": code, "figures": asdict(fig), "targets": targets}, indent=2) + "\n")
         print(f"\nJSON written to {args.json}")
     ok = fig.pull_exact and fig.push_exact and (fig.live_exact or args.no_live)

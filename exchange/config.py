@@ -83,7 +83,7 @@ class CollectionConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _partner_needed(self) -> "CollectionConfig":
+    def _partner_needed(self) -> CollectionConfig:
         if self.role == "own" and self.partner is not None:
             raise ValueError("an 'own' collection names no partner")
         if self.role != "own" and self.partner is None:
@@ -117,13 +117,13 @@ class AccountConfig(_Strict):
     def _subject(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from exchange.tls import normalise_subject
+        from exchange.node.tls import normalise_subject
 
         return normalise_subject(value)
 
 
 class InboundConfig(_Strict):
-    """What this node accepts from a partner's writes and pulls (see ``exchange.inbound``)."""
+    """What this node accepts from a partner's writes and pulls (see ``exchange.policy.inbound``)."""
 
     require_tlp: bool = True
     require_creator: bool = True
@@ -149,7 +149,7 @@ class NodeConfig(_Strict):
     joint_identity: str | None = Field(default=None, pattern=_IDENTITY_RE.pattern)
 
     @model_validator(mode="after")
-    def _cross_references(self, info: ValidationInfo) -> "NodeConfig":
+    def _cross_references(self, info: ValidationInfo) -> NodeConfig:
         ids: set[str] = set()
         aliases: set[str] = set()
         for i, coll in enumerate(self.collections):
@@ -239,12 +239,13 @@ def resolve_node_dir(node: str) -> Path:
     raise ConfigError(f"no node {node!r}: expected {candidate / NODE_FILE}")
 
 
-def load_node(node: str) -> "LoadedNode":
+def load_node(node: str) -> LoadedNode:
     """Load and validate a node's configuration and its identity object."""
     node_dir = resolve_node_dir(node)
     path = node_dir / NODE_FILE
-    from exchange._yaml import load_with_lines, line_of
     from pydantic import ValidationError
+
+    from exchange._yaml import line_of, load_with_lines
 
     data, lines = load_with_lines(path)
     try:

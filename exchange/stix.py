@@ -10,8 +10,13 @@ objects per second.  ``check_object_strict`` additionally runs the full
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
+
+import orjson
+
+from exchange.errors import BadRequest
 
 SPEC_VERSION = "2.1"
 MEDIA_TYPE_STIX = "application/stix+json;version=2.1"
@@ -20,7 +25,7 @@ _TS_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _ID_RE = re.compile(r"^([a-z][a-z0-9-]{1,248}[a-z0-9])--(" + _UUID + r")$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _TS_MEMO: dict[str, int] = {}  # objects repeat their timestamps (created = modified = valid_from ...)
 _TS_MEMO_MAX = 4096
@@ -90,7 +95,7 @@ def parse_timestamp(value: Any) -> int:
 def format_timestamp(micros: int) -> str:
     """Integer microseconds since the epoch as a TAXII timestamp with microsecond precision."""
     seconds, frac = divmod(micros, 1_000_000)
-    dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    dt = datetime.fromtimestamp(seconds, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:06d}Z"
 
 
@@ -221,3 +226,17 @@ def check_object_strict(obj: Any) -> str | None:
     except (stix2.exceptions.STIXError, ValueError, TypeError) as exc:
         return f"stix2: {str(exc).splitlines()[0][:300]}"
     return None
+
+
+def read_bundle(path: Path) -> list[dict]:
+    """The objects of a STIX bundle, a TAXII envelope or a JSON list; ``BadRequest`` otherwise."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise BadRequest(f"{path}: cannot read: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{path}: not JSON: {exc}") from exc
+    objects = data.get("objects") if isinstance(data, dict) else data
+    if not isinstance(objects, list):
+        raise BadRequest(f"{path}: not a STIX bundle (expected an object with an 'objects' list)")
+    return objects

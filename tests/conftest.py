@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.procs import NodeProcess
+from exchange.demo.procs import NodeProcess
 
 __all__ = ["NodeProcess", "PASSWORDS", "new_indicator", "provision"]
 
@@ -42,7 +42,7 @@ def new_indicator(i: int = 0, *, modified: str = "2024-01-01T00:00:00.000Z", mar
 
 def provision(node: str, data_dir: Path, accounts: dict[str, str] | None = None, database: str | None = None) -> None:
     """Set the passwords of the node's configured accounts (in-process, real database)."""
-    from exchange.node import add_account, open_node
+    from exchange.node.ops import add_account, open_node
 
     opened = open_node(node, data_dir=data_dir, database=database)
     try:

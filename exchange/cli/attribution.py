@@ -40,9 +40,9 @@ def propose(node: str, subject: str, actor: str, confidence: int, rationale: str
     Proposing again the same subject and actor revises this node's proposal (a
     new version), which resets the partner's concurrence.
     """
-    from exchange import attribution as attr
-    from exchange.node import open_node
-    from exchange.release import release_all
+    from exchange.node.ops import open_node
+    from exchange.sharing import attribution as attr
+    from exchange.sharing.release import release_all
 
     _need_store(data_dir, database)
     opened = open_node(node, data_dir=data_dir, database=database)
@@ -70,9 +70,9 @@ def propose(node: str, subject: str, actor: str, confidence: int, rationale: str
 def respond(node: str, relationship: str, opinion: str, confidence: int | None, explanation: str | None, as_json: bool,
             data_dir: Path | None, database: str | None) -> None:
     """Concur with or dissent from a proposal (a STIX opinion, shared back to the partner)."""
-    from exchange import attribution as attr
-    from exchange.node import open_node
-    from exchange.release import release_all
+    from exchange.node.ops import open_node
+    from exchange.sharing import attribution as attr
+    from exchange.sharing.release import release_all
 
     _need_store(data_dir, database)
     opened = open_node(node, data_dir=data_dir, database=database)
@@ -101,8 +101,8 @@ def status(node: str, as_json: bool, data_dir: Path | None, database: str | None
     from rich.console import Console
     from rich.table import Table
 
-    from exchange import attribution as attr
-    from exchange.node import open_node
+    from exchange.node.ops import open_node
+    from exchange.sharing import attribution as attr
 
     _need_store(data_dir, database)
     opened = open_node(node, data_dir=data_dir, database=database)

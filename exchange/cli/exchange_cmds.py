@@ -13,6 +13,7 @@ import orjson
 
 from exchange.cli.node import DATA_DIR, DATABASE, WAIT_DB, _need_store
 from exchange.errors import BadRequest, ConfigError, PartnerAuthError, PartnerError, PartnerTLSError, PartnerUnavailable
+from exchange.stix import read_bundle
 
 log = logging.getLogger("exchange.cli")
 
@@ -26,20 +27,6 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def read_bundle(path: Path) -> list[dict]:
-    """The objects of a STIX bundle, a TAXII envelope or a JSON list; ``BadRequest`` otherwise."""
-    try:
-        data = orjson.loads(Path(path).read_bytes())
-    except OSError as exc:
-        raise BadRequest(f"{path}: cannot read: {exc.strerror}") from exc
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"{path}: not JSON: {exc}") from exc
-    objects = data.get("objects") if isinstance(data, dict) else data
-    if not isinstance(objects, list):
-        raise BadRequest(f"{path}: not a STIX bundle (expected an object with an 'objects' list)")
-    return objects
-
-
 @click.command()
 @click.argument("node")
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
@@ -49,8 +36,8 @@ def read_bundle(path: Path) -> list[dict]:
 @DATABASE
 def load(node: str, bundle: Path, collection_ref: str | None, strict_validation: bool, data_dir: Path | None, database: str | None) -> None:
     """Load a STIX 2.1 BUNDLE into NODE's own collection (all or nothing), then release it under policy."""
-    from exchange.node import open_node
-    from exchange.release import release_all
+    from exchange.node.ops import open_node
+    from exchange.sharing.release import release_all
     from exchange.stix import check_object, check_object_strict
 
     _need_store(data_dir, database)
@@ -85,8 +72,8 @@ def load(node: str, bundle: Path, collection_ref: str | None, strict_validation:
 @DATABASE
 def release(node: str, data_dir: Path | None, database: str | None) -> None:
     """Evaluate NODE's new objects under policy into each partner's read collection."""
-    from exchange.node import open_node
-    from exchange.release import release_all
+    from exchange.node.ops import open_node
+    from exchange.sharing.release import release_all
 
     _need_store(data_dir, database)
     opened = open_node(node, data_dir=data_dir, database=database)
@@ -149,9 +136,9 @@ def sync(
     is then optional). Over http:// nothing whose IEP marking says
     encrypt_in_transit: must is pushed.
     """
-    from exchange.client import PartnerClient
-    from exchange.node import open_node
-    from exchange.sync import Backoff, run_cycle
+    from exchange.node.ops import open_node
+    from exchange.sharing.client import PartnerClient
+    from exchange.sharing.sync import Backoff, run_cycle
 
     _configure_logging(verbose)
     _need_store(data_dir, database)
@@ -201,7 +188,7 @@ def audit() -> None:
 @DATABASE
 def audit_verify(data_dir: Path | None, database: str | None) -> None:
     """Check the audit chain: any edited, removed or reordered entry is found."""
-    from exchange import audit as audit_log
+    from exchange.storage import audit as audit_log
     from exchange.storage.store import DB_FILE, Store
 
     _need_store(data_dir, database)
@@ -244,8 +231,8 @@ def demo(
     by `pki init` in the work dir) unless --plain-http. With --remote, the
     credentials folder's pki/ (if present) verifies the nodes and holds the client certificates.
     """
-    from exchange.demo import run_demo, run_remote_demo, summary_json
-    from exchange.narrative import print_narrative
+    from exchange.demo.narrative import print_narrative
+    from exchange.demo.run import run_demo, run_remote_demo, summary_json
 
     if remote:
         missing = [n for n, v in (("--us-url", us_url), ("--rok-url", rok_url), ("--secrets", secrets_dir), ("--us-data", us_data), ("--rok-data", rok_data)) if not v]
@@ -268,7 +255,7 @@ def demo(
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def demo_secrets(directory: Path) -> None:
     """Random passwords for every configured account of both nodes, as DIRECTORY/<node>/<account> (kept if present)."""
-    from exchange.demo import write_secrets
+    from exchange.demo.run import write_secrets
 
     written = write_secrets(directory)
     click.echo(f"{len(written)} credentials written under {directory}" if written else f"credentials already present under {directory}")
@@ -287,7 +274,7 @@ COMMANDS.append(demo)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 def report(data_dirs: tuple[Path, ...], html_path: Path | None, as_json: bool) -> None:
     """Summarise the commitment in practice from the nodes' audit logs."""
-    from exchange.report import build_report, read_logs, render_html, render_terminal
+    from exchange.sharing.report import build_report, read_logs, render_html, render_terminal
 
     built = build_report(read_logs(data_dirs))
     if as_json:

@@ -65,9 +65,10 @@ def serve(
     Without --certfile the node speaks plain HTTP and withholds every object whose
     IEP marking says encrypt_in_transit: must from all read endpoints.
     """
-    from exchange.node import add_account, open_node
-    from exchange.server import data_dir_factory, serve as run
-    from exchange.tls import check_files
+    from exchange.node.ops import add_account, open_node
+    from exchange.node.server import serve as run
+    from exchange.node.tls import check_files
+    from exchange.sharing.background import data_dir_factory
 
     _need_store(data_dir, database)
     if certfile is None and (keyfile is not None or client_ca is not None):
@@ -123,7 +124,7 @@ def account_add(
     """Create or update account NAME on NODE."""
     import re
 
-    from exchange.node import add_account, open_node
+    from exchange.node.ops import add_account, open_node
 
     _need_store(data_dir, database)
     if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
@@ -151,7 +152,7 @@ def account_add(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def account_list(node: str, data_dir: Path | None, database: str | None, as_json: bool) -> None:
     """List NODE's accounts and their grants."""
-    from exchange.node import open_node
+    from exchange.node.ops import open_node
 
     _need_store(data_dir, database)
     opened = open_node(node, data_dir=data_dir, database=database)
@@ -202,7 +203,7 @@ def collections(node: str, as_json: bool, data_dir: Path | None, database: str |
     readers: dict[str, set[str]] = {c.id: set() for c in cfg.collections}
     writers: dict[str, set[str]] = {c.id: set() for c in cfg.collections}
     if data_dir is not None or database is not None:
-        from exchange.node import open_node
+        from exchange.node.ops import open_node
 
         opened = open_node(node, data_dir=data_dir, database=database)
         try:

@@ -26,7 +26,7 @@ def pki_init(directory: Path, nodes: str, days: int, extra_names: tuple[str, ...
     the node's node.yaml, as DIRECTORY/<account>@<node>.crt/.key (e.g. rok@us: what
     the ROK node's sync agent presents to the US node).  Keys are written 0600.
     """
-    from exchange.pki import init_pki
+    from exchange.node.pki import init_pki
 
     names = [n.strip() for n in nodes.split(",") if n.strip()]
     written = init_pki(directory, names, days=days, force=force, keep_existing=keep_existing, extra_names=extra_names)

@@ -13,7 +13,6 @@ import click
 from exchange.errors import BadRequest
 
 
-
 def _console():
     from rich.console import Console
 
@@ -74,8 +73,8 @@ def policy() -> None:
               help="The channel: over 'plain' HTTP, objects whose IEP marking says encrypt_in_transit: must are withheld.")
 def check(bundle: str, sender: str, recipient: str, policy_path: str | None, now: str | None, as_json: bool, transport: str) -> None:
     """Evaluate every object of BUNDLE for release from one party to another."""
-    from exchange.attribution import concurred_in
     from exchange.policy import evaluate
+    from exchange.sharing.attribution import concurred_in
 
     objects = load_bundle(bundle)
     pol = _policy(policy_path)
@@ -110,8 +109,8 @@ def check(bundle: str, sender: str, recipient: str, policy_path: str | None, now
 @_route_options
 def explain_cmd(bundle: str, object_id: str, sender: str, recipient: str, policy_path: str | None, now: str | None) -> None:
     """Show step by step how one object of BUNDLE is judged."""
-    from exchange.attribution import concurred_in
     from exchange.policy import explain
+    from exchange.sharing.attribution import concurred_in
 
     objects = load_bundle(bundle)
     pol = _policy(policy_path)

@@ -5,11 +5,16 @@
 per object; ``companions(...)`` gives the identities and marking definitions that
 travel with the released objects; ``explain(...)`` traces one object.  The
 marking tables (TLP 2.0 objects, TLP 1.0 -> 2.0, IEP 2.0) are in
-``exchange.policy.markings``.
+``exchange.policy.markings``; the inbound rules a node applies to what a partner
+sends are in ``exchange.policy.inbound``.
+
+The engine, the marking tables and the inbound rules are pure: no I/O, no Flask,
+no HTTP; they return new objects. Only ``model`` reads files (the policy YAML).
+May import only the top-level leaves (``errors``, ``stix``, ``config``, ``_yaml``).
 """
 
 from exchange.policy.engine import REDACT, SHARE, WITHHOLD, Decision, Explanation, companions, evaluate, explain
-from exchange.policy.model import Clause, Policy, default_policy_dir, load_policy
+from exchange.policy.model import Clause, Policy, current_policy, default_policy_dir, load_policy
 
 __all__ = [
     "Clause",
@@ -20,6 +25,7 @@ __all__ = [
     "SHARE",
     "WITHHOLD",
     "companions",
+    "current_policy",
     "default_policy_dir",
     "evaluate",
     "explain",

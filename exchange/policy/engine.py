@@ -40,7 +40,7 @@ import copy
 import gc
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from exchange.errors import BadRequest
@@ -243,11 +243,11 @@ def _route(policy: Policy, sender: str, recipient: str) -> _Route:
 
 def _now_micros(now: Any) -> int:
     if now is None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
     if isinstance(now, datetime):
         if now.tzinfo is None:
-            now = now.replace(tzinfo=timezone.utc)
-        delta = now - datetime(1970, 1, 1, tzinfo=timezone.utc)
+            now = now.replace(tzinfo=UTC)
+        delta = now - datetime(1970, 1, 1, tzinfo=UTC)
         return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     if isinstance(now, int):
         return now

@@ -354,3 +354,9 @@ def encryption_required(obj: Mapping[str, Any], definitions: Mapping[str, Mappin
         if info.kind == "unknown" or (info.kind == "iep" and info.iep is not None and info.iep.encrypt_in_transit == "must"):
             return True
     return False
+
+
+def tlp_name(obj: dict) -> str:
+    """The most restrictive TLP level among an object's own markings, for reports (``none`` if unmarked)."""
+    levels = [LEVEL_OF[r] for r in obj.get("object_marking_refs", ()) if r in LEVEL_OF]
+    return level_name(most_restrictive(levels)) if levels else "none"

@@ -13,10 +13,11 @@ name, a clause without a source, a misquoted sentence, an unknown party) is a
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -90,7 +91,7 @@ class PublicSourceEntry(_Strict):
     statement_markings: tuple[MarkingId, ...] = ()
 
     @model_validator(mode="after")
-    def _one(self) -> "PublicSourceEntry":
+    def _one(self) -> PublicSourceEntry:
         if not self.identities and not self.statement_markings:
             raise ValueError("a public source needs identities or statement_markings")
         return self
@@ -259,13 +260,7 @@ class Companions(_Rule):
 
 
 Rule = Annotated[
-    Union[
-        UnmarkedDefault, UnknownMarkingDefault, NoReleaseDefault, PublicSource, OfficialMarkings, PartyIdentities,
-        NeverAutomated, ReleaseAny, OwnRelease, OwnWithhold, OnwardCommunity, OnwardClients, Ransomware,
-        CriticalInfrastructure, AttributionRelationship, AttributionProduct, UndisclosedVulnerability, FieldRedact,
-        IepProviderAttribution, IepPermittedActions, IepAffectedParty, IepResale, IepEncrypt, IepEncryptedTransport,
-        IepValidity, GranularRedact, RequiredRefs, OptionalRefs, ContainerRefs, Companions,
-    ],
+    UnmarkedDefault | UnknownMarkingDefault | NoReleaseDefault | PublicSource | OfficialMarkings | PartyIdentities | NeverAutomated | ReleaseAny | OwnRelease | OwnWithhold | OnwardCommunity | OnwardClients | Ransomware | CriticalInfrastructure | AttributionRelationship | AttributionProduct | UndisclosedVulnerability | FieldRedact | IepProviderAttribution | IepPermittedActions | IepAffectedParty | IepResale | IepEncrypt | IepEncryptedTransport | IepValidity | GranularRedact | RequiredRefs | OptionalRefs | ContainerRefs | Companions,
     Field(discriminator="kind"),
 ]
 
@@ -293,7 +288,7 @@ class Clause(_Strict):
     rule: Rule
 
     @model_validator(mode="after")
-    def _note(self) -> "Clause":
+    def _note(self) -> Clause:
         if self.conservative and not self.conservative_note.strip():
             raise ValueError("conservative: true needs a conservative_note saying what the text is silent on")
         if self.conservative_note and not self.conservative:
@@ -316,7 +311,7 @@ class PolicyFile(_Strict):
     clauses: tuple[Clause, ...] = ()
 
     @model_validator(mode="after")
-    def _shape(self) -> "PolicyFile":
+    def _shape(self) -> PolicyFile:
         if self.clauses and self.framework is None:
             raise ValueError("a file with clauses needs a 'framework' block")
         return self
@@ -510,3 +505,16 @@ def _check_names(clause: Clause, parties: dict[str, Party], communities: dict[st
                     raise err("clients", f"unknown party {value!r}")
     for lvl in getattr(rule, "levels", ()) or ():
         mk.parse_level(lvl)  # Literal already checked; keeps the table and the schema in step
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_policy(path: str, mtime: float) -> Policy:
+    return load_policy(path)
+
+
+def current_policy(path: Path | None = None) -> Policy:
+    """The policy in force (``$CTI_EXCHANGE_POLICIES`` or the repo's ``policies/``), reloaded when files change."""
+    target = Path(path) if path else default_policy_dir()
+    files = [target] if target.is_file() else sorted(target.glob("*.yaml"))
+    mtime = max((os.stat(f).st_mtime for f in files), default=0.0)
+    return _cached_policy(str(target), mtime)

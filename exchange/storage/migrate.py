@@ -1,4 +1,4 @@
-"""Schema creation and upgrades through Alembic (``exchange/migrations/``).
+"""Schema creation and upgrades through Alembic (``exchange/storage/migrations/``).
 
 Run once per process that opens a store; under the database's write lock, so
 several workers or processes starting together upgrade it exactly once.
@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 7274557
 
 

@@ -44,8 +44,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import ConfigError, StorageError
-from exchange.storage.schema import accounts, grants, login_failures, meta, objects, statuses, sync_state
 from exchange.stix import format_timestamp, object_version, parse_timestamp
+from exchange.storage.schema import accounts, grants, login_failures, meta, objects, statuses, sync_state
 
 DB_FILE = "cti-exchange.sqlite"
 _CHUNK = 500
@@ -162,7 +162,7 @@ class Store:
         self._counters_lock = threading.Lock()
 
     @classmethod
-    def open(cls, data_dir: Path | None = None, database: str | None = None) -> "Store":
+    def open(cls, data_dir: Path | None = None, database: str | None = None) -> Store:
         """The store under ``data_dir`` (SQLite) or at a database URL."""
         if database:
             return cls(database)

@@ -1,7 +1,7 @@
 """Two real nodes as subprocesses on loopback, and the sync agent as a subprocess.
 
 ``pair``/``bare_pair`` serve plain HTTP; ``tls_pair`` (and ``_pair(..., tls=True)``)
-serve HTTPS with mutual TLS under a demo PKI made by ``exchange.pki``.
+serve HTTPS with mutual TLS under a demo PKI made by ``exchange.node.pki``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from exchange.demo import Exchange, NodeHandle, load_bundle_file, seed_files, tls_args
-from exchange.node import add_account, open_node
-from exchange.procs import NodeProcess
-from exchange.release import release_all
+from exchange.demo.procs import NodeProcess
+from exchange.demo.run import Exchange, NodeHandle, load_bundle_file, seed_files, tls_args
+from exchange.node.ops import add_account, open_node
+from exchange.sharing.release import release_all
 
 PASSWORDS = {
     "us": {"rok": "rok-account-on-us-node", "jp": "jp-account-on-us-node", "analyst": "us-analyst-password"},
@@ -91,7 +91,7 @@ def _pair(tmp: Path, seed: bool, *, tls: bool = False) -> Iterator[Pair]:
     procs: dict[str, NodeProcess] = {}
     pki = None
     if tls:
-        from exchange.pki import init_pki
+        from exchange.node.pki import init_pki
 
         pki = tmp / "pki"
         init_pki(pki, ("us", "rok"), days=2)

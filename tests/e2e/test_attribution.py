@@ -11,13 +11,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from exchange import attribution as attr
-from exchange.node import open_node
+from exchange.node.ops import open_node
 from exchange.policy import evaluate, load_policy
+from exchange.sharing import attribution as attr
 from tests.e2e.conftest import Pair, _pair
 
 US = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
@@ -76,7 +75,7 @@ def status_of(pair: Pair, node: str, rel_id: str) -> dict:
 
 def jp_sees(pair: Pair, node: str, object_id: str) -> list:
     """Everything the Japan partner's account can read of ``object_id`` at ``node``, by every endpoint."""
-    client = pair.exchange.client(node, "jp")
+    client = pair.exchange.sharing.client(node, "jp")
     try:
         shown = client.reveal("jp-read", object_id)
     finally:
@@ -86,7 +85,7 @@ def jp_sees(pair: Pair, node: str, object_id: str) -> list:
 
 def jp_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
     """The versions of ``object_id`` the Japan partner gets from Get Objects at ``node``."""
-    client = pair.exchange.client(node, "jp")
+    client = pair.exchange.sharing.client(node, "jp")
     try:
         return client.reveal("jp-read", object_id, endpoints=("objects",))["objects"]
     finally:
@@ -94,7 +93,7 @@ def jp_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
 
 
 def own_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
-    client = pair.exchange.client(node, "analyst")
+    client = pair.exchange.sharing.client(node, "analyst")
     try:
         return client.reveal(f"{node}-intel", object_id, endpoints=("objects",))["objects"]
     finally:
@@ -103,7 +102,7 @@ def own_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
 
 def inbox_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
     partner = {"us": "rok", "rok": "us"}[node]
-    client = pair.exchange.client(node, "analyst")
+    client = pair.exchange.sharing.client(node, "analyst")
     try:
         return client.reveal(f"{partner}-inbox", object_id, endpoints=("objects",))["objects"]
     finally:
@@ -245,8 +244,8 @@ def test_bad_requests_are_one_line_errors(nodes):
 
 def test_leak_check_and_no_inbound_conflicts_after_the_rounds(nodes):
     """After the rounds above: nothing withheld readable anywhere, and no identical joint product was refused."""
-    from exchange import audit
-    from exchange.demo import leak_check
+    from exchange.demo.run import leak_check
+    from exchange.storage import audit
     from exchange.storage.store import Store
 
     result = leak_check(nodes.exchange)

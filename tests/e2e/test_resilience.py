@@ -14,8 +14,8 @@ import requests
 from click.testing import CliRunner
 
 from exchange.cli import main
-from exchange.node import open_node
-from exchange.release import release_all
+from exchange.node.ops import open_node
+from exchange.sharing.release import release_all
 from tests.e2e.conftest import PASSWORDS
 
 US_ID = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
@@ -123,7 +123,7 @@ def test_partner_down_then_back_the_agent_catches_up_with_no_loss(bare_pair):
     try:
         time.sleep(3.0)
         assert agent.poll() is None, "the agent must keep running while the partner is down"
-        from exchange.procs import NodeProcess
+        from exchange.demo.procs import NodeProcess
 
         pair.procs["rok"] = NodeProcess("rok", rok.data_dir, port=port).start()
         deadline = time.monotonic() + 60
@@ -181,13 +181,13 @@ def test_inbound_rejects_forged_creator_and_unmarked_objects_with_the_rule(bare_
     assert reasons[forged["id"]].startswith("inbound.creator-is-partner")
     assert reasons[unmarked["id"]].startswith("inbound.tlp-required")
     # the accepted object keeps its markings and provenance untouched
-    client = pair.exchange.client("us", "analyst")
+    client = pair.exchange.sharing.client("us", "analyst")
     try:
         stored = client.reveal("rok-inbox", good["id"])["object"]
     finally:
         client.close()
     assert stored == [good]
-    from exchange import audit
+    from exchange.storage import audit
     from exchange.storage.store import Store
 
     store = Store.open(data_dir=pair.procs["us"].data_dir)

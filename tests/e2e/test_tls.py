@@ -18,14 +18,14 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from exchange import audit
-from exchange.client import PartnerClient
+from exchange.demo.procs import NodeProcess
 from exchange.errors import PartnerTLSError
-from exchange.node import open_node
-from exchange.procs import NodeProcess
-from exchange.release import release_all
+from exchange.node.ops import open_node
+from exchange.sharing.client import PartnerClient
+from exchange.sharing.release import release_all
+from exchange.storage import audit
 from exchange.storage.store import Selection, Store
 from tests.e2e.conftest import PARTNER, PASSWORDS
 
@@ -142,7 +142,7 @@ def _make_cert(tmp: Path, stem: str, subject: str, issuer_cert, issuer_key, *, n
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _sync_with(pair, node: str, **replace: str) -> subprocess.CompletedProcess:
@@ -307,7 +307,7 @@ def test_expired_partner_server_certificate_is_refused(tls_pair, tmp_path):
 
 def _reveal_all(pair, node: str, account: str, alias: str, object_id: str) -> dict[str, list]:
     """What each read endpoint shows of ``object_id`` (objects, object, versions, manifest by id; and full walks)."""
-    client = pair.exchange.client(node, account)
+    client = pair.exchange.sharing.client(node, account)
     try:
         shown = client.reveal(alias, object_id)
         shown["walk"] = [o["id"] for page in client.pages(alias) for o in page.objects if o["id"] == object_id]
@@ -342,7 +342,7 @@ def test_encrypt_in_transit_must_never_crosses_plain_http(bare_pair):
     served = [e for e in withheld if e["detail"].get("account") == "rok"]
     assert served and served[0]["partner"] == "rok" and "not served over plain HTTP" in served[0]["detail"]["reason"]
     # and the report counts it, once, for the direction
-    from exchange.report import build_report, read_logs
+    from exchange.sharing.report import build_report, read_logs
 
     assert build_report(read_logs([pair.procs["us"].data_dir]))["directions"]["us->rok"]["withheld_in_transit"] == 1
 

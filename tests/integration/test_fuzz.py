@@ -35,7 +35,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange.node import open_node
+from exchange.node.ops import open_node
 from exchange.storage.store import Store
 from tests.conftest import BACKENDS, PASSWORDS, NodeProcess, fresh_database, node_args, provision
 from tests.integration.hostile import TAXII, fingerprint, node_dir_with

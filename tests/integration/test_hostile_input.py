@@ -503,7 +503,7 @@ def test_requests_the_http_parser_refuses_get_a_4xx_taxii_body(node, head):
 
 @pytest.fixture(scope="module")
 def tls_node(tmp_path_factory):
-    from exchange.pki import init_pki
+    from exchange.node.pki import init_pki
 
     tmp: Path = tmp_path_factory.mktemp("hostile-tls")
     pki = tmp / "pki"

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from exchange.config import load_node
-from exchange.node import add_account, open_node
+from exchange.node.ops import add_account, open_node
 from tests.conftest import BACKENDS, PASSWORDS, NodeProcess, fresh_database, new_indicator, node_args, provision
 
 TAXII = "application/taxii+json;version=2.1"

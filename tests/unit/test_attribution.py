@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from exchange import attribution as attr
 from exchange.errors import BadRequest
 from exchange.policy import evaluate, load_policy
+from exchange.sharing import attribution as attr
 from exchange.stix import check_object
 
 POLICY = load_policy()

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from exchange import cursor
 from exchange.errors import BadRequest
+from exchange.node import cursor
 
 SECRET = b"k" * 32
 

@@ -8,9 +8,9 @@ import stat
 import orjson
 from click.testing import CliRunner
 
-from exchange import audit
 from exchange.cli import main
-from exchange.node import open_node
+from exchange.node.ops import open_node
+from exchange.storage import audit
 from exchange.storage.store import Store
 from tests.conftest import new_indicator
 
@@ -121,7 +121,7 @@ def test_with_retries_retries_transient_failures_and_passes_others_through():
     import pytest
 
     from exchange.errors import PartnerError, PartnerUnavailable
-    from exchange.sync import Backoff, Transfer, with_retries
+    from exchange.sharing.sync import Backoff, Transfer, with_retries
 
     calls = []
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from exchange.accounts import LoginThrottle
 from exchange.config import ApiRootConfig, AuthConfig, load_node
+from exchange.node.accounts import LoginThrottle
 from exchange.stix import deeper_than, is_identifier, is_type_name
-
 
 S = 1_000_000  # microseconds
 

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from exchange.cli import main
-from exchange.node import open_node
+from exchange.node.ops import open_node
 
 
 def test_account_add_stores_only_a_salted_hash(tmp_path):

@@ -65,7 +65,7 @@ def test_open_node_waits_for_an_unreachable_database_then_fails_clearly():
     import time
 
     from exchange.errors import StorageError
-    from exchange.node import open_node
+    from exchange.node.ops import open_node
 
     started = time.monotonic()
     with pytest.raises(StorageError, match="cannot initialise database"):

@@ -15,8 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from exchange.cli import main
 from exchange.config import collections_dir, load_node
 from exchange.errors import ConfigError
-from exchange.pki import init_pki
-from exchange.tls import normalise_subject
+from exchange.node.pki import init_pki
+from exchange.node.tls import normalise_subject
 
 
 def _cert(path) -> x509.Certificate:

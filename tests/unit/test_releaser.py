@@ -1,4 +1,4 @@
-"""When a node's background releaser yields to writes (``exchange.server.BackgroundReleaser``).
+"""When a node's background releaser yields to writes (``exchange.sharing.background.BackgroundReleaser``).
 
 Only the decisions, with the clock and the database probe replaced: the thread
 itself runs in every integration and end-to-end test that pushes.
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import exchange.server as server
-from exchange.server import BackgroundReleaser
+import exchange.sharing.background as server
+from exchange.sharing.background import BackgroundReleaser
 from exchange.storage.store import now_us
 
 

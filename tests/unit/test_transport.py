@@ -8,9 +8,9 @@ import orjson
 from click.testing import CliRunner
 
 from exchange.cli import main
+from exchange.node.tls import explain_ssl_error
 from exchange.policy.markings import encryption_required
 from exchange.storage.store import Selection, Store
-from exchange.tls import explain_ssl_error
 from tests.policy.vectorlib import expand
 
 US = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
@@ -91,7 +91,7 @@ def test_tls_failures_get_readable_reasons():
 
 
 def test_only_certificate_and_protocol_failures_are_fatal():
-    from exchange.tls import classify_ssl_error
+    from exchange.node.tls import classify_ssl_error
 
     def err(exc: BaseException) -> Exception:
         try:

@@ -26,16 +26,16 @@ from typing import Any
 
 import orjson
 
-from exchange import audit
-from exchange.client import PartnerClient
 from exchange.config import collections_dir
+from exchange.demo.procs import NodeProcess
 from exchange.errors import ConfigError, ExchangeError
+from exchange.node.ops import OpenNode, add_account, open_node
+from exchange.sharing.client import PartnerClient
+from exchange.sharing.release import release_all
+from exchange.sharing.sync import run_cycle
 from exchange.stix import SCO_TYPES
-from exchange.node import OpenNode, add_account, open_node
-from exchange.procs import NodeProcess
-from exchange.release import release_all
+from exchange.storage import audit
 from exchange.storage.store import Store
-from exchange.sync import run_cycle
 
 NODES = ("us", "rok")
 PARTNER_OF = {"us": "rok", "rok": "us"}
@@ -53,9 +53,8 @@ def seed_files(node: str) -> list[Path]:
 
 def load_bundle_file(opened: OpenNode, path: Path) -> int:
     """Load one bundle into the node's own collection (objects are checked first); new rows."""
-    from exchange.cli.exchange_cmds import read_bundle
     from exchange.errors import BadRequest
-    from exchange.stix import check_object
+    from exchange.stix import check_object, read_bundle
 
     objects = read_bundle(path)
     bad = [(o, p) for o in objects if (p := check_object(o)) is not None]
@@ -130,7 +129,7 @@ def local_exchange(workdir: Path, *, plain_http: bool = False) -> Iterator[Excha
     """Both nodes as local server processes with data under ``workdir`` (HTTPS and mutual TLS unless ``plain_http``)."""
     ex = Exchange()
     if not plain_http:
-        from exchange.pki import init_pki
+        from exchange.node.pki import init_pki
 
         ex.pki = workdir / "pki"
         init_pki(ex.pki, NODES, days=2)
@@ -210,7 +209,7 @@ def remote_exchange(
 
 def seed_over_taxii(ex: Exchange, *, envelope: int = 500) -> dict[str, int]:
     """Post each node's seed bundles to its own collection as its analyst (the node releases them)."""
-    from exchange.cli.exchange_cmds import read_bundle
+    from exchange.stix import read_bundle
 
     counts = {}
     for name in NODES:
@@ -442,7 +441,7 @@ def attribution_rounds(ex: Exchange) -> list[dict[str, Any]]:
     2. The US proposes attributing Moonstone Sleet to the same actor, the ROK
        dissents: nothing leaves the partnership.
     """
-    from exchange import attribution as attr
+    from exchange.sharing import attribution as attr
 
     plans = [
         {"round": "concur", "subject": LAZARUS, "confidence": 85, "answer": "agree", "answer_confidence": 75,

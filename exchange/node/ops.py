@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange.accounts import Account, hash_password
 from exchange.config import LoadedNode, load_node
 from exchange.errors import ConfigError, StorageError
+from exchange.node.accounts import Account, hash_password
 from exchange.storage.store import Login, Store
 
 log = logging.getLogger(__name__)

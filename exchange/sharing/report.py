@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from exchange import audit
 from exchange.errors import ConfigError
+from exchange.storage import audit
 from exchange.storage.store import DB_FILE, Store
 
 DECISIONS = ("share", "redact", "withhold")

@@ -59,7 +59,7 @@ class CertificateMap:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_accounts(cls, accounts: Iterable) -> "CertificateMap":
+    def from_accounts(cls, accounts: Iterable) -> CertificateMap:
         return cls({a.certificate_subject: a.name for a in accounts if getattr(a, "certificate_subject", None)})
 
     def accounts_with_certificates(self) -> frozenset[str]:
@@ -96,7 +96,7 @@ def _load_cert(path: Path, what: str):  # type: ignore[no-untyped-def]
 def check_validity(path: Path, what: str, *, now: dt.datetime | None = None) -> None:
     """``ConfigError`` if the (first) certificate in ``path`` is not valid at ``now``."""
     cert = _load_cert(path, what)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if cert.not_valid_after_utc < now:
         raise ConfigError(
             f"{what} {path} ({cert.subject.rfc4514_string()}) expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
@@ -138,7 +138,7 @@ def server_context(certfile: str, keyfile: str | None, client_ca: str | None) ->
     Client certificates are *optional* at the TLS layer (analysts and health checks
     log in with passwords); a presented certificate must verify against
     ``client_ca`` or the handshake fails, and accounts mapped to a certificate
-    subject must present theirs (enforced per request, see ``exchange.server``).
+    subject must present theirs (enforced per request, see ``exchange.node.server``).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

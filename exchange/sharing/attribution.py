@@ -83,7 +83,7 @@ class Parties:
     titles: Mapping[str, str] = field(default_factory=dict)  # party name -> display name
 
     @classmethod
-    def from_policy(cls, policy: Any, joint_identity: str | None = None, node: str | None = None) -> "Parties":
+    def from_policy(cls, policy: Any, joint_identity: str | None = None, node: str | None = None) -> Parties:
         """The joint body of ``policy`` (the party with ``joint_identity``, else one whose members include ``node``)."""
         parties = policy.parties
         body = None
@@ -470,7 +470,7 @@ def build_opinion(*, creator: str, relationship: Mapping[str, Any], opinion: str
 
 
 def parties_of(opened: Any, policy: Any = None) -> Parties:
-    from exchange.release import current_policy
+    from exchange.policy import current_policy
 
     cfg = opened.node.config
     return Parties.from_policy(policy or current_policy(), cfg.joint_identity, cfg.node)

@@ -47,7 +47,7 @@ class Issued:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_ca(name: str = CA_NAME, *, days: int = DEFAULT_DAYS, not_before: dt.datetime | None = None) -> Issued:

@@ -10,7 +10,7 @@ for as long as it likes, and a handful of them stop the node.
   bytes were taken up: every read of its head and body waits at most until
   then, and a request not received in time is answered ``408`` with a TAXII
   error body and its connection closed (``SlowClient``; inside the app, the
-  Flask handler in ``exchange.server`` answers it);
+  Flask handler in ``exchange.node.server`` answers it);
 * over plain HTTP, the request head is collected without a thread: a thread
   reads what has arrived without blocking and, while the head is incomplete,
   hands the connection back to the worker's poller until more arrives (needs

@@ -32,7 +32,7 @@ class NodeProcess:
     base: str = ""
     log: list[str] = field(default_factory=list)
 
-    def start(self, timeout: float = 60.0) -> "NodeProcess":
+    def start(self, timeout: float = 60.0) -> NodeProcess:
         """Start the server and wait until it prints its API root URL."""
         cmd = [
             sys.executable, "-m", "exchange", "serve", self.node, "--data-dir", str(self.data_dir),

@@ -17,21 +17,18 @@ version is judged on its own markings.
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from exchange import audit
-from exchange.attribution import concurred_for
-from exchange.node import OpenNode
-from exchange.policy import Policy, companions, evaluate, load_policy
-from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, level_name, most_restrictive
+from exchange.node.ops import OpenNode
+from exchange.policy import Policy, companions, current_policy, evaluate
+from exchange.policy.markings import OFFICIAL_OBJECTS, tlp_name
+from exchange.sharing.attribution import concurred_for
 from exchange.stix import object_version
+from exchange.storage import audit
 from exchange.storage.store import Selection
 
 _BATCH = 2000
@@ -48,24 +45,9 @@ class Released:
     withheld: int = 0
     companions: int = 0
 
-    def add(self, other: "Released") -> None:
+    def add(self, other: Released) -> None:
         for key in self.__dict__:
             setattr(self, key, getattr(self, key) + getattr(other, key))
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_policy(path: str, mtime: float) -> Policy:
-    return load_policy(path)
-
-
-def current_policy(path: Path | None = None) -> Policy:
-    """The policy in force (``$CTI_EXCHANGE_POLICIES`` or the repo's ``policies/``), reloaded when files change."""
-    from exchange.policy import default_policy_dir
-
-    target = Path(path) if path else default_policy_dir()
-    files = [target] if target.is_file() else sorted(target.glob("*.yaml"))
-    mtime = max((os.stat(f).st_mtime for f in files), default=0.0)
-    return _cached_policy(str(target), mtime)
 
 
 def release_all(
@@ -232,7 +214,7 @@ def _judge_and_write(
     entries = [
         audit.Entry(
             d.decision, partner, d.id, d.version, d.decision, tuple(d.clauses),
-            {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": _tlp_name(obj)},
+            {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": tlp_name(obj)},
         )
         for d, obj in zip(decisions, objs)
     ]
@@ -241,7 +223,7 @@ def _judge_and_write(
             "share", partner, o["id"], object_version(o), "share",
             (companion_clause.id,) if companion_clause else (),
             {"type": o.get("type"), "reason": "travels with released objects that reference it", "removed_fields": [],
-             "source": src.alias, "tlp": _tlp_name(o)},
+             "source": src.alias, "tlp": tlp_name(o)},
         )
         for o in travel
     ]
@@ -296,9 +278,3 @@ def _inbox_of(cfg: Any, partner: str) -> Any:
 
 def _is_context(ref: str) -> bool:
     return ref.startswith(("marking-definition--", "identity--", "extension-definition--"))
-
-
-def _tlp_name(obj: dict) -> str:
-    """The most restrictive TLP level among an object's own markings, for reports (``none`` if unmarked)."""
-    levels = [LEVEL_OF[r] for r in obj.get("object_marking_refs", ()) if r in LEVEL_OF]
-    return level_name(most_restrictive(levels)) if levels else "none"

@@ -4,7 +4,7 @@ medallion's views do the HTTP part (media types, content length, routing);
 this class answers them from the node's ``Store`` and enforces, per account,
 which collections exist for it (404), which it may read or write (403) and
 which status resources are its own.  Paging uses stateless signed keyset
-cursors (``exchange.cursor``), so any worker can serve any ``next``.
+cursors (``exchange.node.cursor``), so any worker can serve any ``next``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from medallion import auth
 from medallion.backends.base import Backend
 from medallion.exceptions import ProcessingError
 
-from exchange import audit, cursor
-from exchange.accounts import Account
 from exchange.config import CollectionConfig, LoadedNode
 from exchange.errors import BadRequest, ExchangeError
-from exchange.inbound import InboundRules
-from exchange.stix import MEDIA_TYPE_STIX, check_object, check_object_strict, format_timestamp, parse_timestamp
-from exchange.stix import is_identifier, is_type_name
+from exchange.node import cursor
+from exchange.node.accounts import Account
+from exchange.policy import current_policy
+from exchange.policy.inbound import InboundRules
+from exchange.policy.markings import tlp_name
+from exchange.stix import MEDIA_TYPE_STIX, check_object, check_object_strict, format_timestamp, is_identifier, is_type_name, parse_timestamp
+from exchange.storage import audit
 from exchange.storage.store import AddResult, Row, Selection, Store, now_us
 
 MEDIA_TYPE_TAXII = "application/taxii+json;version=2.1"
@@ -243,7 +245,6 @@ class ExchangeBackend(Backend):
 
     def _audit_withheld(self, collection_id: str, endpoint: str, withheld: list[tuple[str, str]]) -> None:
         """One audit entry per object version a plain-HTTP request did not get (once per account, endpoint and version)."""
-        from exchange.release import current_policy
 
         acct = self.account()
         with self._withheld_lock:
@@ -345,12 +346,6 @@ class ExchangeBackend(Backend):
             raise ProcessingError(f"Object '{object_id}' not found", 404)
 
 
-def _tlp_name(obj: dict) -> str:
-    from exchange.release import _tlp_name as name
-
-    return name(obj)
-
-
 def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], result: AddResult) -> list[audit.Entry]:
     """Audit entries for a partner's write: one per accepted and one per refused object."""
     refused_ids = {f.get("id") for f in result.failures}
@@ -360,7 +355,7 @@ def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], r
         if obj["id"] in refused_ids:
             continue
         version = obj.get("modified") or obj.get("created")
-        detail: dict[str, Any] = {"type": obj.get("type"), "tlp": _tlp_name(obj)}
+        detail: dict[str, Any] = {"type": obj.get("type"), "tlp": tlp_name(obj)}
         if isinstance(version, str):
             detail["latency_s"] = round((now - parse_timestamp(version)) / 1e6, 3)
         out.append(audit.Entry("inbound-accept", partner, obj["id"], version, "accepted", (), detail))

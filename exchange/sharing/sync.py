@@ -25,14 +25,16 @@ from typing import Any, TypeVar
 
 import orjson
 
-from exchange import audit
-from exchange.client import PartnerClient
 from exchange.errors import ConfigError, PartnerError, PartnerUnavailable
-from exchange.inbound import InboundRules
-from exchange.node import OpenNode
-from exchange.attribution import settle
-from exchange.release import _tlp_name, current_policy, release_all
+from exchange.node.ops import OpenNode
+from exchange.policy import current_policy
+from exchange.policy.inbound import InboundRules
+from exchange.policy.markings import tlp_name
+from exchange.sharing.attribution import settle
+from exchange.sharing.client import PartnerClient
+from exchange.sharing.release import release_all
 from exchange.stix import check_object, object_version, parse_timestamp
+from exchange.storage import audit
 from exchange.storage.store import Selection, now_us
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,7 @@ def _latency(obj: dict, now_us: int) -> dict:
         published = parse_timestamp(object_version(obj))  # type: ignore[arg-type]
     except (ValueError, TypeError):
         return {}
-    return {"latency_s": round((now_us - published) / 1e6, 3), "type": obj.get("type"), "tlp": _tlp_name(obj)}
+    return {"latency_s": round((now_us - published) / 1e6, 3), "type": obj.get("type"), "tlp": tlp_name(obj)}
 
 
 def push(
@@ -310,7 +312,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], Progress | None]]:
     if not enabled:
         yield lambda _label: None
         return
-    from rich.progress import Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Bar(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} objects"), TimeElapsedColumn(), transient=False) as bar:
 

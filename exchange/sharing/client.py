@@ -79,7 +79,7 @@ class PartnerClient:
         self._collections: dict[str, Collection] = {}
 
     @classmethod
-    def connect(cls, url: str, user: str, password: str, **kwargs: Any) -> "PartnerClient":
+    def connect(cls, url: str, user: str, password: str, **kwargs: Any) -> PartnerClient:
         """A client for an API root URL, or for a discovery URL (``.../taxii2/``: its default API root)."""
         if url.rstrip("/").endswith("/taxii2"):
             probe = cls(url, user, password, **kwargs)
@@ -242,7 +242,7 @@ class PartnerClient:
 
 def _check_tls_files(url: str, verify: bool | str, cert: str | tuple[str, str] | None) -> None:
     """One-line errors before any connection: a missing CA bundle, an unreadable or expired client certificate."""
-    from exchange.tls import check_files
+    from exchange.node.tls import check_files
 
     certfile, keyfile = (cert, None) if isinstance(cert, str) else (cert or (None, None))
     try:
@@ -252,7 +252,7 @@ def _check_tls_files(url: str, verify: bool | str, cert: str | tuple[str, str] |
 
 
 def classify_ssl_error(exc: BaseException) -> tuple[str, bool]:
-    from exchange.tls import classify_ssl_error as classify
+    from exchange.node.tls import classify_ssl_error as classify
 
     return classify(exc)
 

@@ -1,0 +1,141 @@
+"""The node's server with background release: the TAXII app of ``exchange.node`` wired to ``release_all``.
+
+The node layer knows nothing of the sharing flow; this module is where the two
+meet. ``data_dir_factory`` builds, in each gunicorn worker, a node app whose
+acknowledged writes wake a ``BackgroundReleaser`` that releases them under
+policy to every partner's read collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from exchange.node.ops import open_node
+from exchange.node.server import create_app
+from exchange.sharing.release import newest_write, pending, release_all
+from exchange.storage.store import now_us
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundReleaser:
+    """Releases new objects under policy in a background thread, after the write was acknowledged.
+
+    Writes only ``notify()``; the thread coalesces any number of notifications
+    into one ``release_all`` run, which resumes from its bookmarks, so nothing
+    is missed and a burst of envelopes costs one release pass, not one each.
+    Every ``poll`` seconds it also checks (read-only) for rows written by
+    another process, such as a sync agent storing what it pulled from a partner,
+    so those go onward under policy without the agent doing it.
+
+    Acknowledged writes come first: while envelopes keep arriving the thread
+    waits until writes have been quiet for a moment (at most ``max_delay``
+    seconds), and a release pass that is running when writes come in leaves
+    them the write lock between its batches for twice as long as its last
+    batch held it, so it takes at most about a third of the lock while a push
+    goes on (and still gets through a backlog under a never-ending one).
+
+    Quiet means no POST under way in this worker (one may be reading its body
+    or waiting for the write lock), ``quiet`` seconds since this worker's last
+    write, and ``quiet_elsewhere`` seconds since the newest row's ``date_added``
+    for rows newer than that write, served by the node's other workers or
+    written by another process (a sync agent). That stamp is taken when the
+    rows are inserted, a whole push cycle (parse, check, insert, answer, the
+    client's next envelope) before the next one: 0.2-0.5 s for 1,000 objects on
+    a busy 2-core machine. With 0.2 s for both, a worker that saw another's
+    push only through the database took its gaps for quiet and released during
+    the push (1 pusher on 4 workers: 4,000 objects/s against 9,600 on 1).
+    """
+
+    def __init__(
+        self, opened: Any, *, poll: float = 1.0, quiet: float = 0.2, quiet_elsewhere: float = 1.0, max_delay: float = 30.0
+    ) -> None:
+        self._opened = opened
+        self._poll = poll
+        self._quiet = quiet
+        self._quiet_elsewhere = max(quiet, quiet_elsewhere)
+        self._max_delay = max_delay
+        self._last_write = 0.0
+        self._last_write_us = 0  # wall clock of that write's acknowledgement: rows stamped before it are not news
+        self._writing = 0  # POSTs under way in this worker
+        self._writing_lock = threading.Lock()
+        self._batch_began = 0.0
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cti-exchange-release", daemon=True)
+        self._thread.start()
+        self._wake.set()  # catch up on anything written while no server ran
+
+    def notify(self, coll: Any) -> None:
+        if coll.role in ("own", "partner-inbox"):
+            self._last_write = time.monotonic()
+            self._last_write_us = now_us()
+            self._wake.set()
+
+    def activity(self, started: bool) -> None:
+        """A POST began (True) or ended (False) in this worker."""
+        with self._writing_lock:
+            self._writing += 1 if started else -1
+            if not started:
+                self._last_write = time.monotonic()
+
+    def _quiet_in(self) -> float:
+        """Seconds until writes to the release sources, here or through another worker, count as quiet (0: now)."""
+        if self._writing > 0:
+            return self._quiet  # a write is under way here: look again in a moment
+        here = self._quiet - (time.monotonic() - self._last_write)
+        if here > 0:
+            return here
+        newest = newest_write(self._opened)  # writes served by the node's other workers (a few index probes)
+        if newest is None or newest <= self._last_write_us:
+            return 0.0  # nothing newer than this worker's own last write, which is quiet
+        return max(0.0, self._quiet_elsewhere - (now_us() - newest) / 1e6)
+
+    def _settle(self) -> None:
+        """Wait until writes have been quiet, or ``max_delay`` passed."""
+        deadline = time.monotonic() + self._max_delay
+        while (now := time.monotonic()) < deadline:
+            wait = self._quiet_in()
+            if wait <= 0:
+                return
+            time.sleep(min(max(wait, 0.02), deadline - now))
+
+    def _pause(self) -> None:
+        """Between release batches: while writes are arriving, leave them the write lock twice as long as the last batch held it."""
+        held = time.monotonic() - self._batch_began
+        if self._quiet_in() > 0:
+            time.sleep(min(max(2 * held, 0.05), 3.0))
+        self._batch_began = time.monotonic()
+
+    def _run(self) -> None:
+        while True:
+            woken = self._wake.wait(self._poll)
+            self._wake.clear()
+            try:
+                if woken or pending(self._opened):
+                    self._settle()  # also when another worker's writes woke the poll: they may still be arriving
+                    # one releaser at a time across the node's workers; one that skips is covered by the
+                    # running one, or by its own next poll for what that one's last batch did not see
+                    with self._opened.store.try_exclusive() as mine:
+                        if mine:
+                            self._batch_began = time.monotonic()
+                            release_all(self._opened, pause=self._pause)
+            except Exception:  # never let the thread die: the next notification retries from the bookmarks
+                log.exception("background release failed")
+
+
+def data_dir_factory(node_name: str, data_dir: Path | None, database: str | None, **kwargs: Any) -> Callable[[], Flask]:
+    """A zero-argument factory (runs in each worker) building the node's app."""
+
+    def factory() -> Flask:
+        opened = open_node(node_name, data_dir=data_dir, database=database)
+        releaser = BackgroundReleaser(opened)
+        return create_app(opened.node, opened.store, after_write=releaser.notify, write_activity=releaser.activity, **kwargs)
+
+    return factory
