@@ -24,6 +24,7 @@ Per run it measures, the way ``shared/reference/performance-notes.md`` did:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -250,17 +251,13 @@ def _wait_http(url: str, deadline: float) -> None:
 
 def stop_process_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=10)
     if proc.stdout:
         proc.stdout.close()
@@ -314,9 +311,9 @@ def start_ours(data_dir: Path, workers: int | None, threads: int | None, strict:
     try:
         api_root = _read_line_matching(proc, "API root:", time.monotonic() + 60)
         _wait_http(api_root, time.monotonic() + 30)
-    except Exception:
+    except Exception as exc:
         stop_process_group(proc)
-        raise RuntimeError(f"our node did not start; log: {log_path.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(f"our node did not start; log: {log_path.read_text(errors='replace')[-2000:]}") from exc
     return Server(proc, f"{api_root}collections/{coll_id}/", log_path)
 
 
@@ -357,9 +354,9 @@ def start_medallion(work: Path) -> Server:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/taxii2/", time.monotonic() + 60)
-    except Exception:
+    except Exception as exc:
         stop_process_group(proc)
-        raise RuntimeError(f"medallion did not start; log: {log_path.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(f"medallion did not start; log: {log_path.read_text(errors='replace')[-2000:]}") from exc
     return Server(proc, f"{root}collections/{coll_id}/", log_path)
 
 
@@ -624,7 +621,10 @@ def _ms(v: float | None) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = ["server", "N", "push obj/s", "push first→last 10%", "pull obj/s", "last page", "(method)", "first page", "peak RSS tree", "procs", "load before"]
+    head = [
+        "server", "N", "push obj/s", "push first→last 10%", "pull obj/s", "last page", "(method)", "first page", "peak RSS tree", "procs",
+        "load before",
+    ]
     rows = []
     for r in results:
         method = "next" if "next token" in r.last_page_method else ("added_after" if "added_after" in r.last_page_method else "1 page")
@@ -644,7 +644,7 @@ def table(results: list[Result]) -> str:
             ]
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -686,7 +686,10 @@ def targets(results: list[Result]) -> list[dict]:
         out.append({"target": name, "at": at, "value": value, "goal": goal, "met": ok})
 
     add("pull objects/s", big.pull_per_s, f">= {TARGET_PULL:,.0f}", None if big.pull_per_s is None else big.pull_per_s >= TARGET_PULL)
-    add("push objects/s (input checks on)", big.push_per_s, f">= {TARGET_PUSH:,.0f}", None if big.push_per_s is None else big.push_per_s >= TARGET_PUSH)
+    add(
+        "push objects/s (input checks on)", big.push_per_s, f">= {TARGET_PUSH:,.0f}",
+        None if big.push_per_s is None else big.push_per_s >= TARGET_PUSH,
+    )
     factor = None if big.last_page_s is None or small.last_page_s is None else big.last_page_s / small.last_page_s
     add(
         f"last-page fetch vs N={small.n:,}",

@@ -601,7 +601,7 @@ def bench_pulls(args, url: str, tmp: Path, setup: Setup) -> dict[int, ServerRun]
     for kind in args.clients:
         r1, r4 = runs[1].pull_4c.get(kind), runs[4].pull_4c.get(kind)
         if r1 and r4:
-            r4["paired_ratios"] = [round(b / a, 3) for a, b in zip(r1["reps"], r4["reps"])]
+            r4["paired_ratios"] = [round(b / a, 3) for a, b in zip(r1["reps"], r4["reps"], strict=True)]
     return runs
 
 
@@ -784,7 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5, help="requests per last-page median (default 5)")
     p.add_argument("--pull-reps", type=int, default=3, help="4-client pulls per client kind and server (default 3; the median is reported)")
     p.add_argument("--clients", default=",".join(CLIENTS),
-                   help=f"client kinds for the 4-client pulls, comma-separated (default: all: {','.join(CLIENTS)}; the target is read on {TARGET_CLIENT})")
+                   help=f"client kinds for the 4-client pulls, comma-separated "
+                        f"(default: all: {','.join(CLIENTS)}; the target is read on {TARGET_CLIENT})")
     p.add_argument("--pg", default="/var/run/postgresql", help="PostgreSQL host or socket directory")
     p.add_argument("--no-analyze", action="store_true", help="skip VACUUM ANALYZE after the bulk load")
     p.add_argument("--no-ref", action="store_true", help="skip medallion")
@@ -816,7 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("-- setup: load in process ...", flush=True)
         setup = setup_database(url, args.pg, db, args.n, args.load_batch, {"rok-inbox": 1000, "jp-read": 2000}, args.seed, not args.no_analyze)
-        print(f"   {args.n:,} in {setup.load_s:.1f} s = {setup.load_per_s:,.0f}/s; analyze {setup.analyze_s:.1f} s; {setup.db_size_mb:,.0f} MB", flush=True)
+        print(
+            f"   {args.n:,} in {setup.load_s:.1f} s = {setup.load_per_s:,.0f}/s; analyze {setup.analyze_s:.1f} s; {setup.db_size_mb:,.0f} MB",
+            flush=True,
+        )
         if not args.no_ref:
             print(f"-- medallion 3.0.0 memory backend, N = {args.ref_n:,} ...", flush=True)
             ref = medallion_ref(args.ref_n, args)

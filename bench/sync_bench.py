@@ -108,7 +108,7 @@ def mixed_indicators(n: int, seed: int, mix: dict[str, float]) -> list[dict]:
         names += [name] * int(round(n * share))
     names = (names + ["GREEN"] * n)[:n]
     random.Random(seed).shuffle(names)
-    for obj, name in zip(objs, names):
+    for obj, name in zip(objs, names, strict=True):
         obj["created_by_ref"] = US_IDENTITY
         obj["object_marking_refs"] = [TLP[name]]
     return objs
@@ -227,9 +227,9 @@ def run_agent(cmd: list[str], timeout: float, profile: Path | None, rate: int = 
     sampler = RssSampler(proc.pid).start()
     try:
         out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         stop_process_group(proc)
-        raise RuntimeError(f"agent did not finish within {timeout:.0f} s: {' '.join(cmd)}")
+        raise RuntimeError(f"agent did not finish within {timeout:.0f} s: {' '.join(cmd)}") from exc
     finally:
         sampler.stop()
     wall = time.perf_counter() - t0
@@ -374,7 +374,9 @@ def full_sync(args: argparse.Namespace, work: Path, fig: Figures, procs: list) -
             rok_prof.wait(timeout=60)
         except subprocess.TimeoutExpired:
             stop_process_group(rok_prof)
-        fig.profiles["push (py-spy, receiving ROK server worker, incl. its background release)"] = profile_summary_raw(args.profile / "push-rok-server.raw")
+        fig.profiles["push (py-spy, receiving ROK server worker, incl. its background release)"] = profile_summary_raw(
+            args.profile / "push-rok-server.raw"
+        )
     rok_rss.stop()
     keys, by = inbox_census(rok2_dir, "rok", "us-inbox")
     fig.push_inbox_rows, fig.push_inbox_by_tlp, fig.push_exact = len(keys) + by.get("(duplicate rows)", 0), dict(by), keys == released_keys
@@ -586,11 +588,20 @@ def report(fig: Figures) -> tuple[str, list[dict]]:
     out = [f"| phase (N = {n:,}) | seconds | objects/s (N / s) | check |", "|---|---|---|---|"]
     out += [f"| {a} | {b:.1f} | {c} | {d} |" for a, b, c, d in rows]
     if fig.latency_s:
-        out.append(f"| single object, --interval 1 (x{len(fig.latency_s)}) | median {fig.latency_median_s:.2f}, max {fig.latency_max_s:.2f} | - | {fig.latency_s} |")
+        out.append(
+            f"| single object, --interval 1 (x{len(fig.latency_s)}) "
+            f"| median {fig.latency_median_s:.2f}, max {fig.latency_max_s:.2f} | - | {fig.latency_s} |"
+        )
     if fig.ref_medallion_s and fig.ref_ours_s:
         ours = statistics.median(fig.ref_ours_s)
-        out.append(f"| reference: PartnerClient.pages, {fig.ref_n:,} objects, medallion memory | {fig.ref_medallion_s:.2f} | {fig.ref_n / fig.ref_medallion_s:,.0f} | 1 walk |")
-        out.append(f"| reference: same, our node (us-intel) | {ours:.3f} | {fig.ref_n / ours:,.0f} | median of 3; ours is {fig.ref_medallion_s / ours:,.0f}x faster |")
+        out.append(
+            f"| reference: PartnerClient.pages, {fig.ref_n:,} objects, medallion memory | {fig.ref_medallion_s:.2f} "
+            f"| {fig.ref_n / fig.ref_medallion_s:,.0f} | 1 walk |"
+        )
+        out.append(
+            f"| reference: same, our node (us-intel) | {ours:.3f} | {fig.ref_n / ours:,.0f} "
+            f"| median of 3; ours is {fig.ref_medallion_s / ours:,.0f}x faster |"
+        )
     withheld_leaked = {k: v for k, v in {**fig.pull_inbox_by_tlp, **fig.push_inbox_by_tlp}.items() if k in WITHHELD_FROM_ROK}
     targets = [
         {"target": "end to end >= 5,000 objects/s (live: release, serve, pull at once)", "value": e2e_live,
@@ -625,11 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     shares = [float(x) / 100 for x in args.mix.split(",")]
     if len(shares) != 5:
         p.error("--mix needs 5 numbers")
-    fig = Figures(n=n, mix=dict(zip(TLP, shares)), ref_n=args.ref_n)
+    fig = Figures(n=n, mix=dict(zip(TLP, shares, strict=True)), ref_n=args.ref_n)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     _src, code = prepare_source(None, False)
-    print(f"code under test: working tree at {code['head'][:12]}" + (f", uncommitted changes in: {', '.join(code['uncommitted_changes'])}" if code["uncommitted_changes"] else ""))
+    changes = f", uncommitted changes in: {', '.join(code['uncommitted_changes'])}" if code["uncommitted_changes"] else ""
+    print(f"code under test: working tree at {code['head'][:12]}" + changes)
     print(f"sync benchmark: N={n:,}, mix {fig.mix}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     work = Path(tempfile.mkdtemp(prefix=f"cti-sync-bench-{n}-"))
     procs: list[NodeProcess] = []

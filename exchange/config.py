@@ -38,6 +38,23 @@ def collections_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "collections"
 
 
+
+def normalise_subject(text: str) -> str:
+    """An RFC 4514 distinguished name in canonical form (``CN=rok@us``); ``ValueError`` if it is not one."""
+    from cryptography import x509
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("expected an RFC 4514 distinguished name such as 'CN=rok@us'")
+    try:
+        name = x509.Name.from_rfc4514_string(text.strip())
+    except ValueError as exc:
+        detail = f": {exc}" if str(exc) else ""
+        raise ValueError(f"{text!r} is not an RFC 4514 distinguished name such as 'CN=rok@us'{detail}") from None
+    if not len(name):
+        raise ValueError("expected an RFC 4514 distinguished name such as 'CN=rok@us'")
+    return name.rfc4514_string()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -117,8 +134,6 @@ class AccountConfig(_Strict):
     def _subject(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from exchange.node.tls import normalise_subject
-
         return normalise_subject(value)
 
 

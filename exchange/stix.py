@@ -111,12 +111,28 @@ def check_object(obj: Any) -> str | None:
     stype = obj.get("type")
     if not isinstance(stype, str) or not (3 <= len(stype) <= 250) or not _TYPE_RE.match(stype):
         return "'type' is missing or not a valid STIX type name (s3.1)"
+    return (
+        _check_id(obj, stype)
+        or _check_versioning(obj, stype)
+        or _check_timestamps(obj)
+        or _check_type_properties(obj, stype)
+        or _check_common(obj)
+    )
+
+
+def _check_id(obj: dict, stype: str) -> str | None:
+    """``id`` is ``<type>--<UUID>`` for the object's own type (STIX 2.1 s2.9)."""
     sid = obj.get("id")
     if not isinstance(sid, str):
         return "'id' is missing or not a string (s2.9)"
     m = _ID_RE.match(sid)
     if m is None or m.group(1) != stype:
         return f"'id' {sid[:200]!r} is not of the form '{stype}--<UUID>' (s2.9)"
+    return None
+
+
+def _check_versioning(obj: dict, stype: str) -> str | None:
+    """``spec_version`` is 2.1 (optional for SCOs); SDOs/SROs have ``created`` and ``modified`` (STIX 2.1 s3.2)."""
     spec = obj.get("spec_version")
     is_sco = stype in SCO_TYPES
     if spec is None:
@@ -129,6 +145,11 @@ def check_object(obj: Any) -> str | None:
             return "'created' is required (s3.2)"
         if stype != "marking-definition" and "modified" not in obj:
             return "'modified' is required (s3.2)"
+    return None
+
+
+def _check_timestamps(obj: dict) -> str | None:
+    """Every timestamp property parses, and ``modified`` is not before ``created`` (STIX 2.1 s3.2)."""
     stamps: dict[str, int] = {}
     for prop in TIMESTAMP_PROPS:
         if prop in obj:
@@ -138,6 +159,11 @@ def check_object(obj: Any) -> str | None:
                 return f"'{prop}': {exc}"
     if "created" in stamps and "modified" in stamps and stamps["modified"] < stamps["created"]:
         return "'modified' must not be earlier than 'created' (s3.2)"
+    return None
+
+
+def _check_type_properties(obj: dict, stype: str) -> str | None:
+    """The required properties of the object's type (STIX 2.1 s4-s7) and the opinion vocabulary."""
     for prop in REQUIRED.get(stype, ()):
         if prop not in obj:
             return f"'{prop}' is required for type '{stype}'"
@@ -145,32 +171,14 @@ def check_object(obj: Any) -> str | None:
         return "a marking-definition needs 'definition_type' and 'definition', or 'extensions' (s7.2.1)"
     if stype == "opinion" and obj.get("opinion") not in OPINIONS:
         return f"'opinion' must be one of {sorted(OPINIONS)}"
-    return _check_common(obj)
+    return None
 
 
 def _check_common(obj: dict) -> str | None:
-    for key, value in obj.items():
-        if key.endswith("_ref"):
-            if not isinstance(value, str) or _ID_RE.match(value) is None:
-                return f"'{key}' must be a STIX identifier (s2.9)"
-        elif key.endswith("_refs"):
-            if not isinstance(value, list) or not all(isinstance(v, str) and _ID_RE.match(v) for v in value):
-                return f"'{key}' must be a list of STIX identifiers (s2.9)"
-    refs = obj.get("object_marking_refs")
-    if refs is not None and not all(r.startswith("marking-definition--") for r in refs):
-        return "'object_marking_refs' must reference marking-definition objects (s7.2.2)"
-    granular = obj.get("granular_markings")
-    if granular is not None:
-        if not isinstance(granular, list):
-            return "'granular_markings' must be a list (s7.2.3)"
-        for gm in granular:
-            if not isinstance(gm, dict) or not isinstance(gm.get("selectors"), list) or not gm["selectors"]:
-                return "each granular marking needs a non-empty 'selectors' list (s7.2.3)"
-            ref = gm.get("marking_ref")
-            if ref is None and "lang" not in gm:
-                return "each granular marking needs 'marking_ref' or 'lang' (s7.2.3)"
-            if ref is not None and (not isinstance(ref, str) or not ref.startswith("marking-definition--")):
-                return "'marking_ref' must reference a marking-definition (s7.2.3)"
+    """The optional common properties, where present: references, markings, confidence, labels, external references."""
+    problem = _check_refs(obj) or _check_markings(obj)
+    if problem is not None:
+        return problem
     confidence = obj.get("confidence")
     if confidence is not None and (not isinstance(confidence, int) or isinstance(confidence, bool) or not 0 <= confidence <= 100):
         return "'confidence' must be an integer from 0 to 100 (s3.2)"
@@ -181,6 +189,37 @@ def _check_common(obj: dict) -> str | None:
     ext = obj.get("external_references")
     if ext is not None and (not isinstance(ext, list) or not all(isinstance(e, dict) and isinstance(e.get("source_name"), str) for e in ext)):
         return "'external_references' must be a list of objects with 'source_name' (s2.5)"
+    return None
+
+
+def _check_refs(obj: dict) -> str | None:
+    """Every ``*_ref`` property is an identifier and every ``*_refs`` a list of them (STIX 2.1 s2.9)."""
+    for key, value in obj.items():
+        if key.endswith("_ref") and (not isinstance(value, str) or _ID_RE.match(value) is None):
+            return f"'{key}' must be a STIX identifier (s2.9)"
+        elif key.endswith("_refs") and (not isinstance(value, list) or not all(isinstance(v, str) and _ID_RE.match(v) for v in value)):
+            return f"'{key}' must be a list of STIX identifiers (s2.9)"
+    return None
+
+
+def _check_markings(obj: dict) -> str | None:
+    """Object markings reference marking definitions (STIX 2.1 s7.2.2); granular markings are well formed (s7.2.3)."""
+    refs = obj.get("object_marking_refs")
+    if refs is not None and not all(r.startswith("marking-definition--") for r in refs):
+        return "'object_marking_refs' must reference marking-definition objects (s7.2.2)"
+    granular = obj.get("granular_markings")
+    if granular is None:
+        return None
+    if not isinstance(granular, list):
+        return "'granular_markings' must be a list (s7.2.3)"
+    for gm in granular:
+        if not isinstance(gm, dict) or not isinstance(gm.get("selectors"), list) or not gm["selectors"]:
+            return "each granular marking needs a non-empty 'selectors' list (s7.2.3)"
+        ref = gm.get("marking_ref")
+        if ref is None and "lang" not in gm:
+            return "each granular marking needs 'marking_ref' or 'lang' (s7.2.3)"
+        if ref is not None and (not isinstance(ref, str) or not ref.startswith("marking-definition--")):
+            return "'marking_ref' must reference a marking-definition (s7.2.3)"
     return None
 
 

@@ -2,6 +2,10 @@
 
 Every ``ExchangeError`` becomes one line on stderr and a non-zero exit; the
 subcommands live in one module per job and are registered here.
+
+Click commands only: argument parsing, output and exit codes. Everything a library
+user would need lives in the layers below, which this package may import (node,
+storage, policy, sharing, demo); nothing imports ``exchange.cli`` but ``__main__``.
 """
 
 from __future__ import annotations

@@ -213,7 +213,9 @@ COMMANDS = [load, release, sync, audit]
 @click.option("--remote", is_flag=True, help="Drive nodes and sync agents that already run (docker-compose) instead of starting them.")
 @click.option("--us-url", help="--remote: the US node's API root URL.")
 @click.option("--rok-url", help="--remote: the ROK node's API root URL.")
-@click.option("--secrets", "secrets_dir", type=click.Path(file_okay=False, path_type=Path), help="--remote: credentials folder (DIR/<node>/<account>).")
+@click.option(
+    "--secrets", "secrets_dir", type=click.Path(file_okay=False, path_type=Path), help="--remote: credentials folder (DIR/<node>/<account>)."
+)
 @click.option("--us-data", type=click.Path(file_okay=False, path_type=Path), help="--remote: the US node's data folder (for its audit log).")
 @click.option("--rok-data", type=click.Path(file_okay=False, path_type=Path), help="--remote: the ROK node's data folder.")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=180, show_default=True, help="--remote: how long to wait for the agents.")
@@ -235,7 +237,8 @@ def demo(
     from exchange.demo.run import run_demo, run_remote_demo, summary_json
 
     if remote:
-        missing = [n for n, v in (("--us-url", us_url), ("--rok-url", rok_url), ("--secrets", secrets_dir), ("--us-data", us_data), ("--rok-data", rok_data)) if not v]
+        needed = (("--us-url", us_url), ("--rok-url", rok_url), ("--secrets", secrets_dir), ("--us-data", us_data), ("--rok-data", rok_data))
+        missing = [n for n, v in needed if not v]
         if missing:
             raise click.UsageError(f"--remote needs {', '.join(missing)}")
         result = run_remote_demo(

@@ -361,7 +361,9 @@ def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], r
         out.append(audit.Entry("inbound-accept", partner, obj["id"], version, "accepted", (), detail))
     for f in failures:
         rule = str(f.get("message", "")).split(":", 1)[0]
-        out.append(audit.Entry("inbound-reject", partner, f.get("id") or None, f.get("version"), "rejected", (rule,), {"reason": f.get("message", "")}))
+        out.append(
+            audit.Entry("inbound-reject", partner, f.get("id") or None, f.get("version"), "rejected", (rule,), {"reason": f.get("message", "")})
+        )
     return out
 
 

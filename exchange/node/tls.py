@@ -19,27 +19,12 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from exchange.config import normalise_subject
 from exchange.errors import ConfigError
 
 __all__ = [
     "CertificateMap", "check_files", "classify_ssl_error", "explain_ssl_error", "normalise_subject", "server_context", "subject_of_der",
 ]
-
-
-def normalise_subject(text: str) -> str:
-    """An RFC 4514 distinguished name in canonical form (``CN=rok@us``); ``ValueError`` if it is not one."""
-    from cryptography import x509
-
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("expected an RFC 4514 distinguished name such as 'CN=rok@us'")
-    try:
-        name = x509.Name.from_rfc4514_string(text.strip())
-    except ValueError as exc:
-        detail = f": {exc}" if str(exc) else ""
-        raise ValueError(f"{text!r} is not an RFC 4514 distinguished name such as 'CN=rok@us'{detail}") from None
-    if not len(name):
-        raise ValueError("expected an RFC 4514 distinguished name such as 'CN=rok@us'")
-    return name.rfc4514_string()
 
 
 def subject_of_der(der: bytes) -> str:

@@ -40,6 +40,7 @@ until its deadline: ``--threads`` bounds how many of those a worker absorbs,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -219,7 +220,8 @@ class _ExchangeWorker(gthread.ThreadWorker):
                 if self._head_incomplete(conn):
                     if now < conn.deadline:
                         return _DEFER  # the poller hands it back when more arrives (or closes it after keepalive s idle)
-                    self.handle_error(None, conn.sock, conn.client, SlowClient(f"the request head was not received within {self.request_timeout:g} s"))
+                    slow = SlowClient(f"the request head was not received within {self.request_timeout:g} s")
+                    self.handle_error(None, conn.sock, conn.client, slow)
                     return False
                 if not conn.initialized:
                     conn.data_ready = True  # its bytes are in conn.early: gunicorn must not wait for the socket
@@ -342,10 +344,8 @@ class _ExchangeWorker(gthread.ThreadWorker):
 
     def _end_linger(self, sock: Any) -> None:
         self._lingering.pop(sock, None)
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             self.poller.unregister(sock)
-        except (OSError, ValueError, KeyError):
-            pass
         gunicorn_util.close(sock)
 
     def murder_pending(self) -> None:  # called by the main loop at least once a second

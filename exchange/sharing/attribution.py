@@ -434,7 +434,10 @@ def build_proposal(*, creator: str, subject: Mapping[str, Any], actor: Mapping[s
     else:
         rel["id"] = f"relationship--{uuid.uuid4()}"
         rel["created"] = rel["modified"] = now
-    text = f"Proposed attribution (for joint concurrence under the SCCF): {subject.get('name', subject['id'])} is attributed to {actor.get('name', actor['id'])}."
+    text = (
+        "Proposed attribution (for joint concurrence under the SCCF): "
+        f"{subject.get('name', subject['id'])} is attributed to {actor.get('name', actor['id'])}."
+    )
     if rationale:
         text += f" Rationale: {rationale}"
     rel.update({

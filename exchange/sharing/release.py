@@ -135,7 +135,7 @@ def _walk(
             concurred = concurred_for(opened, objs, policy)
             for p in recipients:
                 mark = marks[p]
-                mine = objs if mark is None or mark == after else [o for r, o in zip(rows, objs) if (r.date_added, r.seq) > mark]
+                mine = objs if mark is None or mark == after else [o for r, o in zip(rows, objs, strict=True) if (r.date_added, r.seq) > mark]
                 if not mine:
                     continue
                 batch = _judge_and_write(opened, conn, p, policy, src, mine, now, cache, concurred)
@@ -216,7 +216,7 @@ def _judge_and_write(
             d.decision, partner, d.id, d.version, d.decision, tuple(d.clauses),
             {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": tlp_name(obj)},
         )
-        for d, obj in zip(decisions, objs)
+        for d, obj in zip(decisions, objs, strict=True)  # evaluate: one decision per object, in order
     ]
     entries += [
         audit.Entry(

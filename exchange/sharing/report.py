@@ -52,6 +52,18 @@ def _pct(values: list[float], q: float) -> float:
 def build_report(logs: dict[str, list[dict]]) -> dict[str, Any]:
     """Counts and timings per direction (sender -> recipient) from audit entries."""
     directions: dict[str, dict[str, Any]] = {}
+    released_at = _tally_decisions(logs, directions)
+    for node, entries in logs.items():
+        _tally_arrivals(node, entries, directions, released_at)
+        _tally_rejections(node, entries, directions)
+    out: dict[str, Any] = {"nodes": sorted(logs), "directions": {}}
+    for name, d in sorted(directions.items()):
+        out["directions"][name] = _summarise(d)
+    return out
+
+
+def _tally_decisions(logs: dict[str, list[dict]], directions: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str, str | None], int]:
+    """Count each node's latest decision per (partner, object version); return when each version was released, by key."""
     released_at: dict[tuple[str, str, str, str | None], int] = {}
     for node, entries in logs.items():
         latest: dict[tuple, dict] = {}
@@ -70,62 +82,74 @@ def build_report(logs: dict[str, list[dict]]) -> dict[str, Any]:
             if e["decision"] != "share":
                 for c in e["clauses"]:
                     d["clauses"][f"{e['decision']}: {c}"] += 1
-    # arrivals: what each node accepted from a partner (pulled, or pushed into its inbox);
-    # an object version that came both ways counts once, at its first arrival
-    for node, entries in logs.items():
-        seen: set[tuple] = set()
-        for e in entries:
-            if e["event"] not in ("pull", "inbound-accept"):
-                continue
-            sender = e["partner"]
-            key = (sender, node, e["object_id"], e["version"])
-            if key in seen:
-                continue
-            seen.add(key)
-            d = directions.setdefault(f"{sender}->{node}", _empty())
-            d["arrived"] += 1
-            if key in released_at:
-                seconds = (e["at"] - released_at[key]) / 1e6
-                basis = "release-to-arrival"
-            elif "latency_s" in e["detail"]:
-                seconds = e["detail"]["latency_s"]
-                basis = "publication-to-arrival"
-            else:
-                continue
-            d["latency"][e["detail"].get("tlp", "none")].append(max(seconds, 0.0))
-            d["latency_basis"].add(basis)
-        for e in entries:
-            if e["event"] in ("inbound-reject", "push-reject"):
-                sender = e["partner"] if e["event"] == "inbound-reject" else node
-                recipient = node if e["event"] == "inbound-reject" else e["partner"]
-                d = directions.setdefault(f"{sender}->{recipient}", _empty())
-                d["rejected"][e["clauses"][0] if e["clauses"] else "?"] += 1
-            elif e["event"] == "transport-withhold" and e["partner"]:
-                # released, but not served or pushed to the partner over plain HTTP (IEP encrypt_in_transit 'must')
-                d = directions.setdefault(f"{node}->{e['partner']}", _empty())
-                d["in_transit"].add((e["object_id"], e["version"]))
-    out: dict[str, Any] = {"nodes": sorted(logs), "directions": {}}
-    for name, d in sorted(directions.items()):
-        lat = {}
-        for tlp, values in d["latency"].items():
-            lat[tlp] = {
-                "count": len(values),
-                "median_s": round(statistics.median(values), 3),
-                "p90_s": round(_pct(values, 0.9), 3),
-                "max_s": round(max(values), 3),
-            }
-        out["directions"][name] = {
-            "decisions": dict(d["decisions"]),
-            "by_tlp": {k: dict(v) for k, v in sorted(d["by_tlp"].items(), key=lambda kv: _tlp_rank(kv[0]))},
-            "by_type": {k: dict(v) for k, v in sorted(d["by_type"].items())},
-            "clauses": dict(d["clauses"].most_common()),
-            "arrived": d["arrived"],
-            "rejected": dict(d["rejected"]),
-            "withheld_in_transit": len(d["in_transit"]),
-            "latency": {k: lat[k] for k in sorted(lat, key=_tlp_rank)},
-            "latency_basis": sorted(d["latency_basis"]),
+    return released_at
+
+
+def _tally_arrivals(
+    node: str, entries: list[dict], directions: dict[str, dict[str, Any]], released_at: dict[tuple[str, str, str, str | None], int]
+) -> None:
+    """Count what ``node`` accepted from a partner (pulled, or pushed into its inbox) and the time it took to arrive.
+
+    An object version that came both ways counts once, at its first arrival.
+    """
+    seen: set[tuple] = set()
+    for e in entries:
+        if e["event"] not in ("pull", "inbound-accept"):
+            continue
+        sender = e["partner"]
+        key = (sender, node, e["object_id"], e["version"])
+        if key in seen:
+            continue
+        seen.add(key)
+        d = directions.setdefault(f"{sender}->{node}", _empty())
+        d["arrived"] += 1
+        if key in released_at:
+            seconds = (e["at"] - released_at[key]) / 1e6
+            basis = "release-to-arrival"
+        elif "latency_s" in e["detail"]:
+            seconds = e["detail"]["latency_s"]
+            basis = "publication-to-arrival"
+        else:
+            continue
+        d["latency"][e["detail"].get("tlp", "none")].append(max(seconds, 0.0))
+        d["latency_basis"].add(basis)
+
+
+def _tally_rejections(node: str, entries: list[dict], directions: dict[str, dict[str, Any]]) -> None:
+    """Count the objects rejected on arrival, and those released but kept off plain HTTP, per direction."""
+    for e in entries:
+        if e["event"] in ("inbound-reject", "push-reject"):
+            sender = e["partner"] if e["event"] == "inbound-reject" else node
+            recipient = node if e["event"] == "inbound-reject" else e["partner"]
+            d = directions.setdefault(f"{sender}->{recipient}", _empty())
+            d["rejected"][e["clauses"][0] if e["clauses"] else "?"] += 1
+        elif e["event"] == "transport-withhold" and e["partner"]:
+            # released, but not served or pushed to the partner over plain HTTP (IEP encrypt_in_transit 'must')
+            d = directions.setdefault(f"{node}->{e['partner']}", _empty())
+            d["in_transit"].add((e["object_id"], e["version"]))
+
+
+def _summarise(d: dict[str, Any]) -> dict[str, Any]:
+    """One direction's tallies as the report shows them (TLP levels in TLP order, clauses most common first)."""
+    lat = {}
+    for tlp, values in d["latency"].items():
+        lat[tlp] = {
+            "count": len(values),
+            "median_s": round(statistics.median(values), 3),
+            "p90_s": round(_pct(values, 0.9), 3),
+            "max_s": round(max(values), 3),
         }
-    return out
+    return {
+        "decisions": dict(d["decisions"]),
+        "by_tlp": {k: dict(v) for k, v in sorted(d["by_tlp"].items(), key=lambda kv: _tlp_rank(kv[0]))},
+        "by_type": {k: dict(v) for k, v in sorted(d["by_type"].items())},
+        "clauses": dict(d["clauses"].most_common()),
+        "arrived": d["arrived"],
+        "rejected": dict(d["rejected"]),
+        "withheld_in_transit": len(d["in_transit"]),
+        "latency": {k: lat[k] for k in sorted(lat, key=_tlp_rank)},
+        "latency_basis": sorted(d["latency_basis"]),
+    }
 
 
 def _empty() -> dict[str, Any]:
@@ -216,7 +240,7 @@ def _stacked(rows: dict[str, dict[str, int]], title: str) -> str:
     for k in DECISIONS:
         values = [rows[label].get(k, 0) for label in labels]
         ax.barh(labels, values, left=left, color=_COLORS[k], label=k)
-        left = [a + b for a, b in zip(left, values)]
+        left = [a + b for a, b in zip(left, values, strict=True)]
     ax.set_xscale("symlog")
     ax.set_title(title)
     ax.invert_yaxis()

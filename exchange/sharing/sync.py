@@ -172,7 +172,11 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
         result = opened.store.add_in(conn, inbox_id, accepted)
         bad = {f["id"] for f in result.failures}
         for f in result.failures:
-            entries.append(audit.Entry("inbound-reject", partner, f["id"], f.get("version"), "rejected", ("inbound.same-version-differs",), {"reason": f["message"]}))
+            entries.append(
+                audit.Entry(
+                    "inbound-reject", partner, f["id"], f.get("version"), "rejected", ("inbound.same-version-differs",), {"reason": f["message"]}
+                )
+            )
         audit.append(conn, [e for e in entries if not (e.event == "pull" and e.object_id in bad)])
         opened.store.set_state(conn, key, orjson.dumps(new_mark).decode())
     mark.clear()
@@ -185,7 +189,10 @@ def _reject(partner: str, obj: Any, reason: str) -> audit.Entry:
     oid = obj.get("id") if isinstance(obj, dict) else None
     version = object_version(obj) if isinstance(obj, dict) else None
     rule = reason.split(":", 1)[0]
-    return audit.Entry("inbound-reject", partner, oid if isinstance(oid, str) else None, version if isinstance(version, str) else None, "rejected", (rule,), {"reason": reason})
+    return audit.Entry(
+        "inbound-reject", partner, oid if isinstance(oid, str) else None, version if isinstance(version, str) else None,
+        "rejected", (rule,), {"reason": reason},
+    )
 
 
 def _latency(obj: dict, now_us: int) -> dict:
@@ -218,7 +225,9 @@ def push(
         if not rows:
             return transfer
         objs = [orjson.loads(r.body) for r in rows if not (plain and r.encrypt_in_transit)]
-        status = with_retries(f"push to {partner}", lambda: _push_final(client, pcfg.push_to, objs), backoff, transfer) if objs else _NOTHING
+        status = _NOTHING
+        if objs:  # this envelope's objs bound as a default argument (with_retries calls it within this iteration only)
+            status = with_retries(f"push to {partner}", lambda objs=objs: _push_final(client, pcfg.push_to, objs), backoff, transfer)
         transfer.pages += 1
         transfer.received += len(objs)
         transfer.stored += status["success_count"]

@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -471,114 +471,15 @@ class Store:
         conn.execute(insert(sync_state).values(name=name, value=value))
 
     def _add_locked(self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult) -> None:
+        """Stage the batch's new versions, settle collisions with stored ones, then write (all under the write lock)."""
         stamp_str = format_timestamp(stamp)
-        ids = list(dict.fromkeys(o["id"] for o in objs))
         needs_encryption = self._encryption_check(conn, collection_id, objs)
-        existing: dict[str, list] = {}
-        for chunk in _chunks(ids, _CHUNK):
-            for row in conn.execute(
-                select(
-                    objects.c.seq, objects.c.stix_id, objects.c.version_key, objects.c.is_first, objects.c.is_last
-                ).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk))
-            ):
-                existing.setdefault(row.stix_id, []).append(row)
-
-        pending: dict[tuple[str, int], dict] = {}  # (id, version_key) -> row values
-        compare: list[tuple[dict, str, int]] = []  # posted objects that collide with a stored version
-        for obj in objs:
-            sid = obj["id"]
-            version = object_version(obj)
-            if version is None:  # SCO without created/modified: versioned by date_added
-                vkey, vstr = None, stamp_str
-            else:
-                vkey, vstr = parse_timestamp(version), version
-            key_for_match = vkey
-            rows = existing.get(sid, [])
-            if vkey is None:
-                # identical to the latest stored version of this SCO? then nothing new
-                last = next((r for r in rows if r.is_last), None)
-                if last is not None:
-                    compare.append((obj, vstr, last.version_key))
-                    continue
-                key_for_match = stamp
-            elif any(r.version_key == vkey for r in rows):
-                compare.append((obj, vstr, vkey))
-                continue
-            body = orjson.dumps(obj).decode("utf-8")
-            prior = pending.get((sid, key_for_match))
-            if prior is not None:
-                if orjson.loads(prior["body"]) == obj:
-                    result.successes.append({"id": sid, "version": vstr})
-                else:
-                    result.failures.append({"id": sid, "version": vstr, "message": "another object with this id and version is in the same envelope"})
-                continue
-            pending[(sid, key_for_match)] = {
-                "collection_id": collection_id,
-                "stix_id": sid,
-                "stix_type": obj["type"],
-                "version": vstr,
-                "version_key": key_for_match,
-                "spec_version": obj.get("spec_version", "2.1"),
-                "date_added": stamp,
-                "is_first": False,
-                "is_last": False,
-                "body": body,
-                "encrypt_in_transit": needs_encryption(obj),
-            }
-            result.successes.append({"id": sid, "version": vstr})
-
-        # Identical re-posts are successes; different content under a stored version is a failure.
-        for chunk in _chunks(compare, _CHUNK):
-            # by (collection_id, stix_id): the unique index; a row-value IN would scan the collection on SQLite
-            keys = {(o["id"], k) for o, _, k in chunk}
-            stored = {
-                (r.stix_id, r.version_key): r.body
-                for r in conn.execute(
-                    select(objects.c.stix_id, objects.c.version_key, objects.c.body).where(
-                        objects.c.collection_id == collection_id, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
-                    )
-                )
-                if (r.stix_id, r.version_key) in keys
-            }
-            for obj, vstr, vkey in chunk:
-                body = stored.get((obj["id"], vkey))
-                if body is not None and orjson.loads(body) == obj:
-                    result.successes.append({"id": obj["id"], "version": vstr})
-                elif vstr == stamp_str:  # a changed SCO: store it as a new version
-                    pending[(obj["id"], stamp)] = {
-                        "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"],
-                        "version": vstr, "version_key": stamp, "spec_version": obj.get("spec_version", "2.1"),
-                        "date_added": stamp, "is_first": False, "is_last": False,
-                        "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj),
-                    }
-                    result.successes.append({"id": obj["id"], "version": vstr})
-                else:
-                    result.failures.append(
-                        {"id": obj["id"], "version": vstr, "message": "a different object with this id and version is already stored (STIX 2.1 s3.6)"}
-                    )
-
+        existing = _stored_versions(conn, collection_id, list(dict.fromkeys(o["id"] for o in objs)))
+        pending, compare = _stage_versions(collection_id, objs, existing, stamp, stamp_str, needs_encryption, result)
+        _settle_collisions(conn, collection_id, compare, pending, stamp, stamp_str, needs_encryption, result)
         if not pending:
             return
-        # Maintain is_first / is_last over stored and new versions of each touched id.
-        by_id: dict[str, list[int]] = {}
-        for sid, vkey in pending:
-            by_id.setdefault(sid, []).append(vkey)
-        clear_first: list[int] = []
-        clear_last: list[int] = []
-        for sid, new_keys in by_id.items():
-            rows = existing.get(sid, [])
-            all_keys = [r.version_key for r in rows] + new_keys
-            lo, hi = min(all_keys), max(all_keys)
-            for k in new_keys:
-                pending[(sid, k)]["is_first"] = k == lo
-                pending[(sid, k)]["is_last"] = k == hi
-            clear_first += [r.seq for r in rows if r.is_first and r.version_key != lo]
-            clear_last += [r.seq for r in rows if r.is_last and r.version_key != hi]
-        for chunk in _chunks(clear_first, _CHUNK):
-            conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_first=False))
-        for chunk in _chunks(clear_last, _CHUNK):
-            conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
-        insert_rows(conn, objects, list(pending.values()))
+        _write_versions(conn, existing, pending)
         result.added = len(pending)
         self._inserted_since_check += len(pending)
 
@@ -829,6 +730,150 @@ class Store:
                 select(statuses.c.account, statuses.c.body).where(statuses.c.id == status_id, statuses.c.api_root == api_root)
             ).first()
         return None if row is None else (row.account, orjson.loads(row.body))
+
+
+# -- objects: the steps of Store._add_locked (each runs once per batch) ---------------------------
+
+
+def _stored_versions(conn: Connection, collection_id: str, ids: Sequence[str]) -> dict[str, list]:
+    """The stored versions of ``ids`` in the collection (seq, version key, first/last flags), by id."""
+    existing: dict[str, list] = {}
+    for chunk in _chunks(ids, _CHUNK):
+        for row in conn.execute(
+            select(
+                objects.c.seq, objects.c.stix_id, objects.c.version_key, objects.c.is_first, objects.c.is_last
+            ).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk))
+        ):
+            existing.setdefault(row.stix_id, []).append(row)
+    return existing
+
+
+def _stage_versions(
+    collection_id: str,
+    objs: Sequence[dict],
+    existing: dict[str, list],
+    stamp: int,
+    stamp_str: str,
+    needs_encryption: Callable[[dict], bool],
+    result: AddResult,
+) -> tuple[dict[tuple[str, int], dict], list[tuple[dict, str, int]]]:
+    """The rows of versions not stored yet, by ``(id, version_key)``, and the posted objects that collide with a stored version.
+
+    An object's version is its ``modified``/``created`` (TAXII 2.1 s3.4.3); an SCO
+    without either is versioned by ``date_added``.  Two different objects with the
+    same id and version in one envelope: the second is a failure (STIX 2.1 s3.6).
+    """
+    pending: dict[tuple[str, int], dict] = {}  # (id, version_key) -> row values
+    compare: list[tuple[dict, str, int]] = []  # posted objects that collide with a stored version
+    for obj in objs:
+        sid = obj["id"]
+        version = object_version(obj)
+        if version is None:  # SCO without created/modified: versioned by date_added
+            vkey, vstr = None, stamp_str
+        else:
+            vkey, vstr = parse_timestamp(version), version
+        key_for_match = vkey
+        rows = existing.get(sid, [])
+        if vkey is None:
+            # identical to the latest stored version of this SCO? then nothing new
+            last = next((r for r in rows if r.is_last), None)
+            if last is not None:
+                compare.append((obj, vstr, last.version_key))
+                continue
+            key_for_match = stamp
+        elif any(r.version_key == vkey for r in rows):
+            compare.append((obj, vstr, vkey))
+            continue
+        body = orjson.dumps(obj).decode("utf-8")
+        prior = pending.get((sid, key_for_match))
+        if prior is not None:
+            if orjson.loads(prior["body"]) == obj:
+                result.successes.append({"id": sid, "version": vstr})
+            else:
+                result.failures.append({"id": sid, "version": vstr, "message": "another object with this id and version is in the same envelope"})
+            continue
+        pending[(sid, key_for_match)] = {
+            "collection_id": collection_id,
+            "stix_id": sid,
+            "stix_type": obj["type"],
+            "version": vstr,
+            "version_key": key_for_match,
+            "spec_version": obj.get("spec_version", "2.1"),
+            "date_added": stamp,
+            "is_first": False,
+            "is_last": False,
+            "body": body,
+            "encrypt_in_transit": needs_encryption(obj),
+        }
+        result.successes.append({"id": sid, "version": vstr})
+    return pending, compare
+
+
+def _settle_collisions(
+    conn: Connection,
+    collection_id: str,
+    compare: list[tuple[dict, str, int]],
+    pending: dict[tuple[str, int], dict],
+    stamp: int,
+    stamp_str: str,
+    needs_encryption: Callable[[dict], bool],
+    result: AddResult,
+) -> None:
+    """Identical re-posts are successes; different content under a stored version is a failure (STIX 2.1 s3.6).
+
+    A changed SCO without a version of its own is staged in ``pending`` as a new version at ``stamp``.
+    """
+    for chunk in _chunks(compare, _CHUNK):
+        # by (collection_id, stix_id): the unique index; a row-value IN would scan the collection on SQLite
+        keys = {(o["id"], k) for o, _, k in chunk}
+        stored = {
+            (r.stix_id, r.version_key): r.body
+            for r in conn.execute(
+                select(objects.c.stix_id, objects.c.version_key, objects.c.body).where(
+                    objects.c.collection_id == collection_id, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
+                )
+            )
+            if (r.stix_id, r.version_key) in keys
+        }
+        for obj, vstr, vkey in chunk:
+            body = stored.get((obj["id"], vkey))
+            if body is not None and orjson.loads(body) == obj:
+                result.successes.append({"id": obj["id"], "version": vstr})
+            elif vstr == stamp_str:  # a changed SCO: store it as a new version
+                pending[(obj["id"], stamp)] = {
+                    "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"],
+                    "version": vstr, "version_key": stamp, "spec_version": obj.get("spec_version", "2.1"),
+                    "date_added": stamp, "is_first": False, "is_last": False,
+                    "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj),
+                }
+                result.successes.append({"id": obj["id"], "version": vstr})
+            else:
+                result.failures.append(
+                    {"id": obj["id"], "version": vstr, "message": "a different object with this id and version is already stored (STIX 2.1 s3.6)"}
+                )
+
+
+def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[tuple[str, int], dict]) -> None:
+    """Insert the pending rows, keeping ``is_first``/``is_last`` right over the stored and new versions of each id."""
+    by_id: dict[str, list[int]] = {}
+    for sid, vkey in pending:
+        by_id.setdefault(sid, []).append(vkey)
+    clear_first: list[int] = []
+    clear_last: list[int] = []
+    for sid, new_keys in by_id.items():
+        rows = existing.get(sid, [])
+        all_keys = [r.version_key for r in rows] + new_keys
+        lo, hi = min(all_keys), max(all_keys)
+        for k in new_keys:
+            pending[(sid, k)]["is_first"] = k == lo
+            pending[(sid, k)]["is_last"] = k == hi
+        clear_first += [r.seq for r in rows if r.is_first and r.version_key != lo]
+        clear_last += [r.seq for r in rows if r.is_last and r.version_key != hi]
+    for chunk in _chunks(clear_first, _CHUNK):
+        conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_first=False))
+    for chunk in _chunks(clear_last, _CHUNK):
+        conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
+    insert_rows(conn, objects, list(pending.values()))
 
 
 def _engine_options(url: str) -> dict:

@@ -47,7 +47,7 @@ def test_attack_bundle_evaluates_under_each_policy_and_pair(name):
         counts = Counter(d.decision for d in decisions)
         # ATT&CK is a known public source: all of it may go anywhere, unchanged
         assert counts == {"share": 2130}, (name, sender, recipient, counts)
-        assert all(d.shared is o for d, o in zip(decisions, OBJECTS))
+        assert all(d.shared is o for d, o in zip(decisions, OBJECTS, strict=True))
         assert {d.clauses for d in decisions} == {("scf.public-sources", "scf.clear-anyone")}
         assert companions(decisions, OBJECTS, policy, sender, recipient) == []
     assert OBJECTS[:50] == before

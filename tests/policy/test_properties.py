@@ -76,7 +76,7 @@ def batch(draw):
         base.append(obj)
     objs.extend(base)
     ids = [o["id"] for o in base]
-    for j in range(draw(st.integers(0, 4))):
+    for _j in range(draw(st.integers(0, 4))):
         kind = draw(st.sampled_from(["relationship", "report", "sighting"]))
         common = {"spec_version": "2.1", "created": "2024-01-01T00:00:00.000Z", "modified": "2024-01-01T00:00:00.000Z"}
         creator = draw(st.sampled_from(CREATORS))
@@ -124,7 +124,7 @@ def _levels(refs, iep):
 @given(batch(), route)
 def test_nothing_marked_red_is_ever_shared(objs, r):
     decisions = evaluate(objs, POLICY, *r, now=NOW)
-    for obj, d in zip(objs, decisions):
+    for obj, d in zip(objs, decisions, strict=True):
         if mk.RED in _levels(obj.get("object_marking_refs"), objs[0]):
             assert d.decision == "withhold", (obj, d)
         # a field marked RED never leaves in a shared copy
@@ -139,7 +139,7 @@ def test_amber_strict_and_red_received_never_go_onward(objs, r):
     sender, recipient = r
     own = {POLICY.parties[sender].identity, POLICY.parties["joint"].identity}
     decisions = evaluate(objs, POLICY, sender, recipient, now=NOW)
-    for obj, d in zip(objs, decisions):
+    for obj, d in zip(objs, decisions, strict=True):
         if obj.get("created_by_ref") in own:
             continue
         levels = _levels(obj.get("object_marking_refs"), objs[0])
@@ -151,7 +151,7 @@ def test_amber_strict_and_red_received_never_go_onward(objs, r):
 @given(batch(), route)
 def test_amber_strict_never_reaches_partner(objs, r):
     decisions = evaluate(objs, POLICY, *r, now=NOW)
-    for obj, d in zip(objs, decisions):
+    for obj, d in zip(objs, decisions, strict=True):
         if set(obj.get("object_marking_refs") or ()) & STRICT_OR_RED:
             assert d.shared is None
 

@@ -40,7 +40,7 @@ def test_vector(name, vector):
                          held=vector.get("held", ()), concurred=concurred, transport=vector.get("transport"))
     assert objects == before, "evaluate mutated its input"
     aliases = [spec.get("alias") for spec in vector["objects"]]
-    by_alias = dict(zip(aliases, decisions))
+    by_alias = dict(zip(aliases, decisions, strict=True))
     for alias, exp in vector["expect"].items():
         d = by_alias[alias]
         got = {"decision": d.decision, "clauses": list(d.clauses), "removed_fields": list(d.removed_fields)}

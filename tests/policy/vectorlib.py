@@ -84,6 +84,25 @@ def _tlp_ids(value: Any) -> list[str]:
 
 def expand(specs: list[dict]) -> tuple[list[dict], dict[str, str]]:
     """The STIX objects of a vector and alias -> id."""
+    ids = _alias_ids(specs)
+    out = []
+    for spec in specs:
+        spec = copy.deepcopy(spec)
+        if "official" in spec:
+            out.append(copy.deepcopy(mk.TLP2_MARKINGS[ids[spec["alias"]]]))
+            continue
+        obj = _base_object(spec, ids)
+        _add_markings(obj, spec, ids)
+        if "iep" in spec:
+            _add_iep(obj, spec.pop("iep"))
+        for k, v in spec.items():
+            obj[k] = _sub(v, ids)
+        out.append(obj)
+    return out, ids
+
+
+def _alias_ids(specs: list[dict]) -> dict[str, str]:
+    """alias -> id for every object of a vector (official TLP markings, party identities, given ids, uuid5 of the alias)."""
     ids = {}
     for spec in specs:
         if "official" in spec:
@@ -94,64 +113,68 @@ def expand(specs: list[dict]) -> tuple[list[dict], dict[str, str]]:
             ids[spec["alias"]] = spec["id"]
         else:
             ids[spec["alias"].split("#")[0]] = alias_id(spec["type"], spec["alias"])
+    return ids
 
-    def sub(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("@"):
-            return ids[value[1:]]
-        if isinstance(value, list):
-            return [sub(v) for v in value]
-        if isinstance(value, dict):
-            return {k: sub(v) for k, v in value.items()}
-        return value
 
-    out = []
-    for spec in specs:
-        spec = copy.deepcopy(spec)
-        if "official" in spec:
-            out.append(copy.deepcopy(mk.TLP2_MARKINGS[ids[spec["alias"]]]))
-            continue
-        stype = spec.pop("type")
-        alias = spec.pop("alias")
-        obj: dict[str, Any] = {"type": stype, "spec_version": "2.1", "id": ids.get(alias, alias_id(stype, alias))}
-        if "party" in spec:
-            spec.pop("party")
-            spec.setdefault("name", "Party identity")
-        spec.pop("id", None)
-        if stype not in SCO:
-            obj["created"] = T0
-            if stype != "marking-definition":
-                obj["modified"] = spec.pop("modified", T0)
-        obj.update(copy.deepcopy(TEMPLATES[stype]))
-        creator = spec.pop("creator", None)
-        if creator is not None:
-            obj["created_by_ref"] = PARTY_IDS.get(creator, creator)
-        refs: list[str] = []
-        if "tlp" in spec:
-            refs += _tlp_ids(spec.pop("tlp"))
-        if "tlp1" in spec:
-            refs.append(TLP1[spec.pop("tlp1")])
-        for m in spec.pop("markings", []):
-            refs.append(MITRE_STATEMENT if m == "mitre" else sub(m))
-        if refs:
-            obj["object_marking_refs"] = refs
-        if "granular" in spec:
-            obj["granular_markings"] = [
-                {"marking_ref": _tlp_ids(g["tlp"])[0] if "tlp" in g else sub(g["marking"]), "selectors": g["selectors"]}
-                for g in spec.pop("granular")
-            ]
-        if "iep" in spec:
-            fields = dict(IEP_DEFAULT)
-            for k, v in (spec.pop("iep") or {}).items():
-                if v is None:
-                    fields.pop(k, None)
-                else:
-                    fields[k] = v
-            obj["name"] = "IEP test marking"
-            obj["extensions"] = {mk.IEP2_EXTENSION_ID: fields}
-        for k, v in spec.items():
-            obj[k] = sub(v)
-        out.append(obj)
-    return out, ids
+def _sub(value: Any, ids: dict[str, str]) -> Any:
+    """``value`` with every ``@alias`` string in it replaced by that alias's id."""
+    if isinstance(value, str) and value.startswith("@"):
+        return ids[value[1:]]
+    if isinstance(value, list):
+        return [_sub(v, ids) for v in value]
+    if isinstance(value, dict):
+        return {k: _sub(v, ids) for k, v in value.items()}
+    return value
+
+
+def _base_object(spec: dict, ids: dict[str, str]) -> dict[str, Any]:
+    """The object's type, id, timestamps, template properties and creator (popping their shorthands off ``spec``)."""
+    stype = spec.pop("type")
+    alias = spec.pop("alias")
+    obj: dict[str, Any] = {"type": stype, "spec_version": "2.1", "id": ids.get(alias, alias_id(stype, alias))}
+    if "party" in spec:
+        spec.pop("party")
+        spec.setdefault("name", "Party identity")
+    spec.pop("id", None)
+    if stype not in SCO:
+        obj["created"] = T0
+        if stype != "marking-definition":
+            obj["modified"] = spec.pop("modified", T0)
+    obj.update(copy.deepcopy(TEMPLATES[stype]))
+    creator = spec.pop("creator", None)
+    if creator is not None:
+        obj["created_by_ref"] = PARTY_IDS.get(creator, creator)
+    return obj
+
+
+def _add_markings(obj: dict[str, Any], spec: dict, ids: dict[str, str]) -> None:
+    """``object_marking_refs`` from ``tlp``/``tlp1``/``markings`` and ``granular_markings`` from ``granular`` (popped off ``spec``)."""
+    refs: list[str] = []
+    if "tlp" in spec:
+        refs += _tlp_ids(spec.pop("tlp"))
+    if "tlp1" in spec:
+        refs.append(TLP1[spec.pop("tlp1")])
+    for m in spec.pop("markings", []):
+        refs.append(MITRE_STATEMENT if m == "mitre" else _sub(m, ids))
+    if refs:
+        obj["object_marking_refs"] = refs
+    if "granular" in spec:
+        obj["granular_markings"] = [
+            {"marking_ref": _tlp_ids(g["tlp"])[0] if "tlp" in g else _sub(g["marking"], ids), "selectors": g["selectors"]}
+            for g in spec.pop("granular")
+        ]
+
+
+def _add_iep(obj: dict[str, Any], overrides: dict | None) -> None:
+    """Make ``obj`` an IEP 2.0 marking: FIRST's TLP-AMBER example with ``overrides`` (a ``None`` value drops the field)."""
+    fields = dict(IEP_DEFAULT)
+    for k, v in (overrides or {}).items():
+        if v is None:
+            fields.pop(k, None)
+        else:
+            fields[k] = v
+    obj["name"] = "IEP test marking"
+    obj["extensions"] = {mk.IEP2_EXTENSION_ID: fields}
 
 
 def load_vectors() -> list[tuple[str, dict]]:

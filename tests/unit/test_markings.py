@@ -18,13 +18,52 @@ DATA = Path(mk.__file__).resolve().parent.parent / "data"
 # objects/extension-definition/extension-definition--60a3c5c5-...json (commit fff95284),
 # extension-definition-specifications/iep-marking-definition-762/examples/iep-extension-definition-object.json.
 OFFICIAL_TEXT = {
-    "clear": '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487", "created": "2022-10-01T00:00:00.000Z", "name": "TLP:CLEAR", "extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", "tlp_2_0" : "clear" } } }',
-    "green": '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb", "created": "2022-10-01T00:00:00.000Z", "name": "TLP:GREEN", "extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", "tlp_2_0" : "green" } } }',
-    "amber": '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421", "created": "2022-10-01T00:00:00.000Z", "name": "TLP:AMBER", "extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", "tlp_2_0" : "amber" } } }',
-    "amber+strict": '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003", "created": "2022-10-01T00:00:00.000Z", "name": "TLP:AMBER+STRICT", "extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", "tlp_2_0" : "amber+strict" } } }',
-    "red": '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1", "created": "2022-10-01T00:00:00.000Z", "name": "TLP:RED", "extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", "tlp_2_0" : "red" } } }',
-    "tlp-ext": '{ "id": "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d", "type": "extension-definition", "spec_version": "2.1", "name": "TLP 2.0", "description": "This defines TLP 2.0 as a STIX extension", "created": "2022-10-01T00:00:00.000Z", "modified": "2022-10-01T00:00:00.000Z", "created_by_ref": "identity--b3bca3c2-1f3d-4b54-b44f-dac42c3a8f01", "schema": "https://github.com/oasis-open/cti-stix-common-objects/tree/master/extension-definition-specifications/tlp-2.0", "version": "1.0.0", "extension_types": [ "property-extension" ] }',
-    "iep-ext": '{ "id": "extension-definition--762e2e97-ee51-43e5-a9ea-165fbb862c4a", "type": "extension-definition", "spec_version": "2.1", "name": "IEP 2.0", "description": "This defines IEP 2.0 as a STIX extension", "created": "2022-12-19T00:00:00.000Z", "modified": "2022-12-19T00:00:00.000Z", "created_by_ref": "identity--b3bca3c2-1f3d-4b54-b44f-dac42c3a8f01", "schema": "https://github.com/oasis-open/cti-stix-common-objects/tree/master/extension-definition-specifications/iep-marking-definition-762", "version": "1.0.0", "extension_types": [ "property-extension" ] }',
+    "clear": (
+        '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487", '
+        '"created": "2022-10-01T00:00:00.000Z", "name": "TLP:CLEAR", '
+        '"extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", '
+        '"tlp_2_0" : "clear" } } }'
+    ),
+    "green": (
+        '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb", '
+        '"created": "2022-10-01T00:00:00.000Z", "name": "TLP:GREEN", '
+        '"extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", '
+        '"tlp_2_0" : "green" } } }'
+    ),
+    "amber": (
+        '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421", '
+        '"created": "2022-10-01T00:00:00.000Z", "name": "TLP:AMBER", '
+        '"extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", '
+        '"tlp_2_0" : "amber" } } }'
+    ),
+    "amber+strict": (
+        '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003", '
+        '"created": "2022-10-01T00:00:00.000Z", "name": "TLP:AMBER+STRICT", '
+        '"extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", '
+        '"tlp_2_0" : "amber+strict" } } }'
+    ),
+    "red": (
+        '{ "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1", '
+        '"created": "2022-10-01T00:00:00.000Z", "name": "TLP:RED", '
+        '"extensions": { "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": { "extension_type": "property-extension", '
+        '"tlp_2_0" : "red" } } }'
+    ),
+    "tlp-ext": (
+        '{ "id": "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d", "type": "extension-definition", "spec_version": "2.1", '
+        '"name": "TLP 2.0", "description": "This defines TLP 2.0 as a STIX extension", "created": "2022-10-01T00:00:00.000Z", '
+        '"modified": "2022-10-01T00:00:00.000Z", "created_by_ref": "identity--b3bca3c2-1f3d-4b54-b44f-dac42c3a8f01", '
+        '"schema": '
+        '"https://github.com/oasis-open/cti-stix-common-objects/tree/master/extension-definition-specifications/tlp-2.0", '
+        '"version": "1.0.0", "extension_types": [ "property-extension" ] }'
+    ),
+    "iep-ext": (
+        '{ "id": "extension-definition--762e2e97-ee51-43e5-a9ea-165fbb862c4a", "type": "extension-definition", "spec_version": "2.1", '
+        '"name": "IEP 2.0", "description": "This defines IEP 2.0 as a STIX extension", "created": "2022-12-19T00:00:00.000Z", '
+        '"modified": "2022-12-19T00:00:00.000Z", "created_by_ref": "identity--b3bca3c2-1f3d-4b54-b44f-dac42c3a8f01", '
+        '"schema": '
+        '"https://github.com/oasis-open/cti-stix-common-objects/tree/master/extension-definition-specifications/iep-marking-definition-762", '
+        '"version": "1.0.0", "extension_types": [ "property-extension" ] }'
+    ),
 }
 IEP_EXAMPLE = {  # official example iep-data-marking-example.json
     "type": "marking-definition", "spec_version": "2.1", "id": "marking-definition--da05d443-ad8d-46fc-abf5-31d3d00290f1",

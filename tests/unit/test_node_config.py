@@ -43,8 +43,16 @@ def _bad(tmp_path: Path, old: str, new: str) -> Path:
         ("read: [rok-read]", "read: [rok-reed]", r"node.yaml:\d+: accounts.0.read.0: unknown collection 'rok-reed'"),
         ("    role: own", "    role: owner", r"node.yaml:\d+: collections.0.role: "),
         ("id: e3a18dc0-a9f3-466f-95d9-d848c4da8e7f", "id: not-a-uuid", r"collections.0.id: .*UUID"),
-        ("identity: identity--371ec1f1-c078-4fd3-9eff-c233c753c388", "identity: identity--00000000-0000-4000-8000-000000000000", r"identity: .* is not in identities.json"),
-        ("    partner: rok\n    description: The ROK", "    partner: japan\n    description: The ROK", r"accounts.0.partner: unknown partner 'japan'"),
+        (
+            "identity: identity--371ec1f1-c078-4fd3-9eff-c233c753c388",
+            "identity: identity--00000000-0000-4000-8000-000000000000",
+            r"identity: .* is not in identities.json",
+        ),
+        (
+            "    partner: rok\n    description: The ROK",
+            "    partner: japan\n    description: The ROK",
+            r"accounts.0.partner: unknown partner 'japan'",
+        ),
         ("title: US CTI Partner Node (exercise)", "title: [unclosed", r"node.yaml:\d+: invalid YAML"),
     ],
 )

@@ -102,7 +102,7 @@ def test_conservative_clause_needs_a_note(pdir):
 
 def test_unknown_party_and_community_are_errors(pdir):
     f = pdir / "trilateral.yaml"
-    line = _replace(f, "levels: [amber], recipients: [jp]", "levels: [amber], recipients: [kr]")
+    _replace(f, "levels: [amber], recipients: [jp]", "levels: [amber], recipients: [kr]")
     with pytest.raises(ConfigError) as exc:
         load_policy(pdir)
     assert str(exc.value).startswith(f"{f}:")

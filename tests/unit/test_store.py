@@ -83,7 +83,11 @@ def _page_sql(store: Store, sel: Selection) -> str:
 
 @pytest.mark.parametrize(
     "sel,index",
-    [(Selection(CID), "ix_objects_last"), (Selection(CID, versions=("all",)), "ix_objects_all"), (Selection(CID, types=("indicator",)), "ix_objects_type")],
+    [
+        (Selection(CID), "ix_objects_last"),
+        (Selection(CID, versions=("all",)), "ix_objects_all"),
+        (Selection(CID, types=("indicator",)), "ix_objects_type"),
+    ],
 )
 def test_sqlite_pages_walk_an_index_without_sorting(tmp_path, sel, index):
     """One page must not scan or sort the collection: the planner walks the keyset index."""
