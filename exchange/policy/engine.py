@@ -91,28 +91,51 @@ class Explanation:
 # ---------------------------------------------------------------- per-route tables
 
 
+def _check_route(policy: Policy, sender: str, recipient: str) -> None:
+    """Sender and recipient are two different parties of the policy."""
+    for role, name in (("sender", sender), ("recipient", recipient)):
+        if name not in policy.parties:
+            raise BadRequest(f"unknown {role} party {name!r} (known: {', '.join(sorted(policy.parties))})")
+    if sender == recipient:
+        raise BadRequest(f"sender and recipient are both {sender!r}")
+
+
 class _Route:
     """Everything about (policy, sender, recipient) that does not depend on the object."""
 
     def __init__(self, policy: Policy, sender: str, recipient: str) -> None:
-        for role, name in (("sender", sender), ("recipient", recipient)):
-            if name not in policy.parties:
-                raise BadRequest(f"unknown {role} party {name!r} (known: {', '.join(sorted(policy.parties))})")
-        if sender == recipient:
-            raise BadRequest(f"sender and recipient are both {sender!r}")
+        _check_route(policy, sender, recipient)
         self.policy, self.sender, self.recipient = policy, sender, recipient
-        parties = policy.parties
-        self.recipient_public = parties[recipient].public
+        self._parties()
+        self._clauses()
+        self._public_sources()
+        # release tables: level -> (decision, clause) or None
+        self.own_table = [self._verdict(lvl, own=True) for lvl in range(5)]
+        self.recv_table = [self._verdict(lvl, own=False) for lvl in range(5)]
+        self._ransomware()
+        self._critical_infrastructure()
+        self._content_rules()
+        self._field_redactions()
+        self._integrity_rules()
+
+    def _parties(self) -> None:
+        """The parties' identities (clause ``party-identities``): the sender's own ones and those every party holds."""
+        parties, sender = self.policy.parties, self.sender
+        self.recipient_public = parties[self.recipient].public
         own = {parties[sender].identity}
-        for name, party in parties.items():
+        for party in parties.values():
             if sender in party.members:
                 own.add(party.identity)
         own.discard(None)
         self.own_ids = frozenset(own)
         self.party_ids = frozenset(p.identity for p in parties.values() if p.identity)
         self.identity_party = {p.identity: name for name, p in parties.items() if p.identity}
-        self.universal = frozenset(mk.OFFICIAL_OBJECTS) | self.party_ids
-        one = policy.one
+        self.held_by_all = frozenset(mk.OFFICIAL_OBJECTS) | self.party_ids  # step 1 decides only these ids
+        self.universal = self.held_by_all
+
+    def _clauses(self) -> None:
+        """The policy's single clauses of each kind (``None`` where the policy has none)."""
+        one = self.policy.one
         self.c_official = one("official-markings")
         self.c_parties = one("party-identities")
         self.c_unknown = one("unknown-marking-default")
@@ -136,7 +159,10 @@ class _Route:
         self.c_attr_rel = one("attribution-relationship")
         self.c_attr_prod = one("attribution-product")
         self.c_ci = one("critical-infrastructure")
-        # public sources
+        self.c_cri = one("ransomware-onward")
+
+    def _public_sources(self) -> None:
+        """Clause ``public-source``: the identities and statement markings of known public sources, and their level."""
         self.public_ids: frozenset[str] = frozenset()
         self.public_markings: frozenset[str] = frozenset()
         self.public_level: int | None = None
@@ -147,11 +173,9 @@ class _Route:
             self.public_level = mk.parse_level(r.level)
             # a public source's identity and statement markings are published: every party can hold them
             self.universal = self.universal | self.public_ids | self.public_markings
-        # release tables: level -> (decision, clause) or None
-        self.own_table = [self._verdict(lvl, own=True) for lvl in range(5)]
-        self.recv_table = [self._verdict(lvl, own=False) for lvl in range(5)]
-        # CRI ransomware clause
-        self.c_cri = one("ransomware-onward")
+
+    def _ransomware(self) -> None:
+        """Clause ``ransomware-onward`` (CRI): the levels, types, labels and pattern markers, if the route is inside CRI."""
         self.cri_levels: frozenset[int] = frozenset()
         if self.c_cri is not None and self._inside(self.c_cri.rule.community):
             r = self.c_cri.rule
@@ -159,7 +183,9 @@ class _Route:
             self.cri_types = frozenset(r.types)
             self.cri_labels = frozenset(v.lower() for v in r.labels)
             self.cri_markers = tuple(r.pattern_markers)
-        # MDT critical-infrastructure notification
+
+    def _critical_infrastructure(self) -> None:
+        """Clause ``critical-infrastructure`` (MDT): which unmarked own notifications count as its level on this route."""
         self.ci_level: int | None = None
         if self.c_ci is not None:
             r = self.c_ci.rule
@@ -167,7 +193,9 @@ class _Route:
             self.ci_labels = frozenset(v.lower() for v in r.labels)
             if self._inside(r.community):
                 self.ci_level = mk.parse_level(r.unmarked_as)
-        # content rules: does each apply on this route (recipient outside the community)?
+
+    def _content_rules(self) -> None:
+        """SCCF attribution, undisclosed-vulnerability and IEP content clauses: does each apply (recipient outside its community)?"""
         self.attr_rel_applies = self.c_attr_rel is not None and not self._inside(self.c_attr_rel.rule.inside)
         self.attr_prod_applies = self.c_attr_prod is not None and not self._inside(self.c_attr_prod.rule.inside)
         if self.c_attr_rel is not None:
@@ -181,13 +209,18 @@ class _Route:
         self.vuln_applies = self.c_vuln is not None and not self._inside(self.c_vuln.rule.inside)
         self.iep_affected_applies = self.c_iep_affected is not None and not self._inside(self.c_iep_affected.rule.inside)
         self.iep_actions = frozenset(self.c_iep_actions.rule.withhold_onward) if self.c_iep_actions else frozenset()
-        # field redactions that apply on this route: type -> ((clause, fields), ...)
+
+    def _field_redactions(self) -> None:
+        """Clauses ``field-redact``: the fields removed on this route, as type -> ((clause, fields), ...)."""
         redact: dict[str, list[tuple[Clause, tuple[str, ...]]]] = {}
-        for clause in policy.clauses_of("field-redact"):
+        for clause in self.policy.clauses_of("field-redact"):
             if not self._inside(clause.rule.inside):
                 for stype, fields in clause.rule.fields.items():
                     redact.setdefault(stype, []).append((clause, fields))
         self.field_redact = {k: tuple(v) for k, v in redact.items()}
+
+    def _integrity_rules(self) -> None:
+        """Clauses ``integrity-required-refs`` and ``integrity-containers``: required references, container types and mode."""
         self.required_refs: dict[str, frozenset[str]] = {}
         if self.c_reqrefs is not None:
             self.required_refs = {k: frozenset(v) for k, v in self.c_reqrefs.rule.required.items()}
@@ -281,10 +314,9 @@ class _Ctx:
         info = self.info_cache.get(mid)
         if info is None:
             md = self.mdefs.get(mid)
-            if md is None and mid in self.route.public_markings:
-                info = mk.MarkingInfo("statement")  # a known public source's statement, held by everyone
-            else:
-                info = mk.classify_marking_definition(md, mid)
+            # a known public source's statement is held by everyone
+            public_statement = md is None and mid in self.route.public_markings
+            info = mk.MarkingInfo("statement") if public_statement else mk.classify_marking_definition(md, mid)
             self.info_cache[mid] = info
         return info
 
@@ -361,99 +393,50 @@ def _withhold(w: _Work, clause: Clause, reason: str, trace: list[str] | None) ->
 
 
 def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection[str], trace: list[str] | None) -> _Work:
+    """Pass 1 for one object: steps 1-6 of the module docstring, each a rule function naming its clause."""
     route = ctx.route
     obj = w.obj
-    oid = obj.get("id")
-    stype = obj.get("type")
     # 1. objects every party holds
-    if oid in mk.OFFICIAL_OBJECTS and route.c_official is not None and obj == mk.OFFICIAL_OBJECTS[oid]:
-        w.decision, w.clauses, w.shared = SHARE, (route.c_official.id,), obj
-        w.reason = "official TLP/IEP definition held by every party"
-        if trace is not None:
-            trace.append(f"share [{route.c_official.id}]: {oid} is an official object every party holds")
+    oid = obj.get("id")
+    if oid in route.held_by_all and _held_by_every_party(w, oid, route, trace):
         return w
-    if oid in mk.OFFICIAL_OBJECTS:
-        # same id as an official object but different content: never pass it off as the official one
-        return _withhold(w, route.c_unknown, f"{oid} differs from the official object with that id", trace)
-    if stype == "identity" and oid in route.party_ids and route.c_parties is not None and not obj.get("object_marking_refs"):
-        w.decision, w.clauses, w.shared = SHARE, (route.c_parties.id,), obj
-        w.reason = f"identity of the party {route.identity_party[oid]!r} named in the policy"
-        if trace is not None:
-            trace.append(f"share [{route.c_parties.id}]: {w.reason}")
-        return w
-    # 2. object markings
+    # 2. object markings (computed and cached by _Ctx.marks), then the origin
     refs = obj.get("object_marking_refs")
     marks = ctx.marks(refs) if refs else _NO_MARKS
     if trace is not None:
-        trace.append(f"object markings: {list(refs) if refs else 'none'} -> {mk.level_name(marks.level)}"
-                     + (f" (IEP: {marks.iep})" if marks.iep else ""))
+        _trace_marks(trace, refs, marks)
     if marks.problem:
         return _withhold(w, marks.problem_clause or route.c_unknown, marks.problem, trace)
-    if ctx.plain and route.c_iep_transport is not None and _needs_encryption(obj, marks, ctx):
+    if ctx.plain and _must_encrypt_in_transit(obj, marks, ctx):
         return _withhold(w, route.c_iep_transport, "IEP encrypt_in_transit 'must': not sent over an unencrypted channel", trace)
     creator = obj.get("created_by_ref")
-    own = creator in route.own_ids
-    w.origin_own = own
+    own = w.origin_own = creator in route.own_ids
     if trace is not None:
-        trace.append(f"origin: {'the sender' + chr(39) + 's own object' if own else 'received from ' + str(creator or 'an unattributed source')}"
-                     f" (created_by_ref {creator})")
+        _trace_origin(trace, own, creator)
+    # 3. no TLP level
     level = marks.level
     lead: tuple[str, ...] = ()
-    # 3. no TLP level
     if level is None:
-        if route.public_level is not None and (
-            creator in route.public_ids or oid in route.public_ids or not route.public_markings.isdisjoint(marks.statements)
-        ):
-            level = route.public_level
-            lead = (route.c_public.id,)
-            if trace is not None:
-                trace.append(f"[{route.c_public.id}]: known public source, treated as {mk.level_name(level)} (object unchanged)")
-        elif own and route.ci_level is not None and _is_ci(obj, route):
-            level = route.ci_level
-            lead = (route.c_ci.id,)
-            if trace is not None:
-                trace.append(f"[{route.c_ci.id}]: own critical-infrastructure notification, treated as {mk.level_name(level)} for {route.recipient}")
-        else:
-            w.companion = stype in COMPANION_TYPES
-            clause = route.c_unmarked
-            if clause.rule.decision == WITHHOLD:
-                return _withhold(w, clause, "no TLP marking: the policy default withholds unmarked objects", trace)
-            level = mk.CLEAR
-            lead = (clause.id,)
+        treated = _unmarked_level(w, marks, own, route, trace)
+        if treated is None:
+            return w
+        level, lead = treated
     # 4. release table
-    verdict = (route.own_table if own else route.recv_table)[level]
-    if verdict is None and route.cri_levels and level in route.cri_levels and _is_ransomware(obj, route):
-        verdict = (SHARE, route.c_cri, f"ransomware indicator at {mk.LEVEL_LABELS[level]} may go onward to CRI members")
-    if verdict is None:
-        return _withhold(w, route.c_norelease, f"no clause releases {'own' if own else 'received'} "
-                         f"{mk.LEVEL_LABELS[level]} objects to {route.recipient}", trace)
-    decision, clause, reason = verdict
+    decision, clause, reason = _release_verdict(obj, level, own, route)
     if decision == WITHHOLD:
         return _withhold(w, clause, reason, trace)
     if trace is not None:
         trace.append(f"release [{clause.id}]: {reason}")
     clauses = lead + (clause.id,) if clause.id not in lead else lead
     # 5. content rules
-    iep = marks.iep
-    why = _content_withhold(obj, stype, creator, own, iep, route, index, concurred, bool(lead) and lead[0] == getattr(route.c_public, 'id', None))
+    public = bool(lead) and lead[0] == getattr(route.c_public, "id", None)
+    why = _content_withhold(obj, obj.get("type"), creator, own, marks.iep, route, index, concurred, public)
     if why is not None:
         return _withhold(w, why[0], why[1], trace)
     # 6. redactions
-    removals: list[tuple[str, Clause]] = []
-    if iep is not None and not own and iep.provider_attribution == "must-not" and route.c_iep_attr is not None:
-        rule = route.c_iep_attr.rule
-        for key in obj:
-            if key in rule.remove or (rule.remove_custom_by_refs and key.startswith("x_") and key.endswith("_by_ref")):
-                removals.append((key, route.c_iep_attr))
-    if "granular_markings" in obj and route.c_granular is not None:
-        bad = _granular_removals(obj, level, own, ctx)
-        if isinstance(bad, str):
-            return _withhold(w, route.c_granular, bad, trace)
-        removals.extend((sel, route.c_granular) for sel in bad)
-    for clause_f, fields in route.field_redact.get(stype, ()):
-        for key in fields:
-            if key in obj:
-                removals.append((key, clause_f))
+    removals = _removals(obj, level, own, marks.iep, ctx)
+    if isinstance(removals, str):
+        return _withhold(w, route.c_granular, removals, trace)
     w.reason = reason
     if not removals:
         w.decision, w.clauses, w.shared = SHARE, clauses, obj
@@ -462,6 +445,161 @@ def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection
 
 
 _NO_MARKS = _Marks(None, "", None, None, frozenset())
+
+
+# step 1: objects every party holds
+
+
+def _held_by_every_party(w: _Work, oid: str, route: _Route, trace: list[str] | None) -> bool:
+    """Step 1 for an id of ``route.held_by_all``: an official TLP/IEP object or a party's identity. ``True`` if decided."""
+    if oid in mk.OFFICIAL_OBJECTS:
+        return _official_object(w, oid, route, trace)
+    return _party_identity(w, oid, route, trace)
+
+
+def _official_object(w: _Work, oid: str, route: _Route, trace: list[str] | None) -> bool:
+    """Clause ``official-markings``: an official TLP/IEP definition is shared; an altered copy of one is withheld."""
+    obj = w.obj
+    if route.c_official is not None and obj == mk.OFFICIAL_OBJECTS[oid]:
+        w.decision, w.clauses, w.shared = SHARE, (route.c_official.id,), obj
+        w.reason = "official TLP/IEP definition held by every party"
+        if trace is not None:
+            trace.append(f"share [{route.c_official.id}]: {oid} is an official object every party holds")
+        return True
+    # same id as an official object but different content: never pass it off as the official one
+    _withhold(w, route.c_unknown, f"{oid} differs from the official object with that id", trace)
+    return True
+
+
+def _party_identity(w: _Work, oid: str, route: _Route, trace: list[str] | None) -> bool:
+    """Clause ``party-identities``: the unmarked identity of a party named in the policy is shared. ``True`` if decided."""
+    obj = w.obj
+    if obj.get("type") != "identity" or route.c_parties is None or obj.get("object_marking_refs"):
+        return False
+    w.decision, w.clauses, w.shared = SHARE, (route.c_parties.id,), obj
+    w.reason = f"identity of the party {route.identity_party[oid]!r} named in the policy"
+    if trace is not None:
+        trace.append(f"share [{route.c_parties.id}]: {w.reason}")
+    return True
+
+
+# step 2: object markings and origin
+
+
+def _trace_marks(trace: list[str], refs: Any, marks: _Marks) -> None:
+    """STIX 2.1 §7.2.2 ``object_marking_refs``: the most restrictive TLP 2.0 level (TLP 1.0 mapped, IEP 2.0 ``tlp``) and IEP policy."""
+    trace.append(f"object markings: {list(refs) if refs else 'none'} -> {mk.level_name(marks.level)}"
+                 + (f" (IEP: {marks.iep})" if marks.iep else ""))
+
+
+def _must_encrypt_in_transit(obj: dict, marks: _Marks, ctx: _Ctx) -> bool:
+    """Clause ``iep-encrypted-transport`` (IEP 2.0 ``encrypt_in_transit: must``): on a plain channel, nothing so marked goes."""
+    return ctx.route.c_iep_transport is not None and _needs_encryption(obj, marks, ctx)
+
+
+def _trace_origin(trace: list[str], own: bool, creator: Any) -> None:
+    """The origin of the object: the sender's own (``created_by_ref`` is the sender or a joint body it belongs to) or received."""
+    trace.append(f"origin: {'the sender' + chr(39) + 's own object' if own else 'received from ' + str(creator or 'an unattributed source')}"
+                 f" (created_by_ref {creator})")
+
+
+# step 3: no TLP level
+
+
+def _unmarked_level(w: _Work, marks: _Marks, own: bool, route: _Route, trace: list[str] | None) -> tuple[int, tuple[str, ...]] | None:
+    """An object without a TLP level: (level it is treated as, leading clause ids), or ``None`` once withheld."""
+    obj = w.obj
+    if _is_public_source(obj, marks, route):
+        level = route.public_level
+        assert level is not None and route.c_public is not None
+        if trace is not None:
+            trace.append(f"[{route.c_public.id}]: known public source, treated as {mk.level_name(level)} (object unchanged)")
+        return level, (route.c_public.id,)
+    if own and route.ci_level is not None and _is_ci(obj, route):
+        assert route.c_ci is not None
+        if trace is not None:
+            trace.append(f"[{route.c_ci.id}]: own critical-infrastructure notification, treated as {mk.level_name(route.ci_level)} "
+                         f"for {route.recipient}")
+        return route.ci_level, (route.c_ci.id,)
+    return _unmarked_default(w, route, trace)
+
+
+def _is_public_source(obj: dict, marks: _Marks, route: _Route) -> bool:
+    """Clause ``public-source``: published by a known public source, i.e. ``created_by_ref`` is one of its identities
+    (or the object is that identity). A source's statement marking alone proves nothing: anyone can add it to their own
+    object, and unmarked is never silently public (``unmarked-default``)."""
+    if route.public_level is None:
+        return False
+    ids = route.public_ids
+    return obj.get("created_by_ref") in ids or obj.get("id") in ids
+
+
+def _unmarked_default(w: _Work, route: _Route, trace: list[str] | None) -> tuple[int, tuple[str, ...]] | None:
+    """Clause ``unmarked-default``: an unmarked object is withheld (``None``) or treated as TLP:CLEAR, as the policy says."""
+    w.companion = w.obj.get("type") in COMPANION_TYPES
+    clause = route.c_unmarked
+    if clause.rule.decision == WITHHOLD:
+        _withhold(w, clause, "no TLP marking: the policy default withholds unmarked objects", trace)
+        return None
+    return mk.CLEAR, (clause.id,)
+
+
+# step 4: release table
+
+
+def _release_verdict(obj: dict, level: int, own: bool, route: _Route) -> tuple[str, Clause, str]:
+    """The release clauses for (level, origin, recipient), then ``ransomware-onward``, then ``no-release-default``."""
+    verdict = (route.own_table if own else route.recv_table)[level]
+    if verdict is None:
+        verdict = _ransomware_onward(obj, level, route)
+    if verdict is None:
+        return WITHHOLD, route.c_norelease, (f"no clause releases {'own' if own else 'received'} "
+                                             f"{mk.LEVEL_LABELS[level]} objects to {route.recipient}")
+    return verdict
+
+
+def _ransomware_onward(obj: dict, level: int, route: _Route) -> tuple[str, Clause, str] | None:
+    """Clause ``ransomware-onward`` (CRI): a ransomware indicator at one of its levels may go onward to CRI members."""
+    if not route.cri_levels or level not in route.cri_levels or not _is_ransomware(obj, route):
+        return None
+    assert route.c_cri is not None
+    return SHARE, route.c_cri, f"ransomware indicator at {mk.LEVEL_LABELS[level]} may go onward to CRI members"
+
+
+# step 6: redactions
+
+
+def _removals(obj: dict, level: int, own: bool, iep: mk.IepPolicy | None, ctx: _Ctx) -> list[tuple[str, Clause]] | str:
+    """The (selector, clause) removals of IEP provider attribution, granular markings and field redactions, in that order.
+
+    A string is the reason the granular markings cannot be interpreted (clause ``granular-redact`` withholds).
+    """
+    route = ctx.route
+    removals = _provider_attribution_removals(obj, iep, route) if iep is not None and not own else []
+    if "granular_markings" in obj and route.c_granular is not None:
+        bad = _granular_removals(obj, level, own, ctx)
+        if isinstance(bad, str):
+            return bad
+        removals.extend((sel, route.c_granular) for sel in bad)
+    redact = route.field_redact.get(obj.get("type"))
+    if redact is not None:
+        removals.extend(_field_removals(obj, redact))
+    return removals
+
+
+def _provider_attribution_removals(obj: dict, iep: mk.IepPolicy, route: _Route) -> list[tuple[str, Clause]]:
+    """Clause ``iep-provider-attribution`` (IEP 2.0 ``provider_attribution: must-not``): onward, the provider's fields go."""
+    clause = route.c_iep_attr
+    if iep.provider_attribution != "must-not" or clause is None:
+        return []
+    rule = clause.rule
+    return [(key, clause) for key in obj
+            if key in rule.remove or (rule.remove_custom_by_refs and key.startswith("x_") and key.endswith("_by_ref"))]
+
+
+def _field_removals(obj: dict, redact: tuple[tuple[Clause, tuple[str, ...]], ...]) -> list[tuple[str, Clause]]:
+    """Clauses ``field-redact`` (``route.field_redact`` of the type): the personal-data fields present in the object."""
+    return [(key, clause) for clause, fields in redact for key in fields if key in obj]
 
 
 def _needs_encryption(obj: dict, marks: _Marks, ctx: _Ctx) -> bool:
@@ -505,32 +643,77 @@ def _is_ci(obj: dict, route: _Route) -> bool:
 
 def _content_withhold(obj: dict, stype: Any, creator: Any, own: bool, iep: mk.IepPolicy | None, route: _Route,
                       index: Mapping[str, dict], concurred: Collection[str], public: bool) -> tuple[Clause, str] | None:
+    """Step 5, the content rules in order: SCCF attribution, undisclosed vulnerabilities, then IEP 2.0 onward rules."""
     # a known public source's attribution is already public: the SCCF concerns the partners' own statements
     if public:
         return None
-    if route.attr_rel_applies and stype == "relationship" and obj.get("relationship_type") in route.attr_rel_types:
-        if not _attribution_allowed(route.c_attr_rel.rule, route, creator, obj.get("id"), concurred):
-            return route.c_attr_rel, (f"attribution may not go to {route.recipient} before joint concurrence "
-                                      f"(only joint products with recorded concurrence may)")
-    if route.attr_prod_applies and stype in route.attr_prod_types and _is_attribution_product(obj, route, index):
-        if not _attribution_allowed(route.c_attr_prod.rule, route, creator, obj.get("id"), concurred):
-            return route.c_attr_prod, (f"a product about attribution may not go to {route.recipient} before joint "
-                                       f"concurrence (only joint products with recorded concurrence may)")
-    if route.vuln_applies and stype == "vulnerability":
-        sources = route.c_vuln.rule.public_sources
-        ext = obj.get("external_references")
-        if not (isinstance(ext, list) and any(isinstance(e, dict) and e.get("source_name") in sources and e.get("external_id") for e in ext)):
-            return route.c_vuln, f"a vulnerability without a public identifier ({', '.join(sources)}) stays within the partnership"
-    if iep is not None and not own:
-        if iep.permitted_actions in route.iep_actions:
-            return route.c_iep_actions, f"IEP permitted_actions '{iep.permitted_actions}': the provider must be consulted before onward release"
-        if route.iep_affected_applies and iep.affected_party_notifications == "must-not":
-            return route.c_iep_affected, f"IEP affected_party_notifications 'must-not': not passed to third party {route.recipient}"
-        if route.recipient_public and iep.unmodified_resale == "must-not" and route.c_iep_resale is not None:
-            return route.c_iep_resale, "IEP unmodified_resale 'must-not': no unmodified public release"
-        if route.recipient_public and iep.encrypt_in_transit == "must" and route.c_iep_encrypt is not None:
-            return route.c_iep_encrypt, "IEP encrypt_in_transit 'must': publication is not encrypted transit"
-    return None
+    why = (_attribution_relationship(obj, stype, creator, route, concurred)
+           or _attribution_product(obj, stype, creator, route, index, concurred)
+           or _undisclosed_vulnerability(obj, stype, route))
+    if why is not None or iep is None or own:
+        return why
+    return (_iep_permitted_actions(iep, route) or _iep_affected_party(iep, route)
+            or _iep_unmodified_resale(iep, route) or _iep_encrypt_in_transit(iep, route))
+
+
+def _attribution_relationship(obj: dict, stype: Any, creator: Any, route: _Route, concurred: Collection[str]) -> tuple[Clause, str] | None:
+    """Clause ``attribution-relationship`` (SCCF): an attribution relationship leaves the partnership only after joint concurrence."""
+    if not (route.attr_rel_applies and stype == "relationship" and obj.get("relationship_type") in route.attr_rel_types):
+        return None
+    if _attribution_allowed(route.c_attr_rel.rule, route, creator, obj.get("id"), concurred):
+        return None
+    return route.c_attr_rel, (f"attribution may not go to {route.recipient} before joint concurrence "
+                              f"(only joint products with recorded concurrence may)")
+
+
+def _attribution_product(obj: dict, stype: Any, creator: Any, route: _Route, index: Mapping[str, dict],
+                         concurred: Collection[str]) -> tuple[Clause, str] | None:
+    """Clause ``attribution-product`` (SCCF): a product about attribution leaves the partnership only after joint concurrence."""
+    if not (route.attr_prod_applies and stype in route.attr_prod_types and _is_attribution_product(obj, route, index)):
+        return None
+    if _attribution_allowed(route.c_attr_prod.rule, route, creator, obj.get("id"), concurred):
+        return None
+    return route.c_attr_prod, (f"a product about attribution may not go to {route.recipient} before joint "
+                               f"concurrence (only joint products with recorded concurrence may)")
+
+
+def _undisclosed_vulnerability(obj: dict, stype: Any, route: _Route) -> tuple[Clause, str] | None:
+    """Clause ``undisclosed-vulnerability``: a vulnerability without a public identifier stays within the partnership."""
+    if not (route.vuln_applies and stype == "vulnerability"):
+        return None
+    sources = route.c_vuln.rule.public_sources
+    ext = obj.get("external_references")
+    if isinstance(ext, list) and any(isinstance(e, dict) and e.get("source_name") in sources and e.get("external_id") for e in ext):
+        return None
+    return route.c_vuln, f"a vulnerability without a public identifier ({', '.join(sources)}) stays within the partnership"
+
+
+def _iep_permitted_actions(iep: mk.IepPolicy, route: _Route) -> tuple[Clause, str] | None:
+    """Clause ``iep-permitted-actions`` (IEP 2.0 ``permitted_actions``): the listed actions need the provider's consent onward."""
+    if iep.permitted_actions not in route.iep_actions:
+        return None
+    return route.c_iep_actions, f"IEP permitted_actions '{iep.permitted_actions}': the provider must be consulted before onward release"
+
+
+def _iep_affected_party(iep: mk.IepPolicy, route: _Route) -> tuple[Clause, str] | None:
+    """Clause ``iep-affected-party`` (IEP 2.0 ``affected_party_notifications: must-not``): not passed to a third party."""
+    if not (route.iep_affected_applies and iep.affected_party_notifications == "must-not"):
+        return None
+    return route.c_iep_affected, f"IEP affected_party_notifications 'must-not': not passed to third party {route.recipient}"
+
+
+def _iep_unmodified_resale(iep: mk.IepPolicy, route: _Route) -> tuple[Clause, str] | None:
+    """Clause ``iep-unmodified-resale`` (IEP 2.0 ``unmodified_resale: must-not``): no unmodified public release."""
+    if not (route.recipient_public and iep.unmodified_resale == "must-not" and route.c_iep_resale is not None):
+        return None
+    return route.c_iep_resale, "IEP unmodified_resale 'must-not': no unmodified public release"
+
+
+def _iep_encrypt_in_transit(iep: mk.IepPolicy, route: _Route) -> tuple[Clause, str] | None:
+    """Clause ``iep-encrypt-in-transit`` (IEP 2.0 ``encrypt_in_transit: must``): publication is not encrypted transit."""
+    if not (route.recipient_public and iep.encrypt_in_transit == "must" and route.c_iep_encrypt is not None):
+        return None
+    return route.c_iep_encrypt, "IEP encrypt_in_transit 'must': publication is not encrypted transit"
 
 
 def _attribution_allowed(rule: Any, route: _Route, creator: Any, oid: Any, concurred: Collection[str]) -> bool:
@@ -626,69 +809,108 @@ def _granular_removals(obj: dict, level: int, own: bool, ctx: _Ctx) -> list[str]
     return out
 
 
+_Path = tuple[Any, ...]
+
+
 def _apply_removals(w: _Work, obj: dict, removals: list[tuple[str, Clause]], clauses: tuple[str, ...],
                     trace: list[str] | None) -> _Work:
+    """Redact a copy of ``obj`` (STIX 2.1 §7.2.3.1 selectors); withhold it if that would remove a required property."""
     stype = obj.get("type")
     required = set(REQUIRED.get(stype, ())) | set(_ALWAYS_REQUIRED)
-    paths: list[tuple[tuple[Any, ...], Clause]] = []
+    paths, refusal = _removal_paths(obj, removals, required, stype)
+    if refusal is not None:
+        return _withhold(w, refusal[0], refusal[1], trace)
+    if not paths:
+        w.decision, w.clauses, w.shared = SHARE, clauses, obj
+        return w
+    paths = _outermost_once(paths)
+    out = copy.deepcopy(obj)
+    removed_lists = _remove_paths(out, paths)
+    refusal = _drop_emptied_lists(out, paths, removed_lists, required)
+    if refusal is not None:
+        return _withhold(w, refusal[0], refusal[1], trace)
+    _reshape_granular_markings(out, [p for p, _ in paths], removed_lists)
+    return _redacted(w, out, paths, clauses, trace)
+
+
+def _removal_paths(obj: dict, removals: list[tuple[str, Clause]], required: set[str],
+                   stype: Any) -> tuple[list[tuple[_Path, Clause]], tuple[Clause, str] | None]:
+    """The selectors that select something, as paths; or the (clause, reason) withholding the object.
+
+    A required property, or the markings themselves, cannot be removed (STIX 2.1 §7.2.3: removing them withholds).
+    """
+    paths: list[tuple[_Path, Clause]] = []
     for sel, clause in removals:
         path = parse_selector(sel)
         if path is None or not _exists(obj, path):
             continue
         if path[0] in required and len(path) == 1:
-            return _withhold(w, clause, f"{sel!r} must be removed but is a required property of a {stype}", trace)
+            return paths, (clause, f"{sel!r} must be removed but is a required property of a {stype}")
         if path[0] in ("granular_markings", "object_marking_refs"):
-            return _withhold(w, clause, f"{sel!r} selects the markings themselves", trace)
+            return paths, (clause, f"{sel!r} selects the markings themselves")
         paths.append((path, clause))
-    if not paths:
-        w.decision, w.clauses, w.shared = SHARE, clauses, obj
-        return w
-    # one removal per path (several clauses may select the same field), none inside another
-    seen: set[tuple[Any, ...]] = set()
+    return paths, None
+
+
+def _outermost_once(paths: list[tuple[_Path, Clause]]) -> list[tuple[_Path, Clause]]:
+    """One removal per path (several clauses may select the same field), none inside another."""
+    seen: set[_Path] = set()
     paths = [(p, c) for p, c in paths if not (p in seen or seen.add(p))]
     all_paths = {p for p, _ in paths}
-    paths = [(p, c) for p, c in paths if not any(q != p and p[: len(q)] == q for q in all_paths)]
-    out = copy.deepcopy(obj)
-    removed_lists: list[tuple[tuple[Any, ...], int]] = []
+    return [(p, c) for p, c in paths if not any(q != p and p[: len(q)] == q for q in all_paths)]
+
+
+def _remove_paths(out: dict, paths: list[tuple[_Path, Clause]]) -> list[tuple[_Path, int]]:
+    """Remove ``paths`` from ``out`` (a copy); the (list path, index) of each list element removed."""
+    removed_lists: list[tuple[_Path, int]] = []
     # remove list elements highest index first so earlier indices stay valid
     ordered = sorted(paths, key=lambda pc: _sort_key(pc[0]), reverse=True)
     for path, _ in ordered:
-        parent = out
-        for p in path[:-1]:
-            parent = parent[p]
+        parent = _get(out, path[:-1])
         last = path[-1]
+        del parent[last]
         if isinstance(last, int):
-            del parent[last]
             removed_lists.append((path[:-1], last))
-        else:
-            del parent[last]
-    # empty lists are not allowed in STIX: drop them (withhold if required)
+    return removed_lists
+
+
+def _drop_emptied_lists(out: dict, paths: list[tuple[_Path, Clause]], removed_lists: list[tuple[_Path, int]],
+                        required: set[str]) -> tuple[Clause, str] | None:
+    """Empty lists are not allowed in STIX: drop them (adding them to ``paths``), or withhold if one is required."""
     for parent_path, _ in removed_lists:
         if _exists(out, parent_path) and _get(out, parent_path) == []:
             if len(parent_path) == 1 and parent_path[0] in required:
-                return _withhold(w, paths[0][1], f"removing marked elements empties the required {parent_path[0]!r}", trace)
+                return paths[0][1], f"removing marked elements empties the required {parent_path[0]!r}"
             _delete(out, parent_path)
             paths.append((parent_path, paths[0][1]))
-    # keep the remaining granular markings consistent with the new shape
-    if "granular_markings" in out:
-        removed_set = [p for p, _ in paths]
-        kept = []
-        for gm in out["granular_markings"]:
-            sels = []
-            for sel in gm.get("selectors") or ():
-                path = parse_selector(sel) if isinstance(sel, str) else None
-                if path is None:
-                    continue
-                new = _reindex(path, removed_set, removed_lists)
-                if new is not None:
-                    sels.append(_format_path(new))
-            if sels:
-                gm["selectors"] = sels
-                kept.append(gm)
-        if kept:
-            out["granular_markings"] = kept
-        else:
-            del out["granular_markings"]
+    return None
+
+
+def _reshape_granular_markings(out: dict, removed: list[_Path], removed_lists: list[tuple[_Path, int]]) -> None:
+    """Keep the remaining granular markings (§7.2.3) consistent with the redacted shape of ``out``."""
+    if "granular_markings" not in out:
+        return
+    kept = []
+    for gm in out["granular_markings"]:
+        sels = []
+        for sel in gm.get("selectors") or ():
+            path = parse_selector(sel) if isinstance(sel, str) else None
+            if path is None:
+                continue
+            new = _reindex(path, removed, removed_lists)
+            if new is not None:
+                sels.append(_format_path(new))
+        if sels:
+            gm["selectors"] = sels
+            kept.append(gm)
+    if kept:
+        out["granular_markings"] = kept
+    else:
+        del out["granular_markings"]
+
+
+def _redacted(w: _Work, out: dict, paths: list[tuple[_Path, Clause]], clauses: tuple[str, ...], trace: list[str] | None) -> _Work:
+    """Record the redaction: the removed selectors and the redacting clauses after the release clauses."""
     removed = tuple(_format_path(p) for p, _ in sorted(paths, key=lambda pc: _sort_key(pc[0])))
     extra = []
     for _, clause in paths:
@@ -775,7 +997,18 @@ def _is_companion_ref(key: str, target: str) -> bool:
 
 def _integrity(works: list[_Work], ctx: _Ctx, held: Collection[str], context_ok: Any, trace_id: str | None,
                trace: list[str] | None) -> None:
+    """Pass 2: references must resolve (to a fixpoint), then unmarked companions travel with what references them."""
     route = ctx.route
+    released, candidates = _released_and_candidates(works)
+    _resolve_references(works, route, released, candidates, held, context_ok, trace_id, trace)
+    # companions: unmarked identities / marking / extension definitions referenced by what is released
+    if route.c_companions is None or not candidates:
+        return
+    _share_companions(works, candidates, route.c_companions, trace_id, trace)
+
+
+def _released_and_candidates(works: list[_Work]) -> tuple[dict[str, int], dict[str, list[_Work]]]:
+    """Released ids (with how many of their versions are released) and withheld companion candidates by id."""
     released: dict[str, int] = {}
     candidates: dict[str, list[_Work]] = {}
     for w in works:
@@ -784,6 +1017,16 @@ def _integrity(works: list[_Work], ctx: _Ctx, held: Collection[str], context_ok:
             released[oid] = released.get(oid, 0) + 1
         elif w.companion:
             candidates.setdefault(oid, []).append(w)
+    return released, candidates
+
+
+def _resolve_references(works: list[_Work], route: _Route, released: dict[str, int], candidates: dict[str, list[_Work]],
+                        held: Collection[str], context_ok: Any, trace_id: str | None, trace: list[str] | None) -> None:
+    """Clauses ``integrity-required-refs`` / ``-optional-refs`` / ``-containers``: fix unresolved references to a fixpoint.
+
+    A reference resolves to what is released, held by every party, already held by the recipient,
+    or (markings, creators, extensions) a companion.  Withholding an object re-examines its referrers.
+    """
     universal = route.universal
 
     def resolved(key: str, target: str) -> bool:
@@ -807,28 +1050,32 @@ def _integrity(works: list[_Work], ctx: _Ctx, held: Collection[str], context_ok:
                 bad.append((key, target))
             elif target not in universal:
                 referrers.setdefault(target, []).append(w)
-        if not bad:
-            continue
-        tr = trace if w.obj.get("id") == trace_id else None
-        if not _fix_refs(w, current, bad, route, tr):
-            oid = w.obj.get("id")
-            released[oid] -= 1
-            if released[oid] == 0:
-                del released[oid]
-                queue.extend(referrers.pop(oid, ()))
-    # companions: unmarked identities / marking / extension definitions referenced by what is released
-    if route.c_companions is None or not candidates:
-        return
+        if bad and not _fix_refs(w, current, bad, route, trace if w.obj.get("id") == trace_id else None):
+            queue.extend(_unrelease(released, referrers, w.obj.get("id")))
+
+
+def _unrelease(released: dict[str, int], referrers: dict[str, list[_Work]], oid: str) -> list[_Work]:
+    """One version of ``oid`` became withheld; once none is released, the objects referring to it (to re-examine)."""
+    released[oid] -= 1
+    if released[oid]:
+        return []
+    del released[oid]
+    return referrers.pop(oid, [])
+
+
+def _share_companions(works: list[_Work], candidates: dict[str, list[_Work]], clause: Clause, trace_id: str | None,
+                      trace: list[str] | None) -> None:
+    """Clause ``companions``: an unmarked identity / marking / extension definition travels with an object referencing it."""
     for w in works:
         if w.decision == WITHHOLD or w.shared is None:
             continue
         for key, target in _refs_of(w.shared):
             if target in candidates and _is_companion_ref(key, target):
                 for cw in candidates.pop(target):
-                    cw.decision, cw.clauses, cw.shared = SHARE, (route.c_companions.id,), cw.obj
+                    cw.decision, cw.clauses, cw.shared = SHARE, (clause.id,), cw.obj
                     cw.reason = f"travels with {w.obj.get('id')}, which references it ({key})"
                     if trace is not None and cw.obj.get("id") == trace_id:
-                        trace.append(f"share [{route.c_companions.id}]: {cw.reason}")
+                        trace.append(f"share [{clause.id}]: {cw.reason}")
 
 
 def _fix_refs(w: _Work, current: dict, bad: list[tuple[str, str]], route: _Route, trace: list[str] | None) -> bool:

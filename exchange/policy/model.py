@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -260,7 +261,11 @@ class Companions(_Rule):
 
 
 Rule = Annotated[
-    UnmarkedDefault | UnknownMarkingDefault | NoReleaseDefault | PublicSource | OfficialMarkings | PartyIdentities | NeverAutomated | ReleaseAny | OwnRelease | OwnWithhold | OnwardCommunity | OnwardClients | Ransomware | CriticalInfrastructure | AttributionRelationship | AttributionProduct | UndisclosedVulnerability | FieldRedact | IepProviderAttribution | IepPermittedActions | IepAffectedParty | IepResale | IepEncrypt | IepEncryptedTransport | IepValidity | GranularRedact | RequiredRefs | OptionalRefs | ContainerRefs | Companions,
+    UnmarkedDefault | UnknownMarkingDefault | NoReleaseDefault | PublicSource | OfficialMarkings | PartyIdentities
+    | NeverAutomated | ReleaseAny | OwnRelease | OwnWithhold | OnwardCommunity | OnwardClients | Ransomware
+    | CriticalInfrastructure | AttributionRelationship | AttributionProduct | UndisclosedVulnerability | FieldRedact
+    | IepProviderAttribution | IepPermittedActions | IepAffectedParty | IepResale | IepEncrypt | IepEncryptedTransport
+    | IepValidity | GranularRedact | RequiredRefs | OptionalRefs | ContainerRefs | Companions,
     Field(discriminator="kind"),
 ]
 
@@ -404,80 +409,126 @@ def _err(path: Path, lines: dict[LinePath, int], loc: LinePath, message: str) ->
     return ConfigError(f"{where}: {key}: {message}")
 
 
-def _build(loaded: list[tuple[Path, PolicyFile, dict[LinePath, int]]]) -> Policy:
-    parties: dict[str, Party] = {}
-    communities: dict[str, Community] = {}
-    frameworks: dict[str, Framework] = {}
-    clauses: list[Clause] = []
-    where: dict[str, tuple[Path, dict[LinePath, int], int]] = {}
+_Loaded = list[tuple[Path, PolicyFile, dict[LinePath, int]]]
+
+
+@dataclass(eq=False)
+class _Parts:
+    """What the policy files define, merged in file order; ``where``: clause id -> (file, its lines, index in the file)."""
+
+    parties: dict[str, Party] = field(default_factory=dict)
+    communities: dict[str, Community] = field(default_factory=dict)
+    frameworks: dict[str, Framework] = field(default_factory=dict)
+    clauses: list[Clause] = field(default_factory=list)
+    where: dict[str, tuple[Path, dict[LinePath, int], int]] = field(default_factory=dict)
+
+
+def _build(loaded: _Loaded) -> Policy:
+    parts = _Parts()
     for path, model, lines in loaded:
-        for name, party in model.parties.items():
-            if name in parties:
-                raise _err(path, lines, ("parties", name), "party defined twice")
-            parties[name] = party
-        for name, community in model.communities.items():
-            if name in communities:
-                raise _err(path, lines, ("communities", name), "community defined twice")
-            communities[name] = community
-        if model.framework is not None:
-            fw = model.framework
-            if fw.id in frameworks:
-                raise _err(path, lines, ("framework", "id"), f"framework {fw.id!r} defined twice")
-            frameworks[fw.id] = fw
-            doc = path.parent / fw.source_document
-            try:
-                text = doc.read_text(encoding="utf-8")
-            except OSError:
-                raise _err(path, lines, ("framework", "source_document"), f"cannot read source document {doc}") from None
-        for i, clause in enumerate(model.clauses):
-            if clause.id in where:
-                raise _err(path, lines, ("clauses", i, "id"), f"clause id {clause.id!r} is already used")
-            if model.framework is not None and not clause.id.startswith(model.framework.id + "."):
-                raise _err(path, lines, ("clauses", i, "id"), f"clause ids in this file start with '{model.framework.id}.'")
-            if clause.source.quote not in text:
-                raise _err(
-                    path, lines, ("clauses", i, "source", "quote"),
-                    f"not found verbatim in {model.framework.source_document if model.framework else '?'}",
-                )
-            where[clause.id] = (path, lines, i)
-            clauses.append(clause)
+        _add_file(parts, path, model, lines)
     # cross-references
-    for name, party in parties.items():
-        for member in party.members:
+    _check_members(loaded, "parties", parts.parties, parts.parties)
+    _check_members(loaded, "communities", parts.communities, parts.parties)
+    _check_clause_names(parts)
+    _check_kinds(loaded, parts)
+    if not parts.parties:
+        raise ConfigError(f"{', '.join(str(p) for p, _, _ in loaded)}: no parties defined ({PARTIES_FILE})")
+    return Policy(
+        parties=parts.parties,
+        communities=parts.communities,
+        clauses=tuple(parts.clauses),
+        frameworks=parts.frameworks,
+        files=tuple(p for p, _, _ in loaded),
+        clause_files={cid: (p, line_of(lines, ("clauses", i)) or 0) for cid, (p, lines, i) in parts.where.items()},
+    )
+
+
+def _add_file(parts: _Parts, path: Path, model: PolicyFile, lines: dict[LinePath, int]) -> None:
+    """Merge one file: its parties, communities, framework and clauses (each defined once across the files)."""
+    for name, party in model.parties.items():
+        if name in parts.parties:
+            raise _err(path, lines, ("parties", name), "party defined twice")
+        parts.parties[name] = party
+    for name, community in model.communities.items():
+        if name in parts.communities:
+            raise _err(path, lines, ("communities", name), "community defined twice")
+        parts.communities[name] = community
+    # a file with clauses has a framework (PolicyFile._shape)
+    text = _add_framework(parts, path, model.framework, lines) if model.framework is not None else ""
+    _add_clauses(parts, path, model, lines, text)
+
+
+def _add_framework(parts: _Parts, path: Path, fw: Framework, lines: dict[LinePath, int]) -> str:
+    """Register the file's framework; the text of its source document (beside the file)."""
+    if fw.id in parts.frameworks:
+        raise _err(path, lines, ("framework", "id"), f"framework {fw.id!r} defined twice")
+    parts.frameworks[fw.id] = fw
+    doc = path.parent / fw.source_document
+    try:
+        return doc.read_text(encoding="utf-8")
+    except OSError:
+        raise _err(path, lines, ("framework", "source_document"), f"cannot read source document {doc}") from None
+
+
+def _add_clauses(parts: _Parts, path: Path, model: PolicyFile, lines: dict[LinePath, int], text: str) -> None:
+    """Add the file's clauses: unique ids prefixed by the framework id, each quoting its source document verbatim."""
+    fw = model.framework
+    for i, clause in enumerate(model.clauses):
+        if clause.id in parts.where:
+            raise _err(path, lines, ("clauses", i, "id"), f"clause id {clause.id!r} is already used")
+        if fw is not None and not clause.id.startswith(fw.id + "."):
+            raise _err(path, lines, ("clauses", i, "id"), f"clause ids in this file start with '{fw.id}.'")
+        if clause.source.quote not in text:
+            raise _err(
+                path, lines, ("clauses", i, "source", "quote"),
+                f"not found verbatim in {fw.source_document if fw else '?'}",
+            )
+        parts.where[clause.id] = (path, lines, i)
+        parts.clauses.append(clause)
+
+
+def _check_members(loaded: _Loaded, section: str, defined: dict[str, Party] | dict[str, Community],
+                   parties: dict[str, Party]) -> None:
+    """Every member of a joint party or a community is a party."""
+    for name, group in defined.items():
+        for member in group.members:
             if member not in parties:
-                path, lines = _file_of(loaded, "parties", name)
-                raise _err(path, lines, ("parties", name, "members"), f"unknown party {member!r}")
-    for name, community in communities.items():
-        for member in community.members:
-            if member not in parties:
-                path, lines = _file_of(loaded, "communities", name)
-                raise _err(path, lines, ("communities", name, "members"), f"unknown party {member!r}")
-    for clause in clauses:
-        path, lines, i = where[clause.id]
-        _check_names(clause, parties, communities, lambda key, msg: _err(path, lines, ("clauses", i, "rule", key), msg))
-    kinds = [c.rule.kind for c in clauses]
+                path, lines = _file_of(loaded, section, name)
+                raise _err(path, lines, (section, name, "members"), f"unknown party {member!r}")
+
+
+def _check_clause_names(parts: _Parts) -> None:
+    """The parties and communities a clause's rule names exist."""
+    for clause in parts.clauses:
+        path, lines, i = parts.where[clause.id]
+        _check_names(clause, parts.parties, parts.communities, _rule_err(path, lines, i))
+
+
+def _rule_err(path: Path, lines: dict[LinePath, int], i: int) -> Callable[[str, str], ConfigError]:
+    """``err(key, message)``: a ``ConfigError`` at ``rule.<key>`` of clause ``i`` of ``path``."""
+
+    def err(key: str, message: str) -> ConfigError:
+        return _err(path, lines, ("clauses", i, "rule", key), message)
+
+    return err
+
+
+def _check_kinds(loaded: _Loaded, parts: _Parts) -> None:
+    """At most one clause of each single kind, and the defaults stated explicitly."""
+    kinds = [c.rule.kind for c in parts.clauses]
     for kind in SINGLE_KINDS:
         if kinds.count(kind) > 1:
-            dup = [c for c in clauses if c.rule.kind == kind][1]
-            path, lines, i = where[dup.id]
+            dup = [c for c in parts.clauses if c.rule.kind == kind][1]
+            path, lines, i = parts.where[dup.id]
             raise _err(path, lines, ("clauses", i, "rule", "kind"), f"only one clause of kind {kind!r} is allowed")
     for kind in REQUIRED_KINDS:
         if kind not in kinds:
             names = ", ".join(str(p) for p, _, _ in loaded)
             raise ConfigError(f"{names}: no clause of kind {kind!r}: a policy must state its default explicitly")
-    if not parties:
-        raise ConfigError(f"{', '.join(str(p) for p, _, _ in loaded)}: no parties defined ({PARTIES_FILE})")
-    return Policy(
-        parties=parties,
-        communities=communities,
-        clauses=tuple(clauses),
-        frameworks=frameworks,
-        files=tuple(p for p, _, _ in loaded),
-        clause_files={cid: (p, line_of(lines, ("clauses", i)) or 0) for cid, (p, lines, i) in where.items()},
-    )
 
 
-def _file_of(loaded: list[tuple[Path, PolicyFile, dict[LinePath, int]]], section: str, name: str) -> tuple[Path, dict[LinePath, int]]:
+def _file_of(loaded: _Loaded, section: str, name: str) -> tuple[Path, dict[LinePath, int]]:
     for path, model, lines in loaded:
         if name in getattr(model, section):
             return path, lines
