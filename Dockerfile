@@ -50,12 +50,12 @@ USER cti
 VOLUME ["/data"]
 EXPOSE 6100
 
-# The discovery endpoint answers 200 with credentials and a TAXII 401 body without:
-# either proves the node is up and speaking TAXII 2.1.  A node serving HTTPS
+# GET /healthz (no credentials) answers 200 {"status": "ok"} while the node's database
+# answers and its data folder has room, 503 naming the failing check otherwise.  A node serving HTTPS
 # (CTI_EXCHANGE_CERTFILE set) is checked over HTTPS, its certificate verified
 # against CTI_EXCHANGE_CA_FILE (the demo CA in the secrets volume).
 HEALTHCHECK --interval=5s --timeout=4s --start-period=10s --retries=12 \
-  CMD ["python3", "-c", "import os,ssl,sys,urllib.request,urllib.error\ntls=bool(os.environ.get('CTI_EXCHANGE_CERTFILE'))\nctx=ssl.create_default_context(cafile=os.environ.get('CTI_EXCHANGE_CA_FILE') or None) if tls else None\ntry:\n  r=urllib.request.urlopen(urllib.request.Request(('https' if tls else 'http')+'://127.0.0.1:6100/taxii2/',headers={'Accept':'application/taxii+json;version=2.1'}),timeout=3,context=ctx); sys.exit(0)\nexcept urllib.error.HTTPError as e:\n  sys.exit(0 if e.code==401 and 'taxii' in e.headers.get('Content-Type','') else 1)\nexcept Exception:\n  sys.exit(1)"]
+  CMD ["python3", "-c", "import os,ssl,sys,urllib.request\ntls=bool(os.environ.get('CTI_EXCHANGE_CERTFILE'))\nctx=ssl.create_default_context(cafile=os.environ.get('CTI_EXCHANGE_CA_FILE') or None) if tls else None\ntry:\n  r=urllib.request.urlopen(('https' if tls else 'http')+'://127.0.0.1:6100/healthz',timeout=3,context=ctx); sys.exit(0 if r.status==200 else 1)\nexcept Exception:\n  sys.exit(1)"]
 
 ENTRYPOINT ["cti-exchange"]
 CMD ["--help"]

@@ -137,6 +137,40 @@ class AccountConfig(_Strict):
         return normalise_subject(value)
 
 
+class HealthConfig(_Strict):
+    """``GET /healthz``: the node answers 503 ``disk`` when its data folder has less free space than this (bytes)."""
+
+    min_free_disk: int = Field(default=64 * 1024 * 1024, ge=0, le=2**62)
+
+
+def check_public_url(value: object) -> str:
+    """A node's public base URL (``public_url``, ``serve --public-url``), ending in ``/``; ``ValueError`` if it is not one.
+
+    An absolute http(s) URL with a host, and optionally a port and a path prefix (a reverse proxy's);
+    no credentials, query or fragment.
+    """
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected an http(s) URL such as https://cti.example.org/")
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL with a host, such as https://cti.example.org/")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a public URL carries no credentials (user:password@host)")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"{text!r}: a public URL has no query or fragment")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"{text!r}: a URL holds no whitespace")
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    return f"{parts.scheme.lower()}://{parts.netloc}{path}"
+
+
 class InboundConfig(_Strict):
     """What this node accepts from a partner's writes and pulls (see ``exchange.policy.inbound``)."""
 
@@ -146,6 +180,12 @@ class InboundConfig(_Strict):
     public_sources: tuple[str, ...] = ("identity--c78cb6e5-0c4b-4611-8297-d1b8b55e40b5",)
     # object types that are markings or identities themselves: no TLP marking required
     exempt_types: tuple[str, ...] = ("marking-definition", "extension-definition", "identity")
+
+
+def write_to_partner_read(account: str, coll: CollectionConfig) -> str:
+    """Why a write grant on a ``partner-read`` collection is refused: only the releaser writes there."""
+    return (f"account {account!r} may not write to {coll.alias or coll.id} (a partner-read collection): "
+            "only the policy release writes what a partner reads")
 
 
 class NodeConfig(_Strict):
@@ -161,7 +201,16 @@ class NodeConfig(_Strict):
     accounts: tuple[AccountConfig, ...] = ()
     inbound: InboundConfig = InboundConfig()
     auth: AuthConfig = AuthConfig()
+    health: HealthConfig = HealthConfig()
     joint_identity: str | None = Field(default=None, pattern=_IDENTITY_RE.pattern)
+    # the base URL partners reach this node at (discovery's API root URLs); without it, the
+    # address the server is bound to; never the request's Host header
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_public_url(value)
 
     @model_validator(mode="after")
     def _cross_references(self, info: ValidationInfo) -> NodeConfig:
@@ -178,6 +227,11 @@ class NodeConfig(_Strict):
                 raise _at(("collections", i, "partner"), f"unknown partner {coll.partner!r}")
         if not any(c.role == "own" for c in self.collections):
             raise _at(("collections",), "a node needs one 'own' collection")
+        self._check_accounts(ids | aliases)
+        return self
+
+    def _check_accounts(self, refs: set[str]) -> None:
+        """Account names and certificate subjects are unique, partners and collections exist, no write to a partner-read."""
         names: set[str] = set()
         subjects: dict[str, str] = {}
         for i, acct in enumerate(self.accounts):
@@ -195,9 +249,12 @@ class NodeConfig(_Strict):
                 subjects[acct.certificate_subject] = acct.name
             for perm in ("read", "write"):
                 for j, ref in enumerate(getattr(acct, perm)):
-                    if ref not in ids and ref not in aliases:
+                    if ref not in refs:
                         raise _at(("accounts", i, perm, j), f"unknown collection {ref!r}")
-        return self
+            for j, ref in enumerate(acct.write):
+                coll = next(c for c in self.collections if ref in (c.id, c.alias))
+                if coll.role == "partner-read":
+                    raise _at(("accounts", i, "write", j), write_to_partner_read(acct.name, coll))
 
     # -- lookups -------------------------------------------------------------
 

@@ -21,10 +21,12 @@ from exchange.errors import BadRequest
 SPEC_VERSION = "2.1"
 MEDIA_TYPE_STIX = "application/stix+json;version=2.1"
 
-_TS_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z$")
-_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+# RFC 3339 digits are ASCII: ``[0-9]``, never ``\d`` (which, like ``int()``, takes any Unicode digit); matched whole
+_TS_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?Z", re.ASCII)
+_TS_ANY_DIGITS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z")  # only to word the refusal
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*\Z")  # \Z: no trailing newline ($ allows one)
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_ID_RE = re.compile(r"^([a-z][a-z0-9-]{1,248}[a-z0-9])--(" + _UUID + r")$")
+_ID_RE = re.compile(r"^([a-z][a-z0-9-]{1,248}[a-z0-9])--(" + _UUID + r")\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _TS_MEMO: dict[str, int] = {}  # objects repeat their timestamps (created = modified = valid_from ...)
@@ -66,16 +68,20 @@ OPINIONS = frozenset({"strongly-disagree", "disagree", "neutral", "agree", "stro
 def parse_timestamp(value: Any) -> int:
     """A STIX/TAXII timestamp (RFC 3339, UTC, ``Z``) as integer microseconds since the epoch.
 
-    Raises ``ValueError`` on anything else.  Sub-microsecond digits are truncated.
+    Raises ``ValueError`` on anything else: other Unicode digits than ASCII ``0-9``
+    (full-width, Arabic-Indic, ...) and anything before or after the timestamp
+    (a trailing newline included).  Sub-microsecond digits are truncated.
     """
     if not isinstance(value, str):
         raise ValueError(f"timestamp must be a string, not {type(value).__name__}")
     known = _TS_MEMO.get(value)
     if known is not None:
         return known
-    m = _TS_RE.match(value)
+    m = _TS_RE.fullmatch(value)
     if m is None:
-        raise ValueError(f"{value!r} is not a STIX timestamp (YYYY-MM-DDTHH:MM:SS[.s]Z)")
+        if not value.isascii() and _TS_ANY_DIGITS_RE.fullmatch(value):
+            raise ValueError("timestamp must use ASCII digits (RFC 3339)")
+        raise ValueError(f"{value[:64]!r} is not a STIX timestamp (YYYY-MM-DDTHH:MM:SS[.s]Z)")
     year, month, day, hour, minute, second, frac = m.groups()
     h, mi, s = int(hour), int(minute), int(second)
     try:

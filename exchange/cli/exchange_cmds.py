@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import orjson
 
-from exchange.cli.node import DATA_DIR, DATABASE, WAIT_DB, _need_store
+from exchange.cli.node import DATA_DIR, DATABASE, INIT, WAIT_DB, _need_store
 from exchange.errors import BadRequest, ConfigError, PartnerAuthError, PartnerError, PartnerTLSError, PartnerUnavailable
 from exchange.stix import read_bundle
 
@@ -34,7 +34,10 @@ def _configure_logging(verbose: bool) -> None:
 @click.option("--strict-validation", is_flag=True, help="Also run the full stix2 parser (pattern grammar).")
 @DATA_DIR
 @DATABASE
-def load(node: str, bundle: Path, collection_ref: str | None, strict_validation: bool, data_dir: Path | None, database: str | None) -> None:
+@INIT
+def load(
+    node: str, bundle: Path, collection_ref: str | None, strict_validation: bool, data_dir: Path | None, database: str | None, init: bool,
+) -> None:
     """Load a STIX 2.1 BUNDLE into NODE's own collection (all or nothing), then release it under policy."""
     from exchange.node.ops import open_node
     from exchange.sharing.release import release_all
@@ -48,7 +51,7 @@ def load(node: str, bundle: Path, collection_ref: str | None, strict_validation:
         obj, problem = problems[0]
         oid = obj.get("id", "?") if isinstance(obj, dict) else "?"
         raise BadRequest(f"{bundle}: {len(problems)} of {len(objects)} objects are invalid; nothing loaded. First: {oid}: {problem}")
-    opened = open_node(node, data_dir=data_dir, database=database)
+    opened = open_node(node, data_dir=data_dir, database=database, init=init)
     try:
         coll = opened.node.config.collection(collection_ref) if collection_ref else opened.node.config.own_collection
         if coll.role != "own" and collection_ref:
@@ -70,13 +73,14 @@ def load(node: str, bundle: Path, collection_ref: str | None, strict_validation:
 @click.argument("node")
 @DATA_DIR
 @DATABASE
-def release(node: str, data_dir: Path | None, database: str | None) -> None:
+@INIT
+def release(node: str, data_dir: Path | None, database: str | None, init: bool) -> None:
     """Evaluate NODE's new objects under policy into each partner's read collection."""
     from exchange.node.ops import open_node
     from exchange.sharing.release import release_all
 
     _need_store(data_dir, database)
-    opened = open_node(node, data_dir=data_dir, database=database)
+    opened = open_node(node, data_dir=data_dir, database=database, init=init)
     try:
         released = release_all(opened)
     finally:
@@ -123,11 +127,12 @@ def _password(password_file: Path | None, password_stdin: bool, *, optional: boo
 @DATA_DIR
 @DATABASE
 @WAIT_DB
+@INIT
 def sync(
     node: str, partner: str, partner_url: str, user: str | None, password_file: Path | None, password_stdin: bool,
     mode: str, interval: float | None, direction: str, envelope_size: int, page_size: int, ca_file: Path | None,
     cert_file: Path | None, key_file: Path | None, retries: int, verbose: bool, data_dir: Path | None, database: str | None,
-    wait_db: float,
+    wait_db: float, init: bool,
 ) -> None:
     """Pull from and push to PARTNER under policy, incrementally and resumably.
 
@@ -146,7 +151,7 @@ def sync(
         raise click.UsageError("--key-file needs --cert-file")
     cert = (str(cert_file), str(key_file)) if key_file else (str(cert_file) if cert_file else None)
     password = _password(password_file, password_stdin, optional=cert is not None)
-    opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db)
+    opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db, init=init)
     if partner not in opened.node.config.partners:
         raise ConfigError(f"node {node!r} has no partner {partner!r} (known: {', '.join(opened.node.config.partners)})")
     client = PartnerClient.connect(partner_url, user or node, password, verify=str(ca_file) if ca_file else True, cert=cert)

@@ -23,6 +23,11 @@ DATABASE = click.option(
     "--database", metavar="URL", envvar="CTI_EXCHANGE_DATABASE",
     help="A database URL (e.g. postgresql://user@host/db) instead of the SQLite file under --data-dir; env CTI_EXCHANGE_DATABASE.",
 )
+INIT = click.option(
+    "--init", is_flag=True,
+    help="Also make a new node database of an existing empty (0-byte) database file or of a database holding other tables "
+         "than cti-exchange's; without it those are refused. A new data dir (no database file yet) is created either way.",
+)
 
 
 def _need_store(data_dir: Path | None, database: str | None) -> None:
@@ -54,11 +59,15 @@ def _need_store(data_dir: Path | None, database: str | None) -> None:
 @click.option("--client-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CLIENT_CA",
               help="Mutual TLS: verify client certificates against this CA bundle; a certificate identifies the account "
                    "whose certificate_subject it has, and those accounts must present it (env CTI_EXCHANGE_CLIENT_CA).")
+@click.option("--public-url", metavar="URL", envvar="CTI_EXCHANGE_PUBLIC_URL", callback=lambda _ctx, _param, value: _public_url(value),
+              help="The base URL partners reach this node at, named in discovery (overrides node.yaml's public_url; "
+                   "default: the address the server is bound to; env CTI_EXCHANGE_PUBLIC_URL).")
 @WAIT_DB
+@INIT
 def serve(
     node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int,
     strict_validation: bool, accounts_from: Path | None, certfile: Path | None, keyfile: Path | None,
-    client_ca: Path | None, wait_db: float, request_timeout: float,
+    client_ca: Path | None, wait_db: float, request_timeout: float, public_url: str | None, init: bool,
 ) -> None:
     """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL.
 
@@ -74,7 +83,7 @@ def serve(
     if certfile is None and (keyfile is not None or client_ca is not None):
         raise click.UsageError("--keyfile and --client-ca need --certfile (TLS)")
     check_files(certfile, keyfile, ca=client_ca)
-    opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db)  # fail fast, before forking workers
+    opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db, init=init)  # fail fast, before forking workers
     if accounts_from is not None:
         for acct in opened.node.config.accounts:
             path = accounts_from / acct.name
@@ -83,13 +92,23 @@ def serve(
     api_root = opened.node.config.api_root.path
     opened.close()
     factory = data_dir_factory(
-        node, data_dir, database, strict_validation=strict_validation, tls=certfile is not None, client_certificates=client_ca is not None
+        node, data_dir, database, strict_validation=strict_validation, tls=certfile is not None, client_certificates=client_ca is not None,
+        public_url=public_url,
     )
     run(
         factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root,
         certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
         client_ca=str(client_ca) if client_ca else None, request_timeout=request_timeout,
     )
+
+
+def _public_url(value: str | None) -> str | None:
+    from exchange.config import check_public_url
+
+    try:
+        return None if value is None else check_public_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--public-url'") from None
 
 
 def _read_password_file(path: Path) -> str:
@@ -117,9 +136,10 @@ def account() -> None:
 @click.option("--partner", help="The partner this account stands for (a name under partners: in node.yaml).")
 @DATA_DIR
 @DATABASE
+@INIT
 def account_add(
     node: str, name: str, password_stdin: bool, password_file: Path | None, read: tuple[str, ...], write: tuple[str, ...],
-    partner: str | None, data_dir: Path | None, database: str | None,
+    partner: str | None, data_dir: Path | None, database: str | None, init: bool,
 ) -> None:
     """Create or update account NAME on NODE."""
     import re
@@ -137,7 +157,7 @@ def account_add(
             raise BadRequest("--password-stdin: no password on stdin")
     elif password_file is not None:
         password = _read_password_file(password_file)
-    opened = open_node(node, data_dir=data_dir, database=database)
+    opened = open_node(node, data_dir=data_dir, database=database, init=init)
     try:
         add_account(opened, name, password, list(read), list(write), partner=partner)
     finally:

@@ -1,6 +1,7 @@
 """The medallion ``Backend`` of a cti-exchange node (TAXII 2.1 s4, s5).
 
-medallion's views do the HTTP part (media types, content length, routing);
+medallion's views do the HTTP part (content length, routing; media types and
+repeated parameters are checked in front of them, ``exchange.node.server``);
 this class answers them from the node's ``Store`` and enforces, per account,
 which collections exist for it (404), which it may read or write (403) and
 which status resources are its own.  Paging uses stateless signed keyset
@@ -25,8 +26,8 @@ from exchange.config import CollectionConfig, LoadedNode
 from exchange.errors import BadRequest, ExchangeError
 from exchange.node import cursor
 from exchange.node.accounts import Account
+from exchange.node.ops import inbound_rules_for, local_copies
 from exchange.policy import current_policy
-from exchange.policy.inbound import InboundRules
 from exchange.policy.markings import tlp_name
 from exchange.stix import MEDIA_TYPE_STIX, check_object, check_object_strict, format_timestamp, is_identifier, is_type_name, parse_timestamp
 from exchange.storage import audit
@@ -58,6 +59,7 @@ class ExchangeBackend(Backend):
         strict_validation: bool = False,
         after_write: AfterWrite | None = None,
         encrypted_transport: bool = False,
+        public_url: str | None = None,
         **_: Any,
     ) -> None:
         self.node = node
@@ -67,13 +69,12 @@ class ExchangeBackend(Backend):
         self._secret = store.secret()
         self._check = check_object_strict if strict_validation else check_object
         self._after_write = after_write
-        self._rules = {
-            name: InboundRules(node.config.inbound, partner.identity, node.config.joint_identity)
-            for name, partner in node.config.partners.items()
-        }
+        self._rules = {name: inbound_rules_for(node.config, name) for name in node.config.partners}
         self._by_id = {c.id: c for c in node.config.collections}
         # served over plain HTTP: rows flagged encrypt_in_transit are left out of every read endpoint
         self._plain = not encrypted_transport
+        self._scheme = "https" if encrypted_transport else "http"
+        self.public_url = public_url if public_url is not None else node.config.public_url
         self._withheld_seen: set[tuple] = set()
         self._withheld_lock = threading.Lock()
 
@@ -99,15 +100,27 @@ class ExchangeBackend(Backend):
         if coll is None:
             raise ProcessingError(f"Collection '{collection_id}' not found", 404)
         acct = self.account()
-        allowed = acct.can_read(coll.id) if perm == "read" else acct.can_write(coll.id)
+        allowed = acct.can_read(coll.id) if perm == "read" else _may_write(acct, coll)
         if not allowed:
             raise ProcessingError(f"Forbidden to {perm} collection '{collection_id}'", 403)
         return coll
 
     # -- server information (TAXII 2.1 s4) --------------------------------------------
 
+    def base_url(self) -> str:
+        """Where clients reach this node (ends in ``/``): ``public_url``, else the address the server is bound to.
+
+        Never the request's ``Host`` header (it is the client's to set). Under gunicorn the
+        bound address is the local end of the connection (``gunicorn.socket``): the listening
+        address, or the interface the connection came in on for a wildcard bind. With no
+        socket (a test client), ``localhost``.
+        """
+        if self.public_url:
+            return self.public_url
+        return bound_url(request.environ.get("gunicorn.socket"), self._scheme)
+
     def _root_url(self) -> str:
-        return request.host_url.rstrip("/") + "/" + self.api_root + "/"
+        return self.base_url() + self.api_root + "/"
 
     def server_discovery(self) -> dict:
         """Discovery resource (s4.1.1)."""
@@ -147,7 +160,7 @@ class ExchangeBackend(Backend):
             "title": coll.title,
             "alias": coll.alias,
             "can_read": acct.can_read(coll.id),
-            "can_write": acct.can_write(coll.id),
+            "can_write": _may_write(acct, coll),
             "media_types": [MEDIA_TYPE_STIX],
         }
         if coll.description:
@@ -306,7 +319,9 @@ class ExchangeBackend(Backend):
             else:
                 failures.append(_failure(obj, f"inbound.stix-valid: {problem}"))
         if coll.role == "partner-inbox" and valid:
-            refused = self._rules[coll.partner].judge(valid, self.store.resolver(coll.id))  # type: ignore[index]
+            refused = self._rules[coll.partner].judge(  # type: ignore[index]
+                valid, self.store.resolver(coll.id), local_copies(self.store, self.config, valid)
+            )
             for i, reason in sorted(refused.items()):
                 failures.append(_failure(valid[i], reason))
             valid = [o for i, o in enumerate(valid) if i not in refused]
@@ -344,6 +359,25 @@ class ExchangeBackend(Backend):
             sel = Selection(collection_id=collection_id, versions=("all",), spec_versions=sel.spec_versions)
         if self.store.delete_object(sel, object_id) == 0:
             raise ProcessingError(f"Object '{object_id}' not found", 404)
+
+
+def bound_url(sock: Any, scheme: str) -> str:
+    """``scheme://host:port/`` of a connection's local end (IPv6 in brackets); ``scheme://localhost/`` without one."""
+    try:
+        local = sock.getsockname()
+    except (AttributeError, OSError, TypeError, ValueError):
+        local = None
+    if not isinstance(local, tuple) or len(local) < 2:  # no socket, or a unix socket's path
+        return f"{scheme}://localhost/"
+    host, port = str(local[0]), local[1]
+    if ":" in host:
+        host = f"[{host.split('%', 1)[0]}]"
+    return f"{scheme}://{host}:{port}/"
+
+
+def _may_write(acct: Account, coll: CollectionConfig) -> bool:
+    """A write grant, on any collection but a ``partner-read`` one: only the policy release writes what a partner reads."""
+    return coll.role != "partner-read" and acct.can_write(coll.id)
 
 
 def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], result: AddResult) -> list[audit.Entry]:

@@ -10,15 +10,29 @@ for as long as it likes, and a handful of them stop the node.
   bytes were taken up: every read of its head and body waits at most until
   then, and a request not received in time is answered ``408`` with a TAXII
   error body and its connection closed (``SlowClient``; inside the app, the
-  Flask handler in ``exchange.node.server`` answers it);
-* over plain HTTP, the request head is collected without a thread: a thread
-  reads what has arrived without blocking and, while the head is incomplete,
-  hands the connection back to the worker's poller until more arrives (needs
-  gunicorn >= 27, which has that hand-back), so clients trickling their
-  headers hold no thread at all;
-* a TLS handshake not completed by the deadline is cut by the worker's main
-  loop (gunicorn performs it in the thread, without a timeout), and a new TLS
-  connection that has sent nothing yet waits on the poller, not in a thread;
+  Flask handler in ``exchange.node.server`` answers it); a connection waiting
+  on the poller past its deadline is answered (or, mid-handshake, cut) by the
+  main loop;
+* the TLS handshake and the request head are collected without a thread: a
+  thread takes up what has arrived without blocking and, while the handshake
+  or the head is incomplete, hands the connection back to the worker's poller
+  until more arrives (gunicorn >= 27's hand-back), so clients trickling their
+  handshake or headers, over plain HTTP or TLS, hold no thread at all;
+* the application sees the request before its body is read: no ``100
+  Continue`` goes out until it reads the body (a request refused from its
+  head, 401/403/413, is answered without it, RFC 9110 s10.1.1), and a
+  response given while the body is still unread closes the connection after
+  it; the body is then read and discarded from the poller, up to
+  ``_DRAIN_BYTES`` within ``_DRAIN_SECONDS``, so that a client still sending
+  it (requests, urllib3, taxii2-client) gets to read the answer instead of a
+  reset;
+* connections that have not yet produced an authenticated request (the
+  application calls ``environ[AUTHENTICATED]()`` once it has verified the
+  credentials) get at most half the threads at a time, the others waiting on
+  the poller for their turn, and at most ``worker_connections // 4`` of them
+  stay open per worker: beyond that the oldest one waiting on the poller is
+  closed, so idle or trickling strangers cannot take the connection slots
+  partners need;
 * closing a connection (FIN, then reading until the client closes, at most
   2 s) happens on the poller instead of blocking the worker's main loop;
 * with several workers, a worker that has just accepted a connection leaves
@@ -26,29 +40,44 @@ for as long as it likes, and a handful of them stop the node.
   holds): gunicorn's workers race for each connection on the shared socket,
   and a few keep-alive clients (partners' sync agents) would otherwise often
   all stick to one worker and share its interpreter lock while the rest idle;
+* a worker dies with its master: on Linux the kernel kills it when the master
+  dies (``PR_SET_PDEATHSIG``); elsewhere the main loop notices within a second
+  that its parent changed, closes the listening socket at once and exits
+  within ``_ORPHAN_GRACE`` seconds, so a restarted node can bind the port;
 * the errors gunicorn answers itself (request line or headers too large,
   malformed request line or headers, bad chunked encoding) carry TAXII error
   bodies (``application/taxii+json``) instead of HTML, and the two it answers
   with a 5xx although the client caused them (an unknown transfer coding: 501;
   a ``SCRIPT_NAME`` header the path does not start with: 500) are 400s.
 
-A client trickling its *body* (or, over TLS, its head) still holds a thread
-until its deadline: ``--threads`` bounds how many of those a worker absorbs,
+An authenticated client trickling its body still holds a thread until its
+deadline: ``--threads`` bounds how many of those a worker absorbs,
 ``--request-timeout`` for how long.  Idle connections are gunicorn's to close
 (``keepalive``, 5 s).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ctypes
+import errno
+import functools
 import os
+import select
 import selectors
+import signal
 import socket
+import ssl
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+from gunicorn import http as gunicorn_http
+from gunicorn import sock as gunicorn_sock
 from gunicorn import util as gunicorn_util
 from gunicorn.http.errors import ConfigurationProblem, UnsupportedTransferCoding
 from gunicorn.http.unreader import SocketUnreader
@@ -56,10 +85,18 @@ from gunicorn.workers import gthread
 
 MEDIA_TYPE_TAXII = "application/taxii+json;version=2.1"
 DEFAULT_REQUEST_TIMEOUT = 30.0
-_DEFER = getattr(gthread, "_DEFER", None)  # gunicorn >= 27: "put this connection back on the poller"
+#: environ key: a callable the application calls once it has verified the request's credentials
+AUTHENTICATED = "cti_exchange.authenticated"
+_DEFER = gthread._DEFER  # gunicorn >= 27: "put this connection back on the poller"
 _MAX_HEAD = 1024 * 1024  # beyond this, the parser's own limits answer (request line, header fields)
 _LINGER_SECONDS, _LINGER_BYTES = 2.0, 64 * 1024  # as gunicorn's close_graceful
+_DRAIN_SECONDS, _DRAIN_BYTES = 5.0, 64 * 1024 * 1024  # after answering a request whose body was not read
+_MAX_LINGERING = 512  # closing sockets per worker; beyond, the oldest is closed at once
+_ACCEPT_BATCH = 64  # connections accepted per turn of the main loop (one with several workers: see accept)
 _SPREAD_PAUSE, _SPREAD_PAUSE_MAX = 0.005, 0.05  # seconds per connection held, and at most (see accept)
+_ORPHAN_GRACE = 1.0  # seconds a worker whose master died has to finish in-flight requests (no PR_SET_PDEATHSIG)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class SlowClient(Exception):
@@ -83,6 +120,16 @@ def taxii_error_response(status: int, reason: str, description: str) -> bytes:
 def _write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """Replaces ``gunicorn.util.write_error`` (its only caller is ``Worker.handle_error``) in our workers."""
     gunicorn_util.write_nonblock(sock, taxii_error_response(status_int, reason, mesg))
+
+
+def die_with_parent(ppid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != ppid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 class _DeadlineSocket:
@@ -120,6 +167,58 @@ class _DeadlineSocket:
         return SlowClient(f"the request was not received within {self._conn.request_timeout:g} s")
 
 
+class _Body:
+    """``wsgi.input``: gunicorn's body, sending ``100 Continue`` on the first read and noting whether it was read to its end."""
+
+    def __init__(self, body: Any, environ: dict, on_first_read: Callable[[], None]) -> None:
+        self._body = body
+        self._on_first_read: Callable[[], None] | None = on_first_read
+        length = environ.get("CONTENT_LENGTH")
+        self._left = int(length) if length and length.isdigit() else None
+        self._eof = self._left == 0 or (self._left is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower())
+
+    @property
+    def consumed(self) -> bool:
+        return self._eof or self._left == 0
+
+    def _begin(self) -> None:
+        if self._on_first_read is not None:
+            first, self._on_first_read = self._on_first_read, None
+            first()
+
+    def _took(self, data: bytes, size: int | None) -> bytes:
+        if self._left is not None:
+            self._left = max(0, self._left - len(data))
+        if size is None or size < 0 or len(data) < size:
+            self._eof = True  # gunicorn's Body.read returns less than asked only at the end
+        return data
+
+    def read(self, size: int | None = None) -> bytes:
+        self._begin()
+        return self._took(self._body.read(size), size)
+
+    def readline(self, size: int | None = None) -> bytes:
+        self._begin()
+        data = self._body.readline(size)
+        return self._took(data, None if not data else len(data))
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        self._begin()
+        lines = self._body.readlines(size)
+        self._eof = True
+        self._left = 0 if self._left is not None else None
+        return lines
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
 def worker_class(request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> type:
     """A gthread worker class whose requests must arrive within ``request_timeout`` seconds."""
 
@@ -134,6 +233,7 @@ class _ExchangeWorker(gthread.ThreadWorker):
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
     def init_process(self) -> None:
+        die_with_parent(self.ppid)
         worker = self
 
         class Conn(gthread.TConn):
@@ -141,18 +241,26 @@ class _ExchangeWorker(gthread.ThreadWorker):
             responded = False
             request_timeout = worker.request_timeout
             early = b""  # bytes read before the parser existed (see _head_incomplete)
+            tls_done = False  # TLS: the handshake is complete (see _tls_handshake)
+            authenticated = False  # a request on it was authenticated (environ[AUTHENTICATED])
+            known = False  # counted among the worker's connections (see enqueue_req)
+            in_lane = False  # holds one of the threads for unauthenticated connections
+            parked: Any = None  # the deque of gunicorn's it waits in on the poller, if any
+            closed = False
+            expect_continue = False  # the client asked for "100 Continue", not sent yet
+            started = False  # the response has begun
+            unread_body = False  # answered before its body was read to the end
 
             def init(self) -> None:
                 if self.initialized:
                     return
-                tls = bool(self.cfg.is_ssl) and self.parser is None
-                if tls:
-                    worker._watch(self)
-                try:
+                if self.tls_done and self.parser is None:
+                    # gunicorn's TConn.init without the TLS wrap: the worker did the handshake
+                    self.initialized = True
+                    self.sock.setblocking(True)
+                    self.parser = gunicorn_http.get_parser(self.cfg, self.sock, self.client)
+                else:
                     super().init()
-                finally:
-                    if tls:
-                        worker._unwatch(self)
                 unreader = getattr(self.parser, "unreader", None)
                 if isinstance(unreader, SocketUnreader) and not isinstance(unreader.sock, _DeadlineSocket):
                     unreader.sock = _DeadlineSocket(unreader.sock, self)
@@ -161,8 +269,9 @@ class _ExchangeWorker(gthread.ThreadWorker):
                     self.early = b""
 
             def close(self, graceful: bool = False) -> None:
+                worker._forget(self)
                 if graceful:  # only ever from finish_request(), on the main loop
-                    worker._linger(self.sock)
+                    worker._linger(self.sock, drain=self.unread_body)
                 else:
                     super().close()
 
@@ -170,17 +279,51 @@ class _ExchangeWorker(gthread.ThreadWorker):
         # TConn, and handle_error() writes through util.write_error
         gthread.TConn = Conn  # type: ignore[misc]
         gunicorn_util.write_error = _write_error
-        self._watched: dict[Any, tuple[int, float]] = {}
         self._lingering: dict[Any, list] = {}
-        self._watch_lock = threading.Lock()
         self._spread = self.cfg.workers > 1
         self._accept_paused_until = 0.0
+        self._local = threading.local()
+        self._strangers: dict[Any, None] = {}  # connections without an authenticated request, oldest first
+        self._max_strangers = max(2 * self.cfg.threads, self.cfg.worker_connections // 4)
+        self._lane_size = max(1, (self.cfg.threads + 1) // 2)
+        self._lane_busy = 0
+        self._lane_waiting: collections.deque = collections.deque()
+        self._orphan = False
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self._app = self.wsgi
+        self.wsgi = self._serve
+
+    # -- the master's death ---------------------------------------------------------------------
+
+    def is_parent_alive(self) -> bool:  # called by the main loop at least once a second
+        if os.getppid() == self.ppid:
+            return True
+        self.log.warning("Master %s is gone: worker %s closes its listening socket and exits", self.ppid, self.pid)
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            with contextlib.suppress(OSError):
+                listener.close()
+        self._orphan = True
+        timer = threading.Timer(_ORPHAN_GRACE, os._exit, (1,))  # requests still in flight get this long
+        timer.daemon = True
+        timer.start()
+        return False
+
+    def run(self) -> None:
+        super().run()
+        if self._orphan:
+            os._exit(1)  # not the interpreter's shutdown: it takes seconds (and the timer cannot fire meanwhile)
 
     # -- spreading connections over the workers ----------------------------------------------
 
     def accept(self, listener: Any) -> None:
-        """Accept one connection; with other workers about, then stop accepting for a moment.
+        """Accept the connections waiting (up to ``_ACCEPT_BATCH``), or one with other workers about, then stop accepting for a moment.
+
+        gunicorn accepts one connection per turn of the main loop: under a flood of
+        connections, a partner's waited its turn behind all of them.
 
         Every worker polls the one listening socket and the first to call
         ``accept()`` gets the connection, so a worker that has just served one
@@ -190,7 +333,18 @@ class _ExchangeWorker(gthread.ThreadWorker):
         ``_SPREAD_PAUSE_MAX``) leaves new connections to less busy workers; an
         idle worker never pauses, and a paused one resumes within the pause.
         """
-        super().accept(listener)
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                client, addr = listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                    raise
+                break
+            self.nr_conns += 1
+            client.setblocking(True)
+            self.enqueue_req(gthread.TConn(self.cfg, client, addr, listener.getsockname()))
+            if self._spread or self.nr_conns >= self.worker_connections:
+                break
         if self._spread and self.nr_conns > 0:
             self._accept_paused_until = time.monotonic() + min(_SPREAD_PAUSE * self.nr_conns, _SPREAD_PAUSE_MAX)
             self.set_accept_enabled(False)
@@ -208,33 +362,155 @@ class _ExchangeWorker(gthread.ThreadWorker):
             timeout = min(timeout, paused_for)
         super().wait_for_and_dispatch_events(timeout)
 
-    # -- per-request deadline ----------------------------------------------------------
+    # -- connections without an authenticated request (main loop) --------------------------------
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Hand ``conn`` to a thread once its request head is in; one not yet authenticated waits while its share of the threads is taken."""
+        conn.parked = None
+        if not conn.known:
+            conn.known = True
+            self._strangers[conn] = None
+            self._evict_strangers()
+        if self._gather(conn):
+            return
+        if not conn.authenticated:
+            if self._lane_busy >= self._lane_size:
+                self._lane_waiting.append(conn)
+                return
+            self._lane_busy += 1
+            conn.in_lane = True
+        super().enqueue_req(conn)
+
+    def _gather(self, conn: Any) -> bool:
+        """Take up what has arrived of the request head, on the main loop; True if it is incomplete and the connection waits on the poller.
+
+        A TLS handshake still under way is left to a thread (``_tls_handshake``): OpenSSL does
+        it without the interpreter lock, the main loop would do it with.
+        """
+        if conn.is_http2 or not self.alive or (self.cfg.is_ssl and not conn.tls_done):
+            return False
+        now = time.monotonic()
+        if conn.deadline is None:
+            conn.deadline = now + self.request_timeout
+            conn.responded = False
+        if not self._head_incomplete(conn) or now >= conn.deadline:
+            return False  # complete, or the thread answers 408
+        conn.sock.setblocking(False)
+        conn.timeout = now + self.cfg.keepalive  # closed by murder_pending() if nothing more comes for that long
+        self.pending_conns.append(conn)
+        conn.parked = self.pending_conns
+        self.poller.register(conn.sock, selectors.EVENT_READ, functools.partial(self.on_pending_socket_readable, conn))
+        return True
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        self._leave_lane(conn)
+        super().finish_request(conn, fs)
+        for waiting in (self.pending_conns, self.keepalived_conns):
+            if waiting and waiting[-1] is conn:
+                conn.parked = waiting
+
+    def _leave_lane(self, conn: Any) -> None:
+        if conn.in_lane:
+            conn.in_lane = False
+            self._lane_busy -= 1
+        while self._lane_waiting and self._lane_busy < self._lane_size:
+            self.enqueue_req(self._lane_waiting.popleft())
+
+    def _authenticated(self, conn: Any) -> None:
+        """From the application's thread: this connection produced an authenticated request."""
+        if conn.authenticated:
+            return
+        conn.authenticated = True
+        self.method_queue.defer(self._welcome, conn)
+
+    def _welcome(self, conn: Any) -> None:
+        self._strangers.pop(conn, None)
+        self._leave_lane(conn)
+
+    def _forget(self, conn: Any) -> None:
+        conn.closed = True
+        self._strangers.pop(conn, None)
+
+    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
+        if not conn.closed:  # evicted earlier in the same turn of the main loop: a stale event
+            super().on_pending_socket_readable(conn, client)
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        if not conn.closed:
+            super().on_client_socket_readable(conn, client)
+
+    def _evict_strangers(self) -> None:
+        """Close the oldest unauthenticated connections waiting on the poller while there are too many."""
+        while len(self._strangers) > self._max_strangers:
+            for conn in self._strangers:  # oldest first
+                if conn.parked is not None:
+                    break
+            else:
+                return  # all in threads or waiting for one: not now
+            with contextlib.suppress(ValueError):
+                conn.parked.remove(conn)
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            conn.close()
+            self.log.info("Closed an unauthenticated connection: more than %d open", self._max_strangers)
+
+    # -- per-request deadline; handshake and head without a thread --------------------------------
 
     def handle(self, conn: Any) -> Any:
         now = time.monotonic()
         if conn.deadline is None:
             conn.deadline = now + self.request_timeout
             conn.responded = False
-        if _DEFER is not None and not conn.is_http2:
-            if not self.cfg.is_ssl:
-                if self._head_incomplete(conn):
-                    if now < conn.deadline:
-                        return _DEFER  # the poller hands it back when more arrives (or closes it after keepalive s idle)
-                    slow = SlowClient(f"the request head was not received within {self.request_timeout:g} s")
-                    self.handle_error(None, conn.sock, conn.client, slow)
-                    return False
-                if not conn.initialized:
-                    conn.data_ready = True  # its bytes are in conn.early: gunicorn must not wait for the socket
-            elif not conn.initialized and not conn.data_ready:
-                # TLS: nothing sent yet: back to the poller at once rather than a thread waiting 5 s for it
-                if not self._readable_now(conn.sock):
-                    conn.deadline = None
-                    return _DEFER
-                conn.data_ready = True
+        if not conn.is_http2:
+            if self.cfg.is_ssl and not conn.tls_done:
+                step = self._tls_handshake(conn)
+                if step is not None:
+                    return step
+            if self._head_incomplete(conn):
+                if now < conn.deadline:
+                    return _DEFER  # the poller hands it back when more arrives (see also murder_pending)
+                slow = SlowClient(f"the request head was not received within {self.request_timeout:g} s")
+                self.handle_error(None, conn.sock, conn.client, slow)
+                return False
+            if not conn.initialized:
+                conn.data_ready = True  # its bytes are in conn.early: gunicorn must not wait for the socket
         result = super().handle(conn)
         # the next request on a kept-alive connection gets its own deadline
         conn.deadline = None
         return result
+
+    def _tls_handshake(self, conn: Any) -> Any:
+        """Advance the TLS handshake without blocking: ``None`` once complete, ``_DEFER`` for more bytes, ``False`` if it failed."""
+        sock = conn.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            if not self._readable_now(sock):
+                conn.deadline = None  # nothing sent yet: no request has begun
+                return _DEFER
+            sock.setblocking(False)
+            try:
+                sock = conn.sock = gunicorn_sock.ssl_context(self.cfg).wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False, suppress_ragged_eofs=self.cfg.suppress_ragged_eofs
+                )
+            except (OSError, ValueError) as exc:
+                self.log.debug("TLS: cannot wrap the connection from %s: %s", conn.client, exc)
+                return False
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                return _DEFER
+            except ssl.SSLWantWriteError:  # our flight does not fit the socket buffer: wait for room, at most until the deadline
+                left = (conn.deadline or 0) - time.monotonic()
+                if left <= 0 or not select.select([], [sock], [], left)[1]:
+                    return False
+            except (ssl.SSLError, OSError) as exc:
+                self.log.debug("TLS handshake with %s failed: %s", conn.client, exc)
+                return False
+        conn.tls_done = True
+        return None
 
     @staticmethod
     def _readable_now(sock: Any) -> bool:
@@ -247,7 +523,21 @@ class _ExchangeWorker(gthread.ThreadWorker):
             return True  # let gunicorn meet the error
 
     @staticmethod
-    def _head_incomplete(conn: Any) -> bool:
+    def _recv_now(sock: Any) -> bytes | None:
+        """What has arrived (b"" at the end of the stream), without blocking; ``None`` if nothing has."""
+        if isinstance(sock, ssl.SSLSocket):
+            sock.setblocking(False)
+            try:
+                return sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return None
+        try:
+            return sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    @classmethod
+    def _head_incomplete(cls, conn: Any) -> bool:
         """Take up what the client sent, without blocking; True while the request head is incomplete."""
         unreader = getattr(conn.parser, "unreader", None) if conn.initialized else None
         if conn.initialized and unreader is None:
@@ -260,11 +550,11 @@ class _ExchangeWorker(gthread.ThreadWorker):
                 return False
             scanned = len(held)
             try:
-                chunk = conn.sock.recv(65536, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return True
+                chunk = cls._recv_now(conn.sock)
             except OSError:
                 return False  # the parser meets the error again and gunicorn handles it
+            if chunk is None:
+                return True
             if unreader is not None:
                 unreader.buf.seek(0, os.SEEK_END)
                 unreader.buf.write(chunk)
@@ -274,11 +564,46 @@ class _ExchangeWorker(gthread.ThreadWorker):
             if not chunk:
                 return False  # end of stream: the parser sees it
 
+    # -- the request as the application sees it ---------------------------------------------------
+
     def handle_request(self, req: Any, conn: Any) -> Any:
+        # "100 Continue" only once the application reads the body (see _serve)
+        conn.expect_continue = bool(getattr(req, "_expected_100_continue", False))
+        if conn.expect_continue:
+            req._expected_100_continue = False
+        conn.started = conn.unread_body = False
+        self._local.conn = conn
         try:
             return super().handle_request(req, conn)
         finally:
+            self._local.conn = None
             conn.responded = True
+
+    def _serve(self, environ: dict, start_response: Callable) -> Any:
+        """The WSGI application, with a ``wsgi.input`` that knows whether it was read and an ``AUTHENTICATED`` callback."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:  # HTTP/2 (not offered by this node)
+            return self._app(environ, start_response)
+        body = _Body(environ["wsgi.input"], environ, lambda: self._continue(conn))
+        environ["wsgi.input"] = body
+        environ[AUTHENTICATED] = lambda: self._authenticated(conn)
+
+        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+            conn.started = True
+            if not body.consumed:  # the client may still be sending it: answer, then close (see _linger)
+                conn.unread_body = True
+                force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                if force_close is not None:
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return self._app(environ, start)
+
+    @staticmethod
+    def _continue(conn: Any) -> None:
+        if conn.expect_continue and not conn.started:
+            conn.expect_continue = False
+            conn.sock.sendall(_CONTINUE)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, SlowClient):
@@ -300,24 +625,19 @@ class _ExchangeWorker(gthread.ThreadWorker):
         except Exception:  # noqa: BLE001 - the client may be gone
             self.log.debug("Failed to send the %s answer.", status)
 
-    # -- TLS handshakes: cut by the main loop at the deadline -----------------------------
-
-    def _watch(self, conn: Any) -> None:
-        with self._watch_lock:
-            self._watched[conn] = (conn.sock.fileno(), conn.deadline or time.monotonic() + self.request_timeout)
-
-    def _unwatch(self, conn: Any) -> None:
-        with self._watch_lock:
-            self._watched.pop(conn, None)
-
     # -- closing: gunicorn's graceful close without blocking the main loop ----------------------
 
-    def _linger(self, sock: Any) -> None:
+    def _linger(self, sock: Any, drain: bool = False) -> None:
         """Send FIN, then read and discard until the client closes (RFC 9112 s9.6), from the poller.
 
         gunicorn's ``close_graceful`` does this with a blocking read of up to 2 s on
         the main loop: a client that never closes its end stalled accepting and
-        every other connection for that long, once per connection.
+        every other connection for that long, once per connection.  ``drain``: the
+        request's body was not read (answered from its head): the client may be
+        sending megabytes still, and closing before it is done would reset the
+        connection under the answer, so read up to ``_DRAIN_BYTES`` for up to
+        ``_DRAIN_SECONDS``.  Over TLS the read is of the raw stream (``shutdown``
+        leaves the TLS layer), nothing is decrypted.
         """
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -326,21 +646,26 @@ class _ExchangeWorker(gthread.ThreadWorker):
         except (OSError, ValueError, KeyError):
             gunicorn_util.close(sock)
             return
-        self._lingering[sock] = [time.monotonic() + _LINGER_SECONDS, 0]
+        while len(self._lingering) >= _MAX_LINGERING:
+            self._end_linger(next(iter(self._lingering)))
+        seconds, limit = (_DRAIN_SECONDS, _DRAIN_BYTES) if drain else (_LINGER_SECONDS, _LINGER_BYTES)
+        self._lingering[sock] = [time.monotonic() + seconds, limit]
 
     def _linger_readable(self, sock: Any) -> None:
         entry = self._lingering.get(sock)
         if entry is None:
             return
-        try:
-            data = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        entry[1] += len(data)
-        if not data or entry[1] >= _LINGER_BYTES:
-            self._end_linger(sock)
+        for _ in range(16):  # up to 1 MiB per turn of the main loop
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            entry[1] -= len(data)
+            if not data or entry[1] <= 0:
+                self._end_linger(sock)
+                return
 
     def _end_linger(self, sock: Any) -> None:
         self._lingering.pop(sock, None)
@@ -351,20 +676,27 @@ class _ExchangeWorker(gthread.ThreadWorker):
     def murder_pending(self) -> None:  # called by the main loop at least once a second
         super().murder_pending()
         now = time.monotonic()
-        for sock, (deadline, _read) in list(self._lingering.items()):
+        for sock, (deadline, _left) in list(self._lingering.items()):
             if now >= deadline:
                 self._end_linger(sock)
-        with self._watch_lock:  # held while cutting: the handshake thread cannot close the fd meanwhile
-            for conn, (fd, deadline) in list(self._watched.items()):
-                if now < deadline:
-                    continue
-                del self._watched[conn]
-                try:
-                    cut = socket.socket(fileno=os.dup(fd))
-                    try:
-                        cut.shutdown(socket.SHUT_RDWR)
-                    finally:
-                        cut.close()
-                    self.log.info("TLS handshake not completed within %g s: connection cut", self.request_timeout)
-                except OSError:
-                    pass
+        expired = [c for c in self.pending_conns if c.deadline is not None and now >= c.deadline]
+        for conn in expired:
+            self.pending_conns.remove(conn)
+            conn.parked = None
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            self._expire(conn)
+
+    def _expire(self, conn: Any) -> None:
+        """A connection waiting on the poller is past its request deadline: 408, or cut mid-handshake."""
+        if self.cfg.is_ssl and not conn.tls_done:
+            self.log.info("TLS handshake not completed within %g s: connection cut", self.request_timeout)
+            conn.close()
+            return
+        unreader = getattr(conn.parser, "unreader", None)
+        if conn.early or (unreader is not None and unreader.buf.getvalue()):
+            self._answer(conn.sock, 408, "Request Timeout", SlowClient(f"the request head was not received within {self.request_timeout:g} s"))
+            conn.close(graceful=True)
+        else:
+            conn.close()

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import orjson
 from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from exchange.errors import StorageError
 from exchange.storage.schema import audit, meta
 from exchange.storage.store import Store, insert_rows, now_us
 
@@ -89,36 +91,53 @@ class Verdict:
 
 
 def verify(store: Store) -> Verdict:
-    """Recompute the chain; the first broken link (or a truncated tail) is reported."""
-    prev = GENESIS
-    expected_seq = 0
-    with store.engine.connect() as conn:
-        head = conn.execute(select(meta.c.value).where(meta.c.key == "audit_head")).scalar()
-        for row in conn.execute(select(audit).order_by(audit.c.seq)):
-            expected_seq += 1
-            if row.seq != expected_seq:
-                return Verdict(False, expected_seq - 1, f"entry {expected_seq} is missing (next is {row.seq})")
-            if row.prev != prev:
-                return Verdict(False, expected_seq - 1, f"entry {row.seq}: does not follow entry {row.seq - 1}")
-            try:
-                e = Entry(
-                    event=row.event, partner=row.partner, object_id=row.object_id, version=row.version,
-                    decision=row.decision, clauses=tuple(orjson.loads(row.clauses)), detail=orjson.loads(row.detail),
-                )
-            except orjson.JSONDecodeError:
-                return Verdict(False, expected_seq - 1, f"entry {row.seq}: unreadable")
-            if _digest(prev, row.seq, row.at, e) != row.hash:
-                return Verdict(False, expected_seq - 1, f"entry {row.seq}: content does not match its hash (edited)")
-            prev = row.hash
-    count = expected_seq
+    """Recompute the chain; the first broken link (or a truncated tail) is reported.
+
+    A database that cannot be read (damaged pages, a missing table) is a ``StorageError``
+    with one line, never a traceback.
+    """
+    try:
+        with store.engine.connect() as conn:
+            head = conn.execute(select(meta.c.value).where(meta.c.key == "audit_head")).scalar()
+            verdict, count, prev = _walk(conn.execute(select(audit).order_by(audit.c.seq)))
+    except SQLAlchemyError as exc:
+        first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).splitlines()[0][:200]
+        raise StorageError(f"cannot read the audit log: {exc.__class__.__name__}: {first}") from exc
+    if verdict is not None:
+        return verdict
     if head is None:
         if count:
             return Verdict(False, count, "the chain head record is missing")
         return Verdict(True, 0)
-    head_seq, head_hash = head.split(":", 1)
+    head_seq, _, head_hash = head.partition(":")
+    if not head_seq.isascii() or not head_seq.isdigit():
+        return Verdict(False, count, f"the chain head record is unreadable ({head[:80]!r})")
     if int(head_seq) != count or head_hash != prev:
         return Verdict(False, count, f"the log ends at entry {count} but its head says {head_seq} (entries removed)")
     return Verdict(True, count)
+
+
+def _walk(rows: Iterable) -> tuple[Verdict | None, int, str]:
+    """``(the first problem or None, entries walked, the last hash)`` over the audit rows in ``seq`` order."""
+    prev = GENESIS
+    expected_seq = 0
+    for row in rows:
+        expected_seq += 1
+        if row.seq != expected_seq:
+            return Verdict(False, expected_seq - 1, f"entry {expected_seq} is missing (next is {row.seq})"), expected_seq - 1, prev
+        if row.prev != prev:
+            return Verdict(False, expected_seq - 1, f"entry {row.seq}: does not follow entry {row.seq - 1}"), expected_seq - 1, prev
+        try:
+            e = Entry(
+                event=row.event, partner=row.partner, object_id=row.object_id, version=row.version,
+                decision=row.decision, clauses=tuple(orjson.loads(row.clauses)), detail=orjson.loads(row.detail),
+            )
+        except (orjson.JSONDecodeError, TypeError):
+            return Verdict(False, expected_seq - 1, f"entry {row.seq}: unreadable"), expected_seq - 1, prev
+        if _digest(prev, row.seq, row.at, e) != row.hash:
+            return Verdict(False, expected_seq - 1, f"entry {row.seq}: content does not match its hash (edited)"), expected_seq - 1, prev
+        prev = row.hash
+    return None, expected_seq, prev
 
 
 def entries(store: Store) -> Iterator[dict]:

@@ -5,10 +5,11 @@ both use it.  SQLite (a file under ``--data-dir``) is the embedded default;
 dialect differences (write locking, pragmas) are confined to ``_dialect``.
 
 Writes to a collection are serialised (SQLite ``BEGIN IMMEDIATE``; an
-advisory lock elsewhere) and ``date_added`` is assigned inside that lock as
-``max(now, latest date_added + 1µs)``, so ``(date_added, seq)`` grows in commit
-order and a reader paging with ``added_after``/``next`` never misses a row
-that commits later with an earlier timestamp.
+advisory lock elsewhere) and ``date_added`` is assigned inside that lock: the
+first row of a batch gets ``max(now, latest date_added + 1µs)``, each further
+row 1µs more.  So ``date_added`` strictly increases row by row in commit order
+within a collection, and a reader paging with ``added_after`` (exclusive) or
+``next`` never misses a row nor gets one twice.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import ConfigError, StorageError
 from exchange.stix import format_timestamp, object_version, parse_timestamp
+from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
 from exchange.storage.schema import accounts, grants, login_failures, meta, objects, statuses, sync_state
 
 DB_FILE = "cti-exchange.sqlite"
@@ -136,36 +138,63 @@ class AddResult:
 class Store:
     """A node's database.  Thread-safe; one per process (or per worker)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, init: bool = False) -> None:
+        """Open the database at ``url``, check it (``exchange.storage.integrity``) and bring its schema up to date.
+
+        ``init``: also make a node database of an existing SQLite file without tables
+        (a zero-byte file) or of a database holding other tables; without it those are
+        refused (``DatabaseRefused``), as is a damaged database or an unknown schema.
+        """
         url = normalise_url(url)
         self.url = url
-        try:
-            self.engine: Engine = create_engine(url, echo=echo, future=True, **_engine_options(url))
-        except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise ConfigError(f"cannot open database {url!r}: {exc}") from exc
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+        path = sqlite_file(url)
+        with creating(path):  # a new SQLite file: one process creates it, the others wait
+            if path is not None:
+                check_sqlite_file(path, init=init)
+            try:
+                self.engine: Engine = create_engine(url, echo=echo, future=True, **_engine_options(url))
+            except (SQLAlchemyError, ImportError, ValueError) as exc:
+                raise ConfigError(f"cannot open database {url!r}: {exc}") from exc
+            self.dialect = self.engine.dialect.name
+            if self.dialect == "sqlite":
+                _configure_sqlite(self.engine)
+            where = str(path) if path is not None else self.engine.url.render_as_string(hide_password=True)
+            try:
+                self._open_schema(where, init=init, checked=path is not None)
+            except BaseException:
+                self.engine.dispose()
+                raise
         # Reads of one statement need no transaction around them.  On PostgreSQL they run in
         # autocommit mode, which saves the BEGIN and ROLLBACK round trips around each query (a
         # page request was 4 queries and 6 such round trips).  SQLite begins its own (in process).
         self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.dialect == "postgresql" else self.engine
-        try:
-            from exchange.storage.migrate import upgrade
-
-            upgrade(self.engine)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"cannot initialise database {url!r}: {exc.__class__.__name__}: {exc}") from exc
         self._secret: bytes | None = None
         self._inserted_since_check = 0
         self._failures_noted = 0
         self._counters_lock = threading.Lock()
 
+    def _open_schema(self, where: str, *, init: bool, checked: bool) -> None:
+        """Refuse a foreign or damaged schema (``checked``: already done on the SQLite file), upgrade, check the result."""
+        from alembic.util import CommandError
+
+        from exchange.storage.migrate import upgrade
+
+        try:
+            if not checked:
+                with self.engine.connect() as conn:
+                    check_schema(conn, where, init=init)
+            upgrade(self.engine)
+            with self.engine.connect() as conn:
+                check_complete(conn, where)
+        except (SQLAlchemyError, CommandError) as exc:
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise StorageError(f"cannot initialise database {where}: {exc.__class__.__name__}: {first}") from exc
+
     @classmethod
-    def open(cls, data_dir: Path | None = None, database: str | None = None) -> Store:
-        """The store under ``data_dir`` (SQLite) or at a database URL."""
+    def open(cls, data_dir: Path | None = None, database: str | None = None, *, init: bool = False) -> Store:
+        """The store under ``data_dir`` (SQLite) or at a database URL (``init``: see ``Store``)."""
         if database:
-            return cls(database)
+            return cls(database, init=init)
         if data_dir is None:
             raise ConfigError("give --data-dir (or --database)")
         data_dir = Path(data_dir)
@@ -173,7 +202,7 @@ class Store:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create data dir {data_dir}: {exc}") from exc
-        return cls(sqlite_url(data_dir))
+        return cls(sqlite_url(data_dir), init=init)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -443,8 +472,11 @@ class Store:
     def add_in(self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None) -> AddResult:
         """``add_objects`` inside a ``transaction()``.
 
-        ``date_added`` is strictly greater than every stored one, so a reader
-        holding ``added_after`` = the last ``date_added`` it saw misses nothing.
+        Each new row's ``date_added`` is strictly greater than every one stored in
+        the collection before it, this batch's earlier rows included (the first
+        row gets ``max(now, latest + 1µs)``, the next ones 1µs more each), so a
+        reader holding ``added_after`` = the last ``date_added`` it saw misses
+        nothing and gets nothing twice.  ``result.date_added`` is the first row's.
         """
         result = AddResult()
         if not objs:
@@ -472,16 +504,15 @@ class Store:
 
     def _add_locked(self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult) -> None:
         """Stage the batch's new versions, settle collisions with stored ones, then write (all under the write lock)."""
-        stamp_str = format_timestamp(stamp)
-        needs_encryption = self._encryption_check(conn, collection_id, objs)
+        staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs))
         existing = _stored_versions(conn, collection_id, list(dict.fromkeys(o["id"] for o in objs)))
-        pending, compare = _stage_versions(collection_id, objs, existing, stamp, stamp_str, needs_encryption, result)
-        _settle_collisions(conn, collection_id, compare, pending, stamp, stamp_str, needs_encryption, result)
-        if not pending:
+        compare = _stage_versions(objs, existing, staged, result)
+        _settle_collisions(conn, compare, staged, result)
+        if not staged.rows:
             return
-        _write_versions(conn, existing, pending)
-        result.added = len(pending)
-        self._inserted_since_check += len(pending)
+        _write_versions(conn, existing, staged.rows)
+        result.added = len(staged.rows)
+        self._inserted_since_check += len(staged.rows)
 
     def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict]):  # type: ignore[no-untyped-def]
         """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
@@ -748,80 +779,87 @@ def _stored_versions(conn: Connection, collection_id: str, ids: Sequence[str]) -
     return existing
 
 
-def _stage_versions(
-    collection_id: str,
-    objs: Sequence[dict],
-    existing: dict[str, list],
-    stamp: int,
-    stamp_str: str,
-    needs_encryption: Callable[[dict], bool],
-    result: AddResult,
-) -> tuple[dict[tuple[str, int], dict], list[tuple[dict, str, int]]]:
-    """The rows of versions not stored yet, by ``(id, version_key)``, and the posted objects that collide with a stored version.
+def _new_row(collection_id: str, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool]) -> dict:
+    """The ``objects`` row of one new object version."""
+    return {
+        "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"], "version": vstr, "version_key": vkey,
+        "spec_version": obj.get("spec_version", "2.1"), "date_added": date_added, "is_first": False, "is_last": False,
+        "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj),
+    }
+
+
+@dataclass
+class _Staged:
+    """The new versions of one batch, in the order they are written.
+
+    Row ``k`` of a batch gets ``date_added = stamp + k`` (microsecond steps), so
+    ``date_added`` strictly increases row by row: a client paging with
+    ``added_after`` = the last ``date_added`` it saw (``X-TAXII-Date-Added-Last``)
+    never skips the rest of an envelope that shares its page's last stamp.
+    """
+
+    collection_id: str
+    stamp: int
+    needs_encryption: Callable[[dict], bool]
+    rows: dict[tuple[str, int], dict] = field(default_factory=dict)  # (id, version_key) -> row values, in date_added order
+    unversioned: dict[str, int] = field(default_factory=dict)  # id -> version_key of an unversioned SCO staged in this batch
+
+    def add(self, obj: dict, vkey: int | None, vstr: str | None) -> str:
+        """Stage ``obj`` as a new version; ``vkey`` ``None``: versioned by its own ``date_added``. Returns the version."""
+        date_added = self.stamp + len(self.rows)
+        if vkey is None or vstr is None:
+            vkey, vstr = date_added, format_timestamp(date_added)
+            self.unversioned[obj["id"]] = vkey
+        self.rows[(obj["id"], vkey)] = _new_row(self.collection_id, obj, vkey, vstr, date_added, self.needs_encryption)
+        return vstr
+
+    def again(self, obj: dict, key: tuple[str, int], result: AddResult) -> None:
+        """A second object with the id and version of one staged in this batch: a success if identical, else a failure."""
+        prior = self.rows[key]
+        if orjson.loads(prior["body"]) == obj:
+            result.successes.append({"id": obj["id"], "version": prior["version"]})
+        else:
+            result.failures.append(
+                {"id": obj["id"], "version": prior["version"], "message": "another object with this id and version is in the same envelope"}
+            )
+
+
+def _stage_versions(objs: Sequence[dict], existing: dict[str, list], staged: _Staged, result: AddResult) -> list[tuple[dict, str | None, int]]:
+    """Stage the versions not stored yet; returns the posted objects that collide with a stored version.
 
     An object's version is its ``modified``/``created`` (TAXII 2.1 s3.4.3); an SCO
-    without either is versioned by ``date_added``.  Two different objects with the
+    without either is versioned by its ``date_added``.  Two different objects with the
     same id and version in one envelope: the second is a failure (STIX 2.1 s3.6).
     """
-    pending: dict[tuple[str, int], dict] = {}  # (id, version_key) -> row values
-    compare: list[tuple[dict, str, int]] = []  # posted objects that collide with a stored version
+    compare: list[tuple[dict, str | None, int]] = []  # (posted object, its version or None if unversioned, stored version key)
     for obj in objs:
         sid = obj["id"]
         version = object_version(obj)
-        if version is None:  # SCO without created/modified: versioned by date_added
-            vkey, vstr = None, stamp_str
-        else:
-            vkey, vstr = parse_timestamp(version), version
-        key_for_match = vkey
         rows = existing.get(sid, [])
-        if vkey is None:
+        if version is None:  # SCO without created/modified: versioned by date_added
             # identical to the latest stored version of this SCO? then nothing new
             last = next((r for r in rows if r.is_last), None)
             if last is not None:
-                compare.append((obj, vstr, last.version_key))
-                continue
-            key_for_match = stamp
-        elif any(r.version_key == vkey for r in rows):
-            compare.append((obj, vstr, vkey))
-            continue
-        body = orjson.dumps(obj).decode("utf-8")
-        prior = pending.get((sid, key_for_match))
-        if prior is not None:
-            if orjson.loads(prior["body"]) == obj:
-                result.successes.append({"id": sid, "version": vstr})
+                compare.append((obj, None, last.version_key))
+            elif sid in staged.unversioned:
+                staged.again(obj, (sid, staged.unversioned[sid]), result)
             else:
-                result.failures.append({"id": sid, "version": vstr, "message": "another object with this id and version is in the same envelope"})
+                result.successes.append({"id": sid, "version": staged.add(obj, None, None)})
             continue
-        pending[(sid, key_for_match)] = {
-            "collection_id": collection_id,
-            "stix_id": sid,
-            "stix_type": obj["type"],
-            "version": vstr,
-            "version_key": key_for_match,
-            "spec_version": obj.get("spec_version", "2.1"),
-            "date_added": stamp,
-            "is_first": False,
-            "is_last": False,
-            "body": body,
-            "encrypt_in_transit": needs_encryption(obj),
-        }
-        result.successes.append({"id": sid, "version": vstr})
-    return pending, compare
+        vkey = parse_timestamp(version)
+        if any(r.version_key == vkey for r in rows):
+            compare.append((obj, version, vkey))
+        elif (sid, vkey) in staged.rows:
+            staged.again(obj, (sid, vkey), result)
+        else:
+            result.successes.append({"id": sid, "version": staged.add(obj, vkey, version)})
+    return compare
 
 
-def _settle_collisions(
-    conn: Connection,
-    collection_id: str,
-    compare: list[tuple[dict, str, int]],
-    pending: dict[tuple[str, int], dict],
-    stamp: int,
-    stamp_str: str,
-    needs_encryption: Callable[[dict], bool],
-    result: AddResult,
-) -> None:
+def _settle_collisions(conn: Connection, compare: list[tuple[dict, str | None, int]], staged: _Staged, result: AddResult) -> None:
     """Identical re-posts are successes; different content under a stored version is a failure (STIX 2.1 s3.6).
 
-    A changed SCO without a version of its own is staged in ``pending`` as a new version at ``stamp``.
+    A changed SCO without a version of its own is staged as a new version (at its own ``date_added``).
     """
     for chunk in _chunks(compare, _CHUNK):
         # by (collection_id, stix_id): the unique index; a row-value IN would scan the collection on SQLite
@@ -830,26 +868,23 @@ def _settle_collisions(
             (r.stix_id, r.version_key): r.body
             for r in conn.execute(
                 select(objects.c.stix_id, objects.c.version_key, objects.c.body).where(
-                    objects.c.collection_id == collection_id, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
+                    objects.c.collection_id == staged.collection_id, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
                 )
             )
             if (r.stix_id, r.version_key) in keys
         }
         for obj, vstr, vkey in chunk:
-            body = stored.get((obj["id"], vkey))
-            if body is not None and orjson.loads(body) == obj:
-                result.successes.append({"id": obj["id"], "version": vstr})
-            elif vstr == stamp_str:  # a changed SCO: store it as a new version
-                pending[(obj["id"], stamp)] = {
-                    "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"],
-                    "version": vstr, "version_key": stamp, "spec_version": obj.get("spec_version", "2.1"),
-                    "date_added": stamp, "is_first": False, "is_last": False,
-                    "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj),
-                }
-                result.successes.append({"id": obj["id"], "version": vstr})
+            sid = obj["id"]
+            body = stored.get((sid, vkey))
+            if vstr is None and sid in staged.unversioned:  # a changed SCO already staged from this batch
+                staged.again(obj, (sid, staged.unversioned[sid]), result)
+            elif body is not None and orjson.loads(body) == obj:
+                result.successes.append({"id": sid, "version": vstr if vstr is not None else format_timestamp(vkey)})
+            elif vstr is None:  # a changed SCO: store it as a new version
+                result.successes.append({"id": sid, "version": staged.add(obj, None, None)})
             else:
                 result.failures.append(
-                    {"id": obj["id"], "version": vstr, "message": "a different object with this id and version is already stored (STIX 2.1 s3.6)"}
+                    {"id": sid, "version": vstr, "message": "a different object with this id and version is already stored (STIX 2.1 s3.6)"}
                 )
 
 

@@ -180,6 +180,10 @@ def secret_token(draw, fz: Fuzzed) -> str:
     if how == 2:
         return token[: draw(st.integers(0, len(token)))]
     if how == 3:
+        if "." not in token:  # an opaque token (exchange.node.cursor v2): same length and version byte, other bytes
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            forged = raw[:1] + draw(st.binary(min_size=len(raw) - 1, max_size=len(raw) - 1))
+            return base64.urlsafe_b64encode(forged).decode().rstrip("=")
         body, mac = token.split(".")
         payload = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=2, max_size=3))
         return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=") + "." + mac
@@ -204,21 +208,32 @@ def filter_value(draw, fz: Fuzzed, key: str) -> str:
     return draw(st.one_of(*choices))
 
 
+SINGLE = ("match[id]", "match[type]", "match[version]", "match[spec_version]", "added_after", "limit", "next")
+
+
 @st.composite
 def query_string(draw, fz: Fuzzed) -> str:
-    keys = st.one_of(
-        st.sampled_from(["match[id]", "match[type]", "match[version]", "match[spec_version]", "added_after", "limit", "next"]),
-        ODD,
-    )
+    keys = st.one_of(st.sampled_from(SINGLE), ODD)
     pairs = []
     for key in draw(st.lists(keys, max_size=5)):
         pairs.append((key, draw(filter_value(fz, key))))
+    if pairs and draw(st.integers(0, 3)) == 0:  # a filter given again (a 400 however it is spelt)
+        key = draw(st.sampled_from([k for k, _ in pairs if k in SINGLE] or list(SINGLE)))
+        pairs.insert(draw(st.integers(0, len(pairs))), (key, draw(filter_value(fz, key))))
     if not pairs:
         return ""
     if draw(st.booleans()):
         return "?" + urllib.parse.urlencode(pairs)
-    # hand-made: brackets and percent signs left as they are
-    return "?" + "&".join(urllib.parse.quote(k, safe="[]%") + "=" + urllib.parse.quote(v, safe="[]%,:") for k, v in pairs)
+    # hand-made: brackets and percent signs left as they are, or brackets percent-encoded
+    safe = draw(st.sampled_from(["[]%", "%"]))
+    return "?" + "&".join(urllib.parse.quote(k, safe=safe) + "=" + urllib.parse.quote(v, safe="[]%,:") for k, v in pairs)
+
+
+def repeated_filters(target: str) -> list[str]:
+    """The filters given more than once in a request target's query (as the server splits and decodes it)."""
+    query = urllib.parse.urlsplit(target).query
+    seen = Counter(k for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace"))
+    return [k for k in SINGLE if seen[k] > 1]
 
 
 def mostly(usual, odd, *, odd_in: int = 4):
@@ -242,7 +257,7 @@ def path(draw, fz: Fuzzed, method: str = "GET", account: str | None = None) -> s
     anywhere = st.sampled_from([
         "/taxii2/", f"/{r}/", f"/{r}/collections/", f"/{r}/collections/{c}/", f"/{r}/collections/{c}/objects/",
         f"/{r}/collections/{c}/objects/", f"/{r}/collections/{c}/objects/{o}/", f"/{r}/collections/{c}/objects/{o}/versions/",
-        f"/{r}/collections/{c}/manifest/", f"/{r}/status/{s}/", "/" + _segment(draw, draw(ODD)),
+        f"/{r}/collections/{c}/manifest/", f"/{r}/status/{s}/", "/" + _segment(draw, draw(ODD)), "/healthz", "/healthz/",
     ])
     usual = {"POST": f"/{r}/collections/{c}/objects/", "DELETE": f"/{r}/collections/{c}/objects/{o}/"}.get(method)
     template = draw(mostly(st.just(usual), anywhere) if usual else anywhere)
@@ -284,11 +299,36 @@ SPECIALS = [
 SPECIAL_HEADER = st.sampled_from(SPECIALS)
 OTHER_HEADER = st.tuples(st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z"), HEADER_TEXT)
 
-MEDIA = st.one_of(
-    st.sampled_from([TAXII, TAXII, "application/taxii+json", "application/taxii+json;version=2.0", "application/taxii+json; version=2.1",
-                     "*/*", "application/json", "application/stix+json;version=2.1", "", "text/html"]),
-    HEADER_TEXT,
-)
+MEDIA_VARIANTS = [
+    TAXII, "application/taxii+json", "application/taxii+json;version=2.0", "application/taxii+json; version=2.1", "*/*",
+    "application/json", "application/stix+json;version=2.1", "", "text/html", "Application/TAXII+JSON;Version=2.1",
+    "application/taxii+json;version=2.1;charset=utf-8", 'application/taxii+json;version="2.1"', 'application/taxii+json;version="2.1',
+    "application/taxii+json;version=2.1;charset=latin-1", "application/xml;q=0.9, application/taxii+json;version=2.1;q=0.8",
+    "application/taxii+json;q=0", "*/*;q=0", "application/*", "text/*", "application/taxii+json;version=2.1;q=2",
+    "application/taxii+json;version=2.1;q=0.0001", "application/taxii+json;;;", ",,,", "application/taxii+json;version=2.1, text/plain",
+    "application/taxii+json;version=2.1;q=0, */*", "application/taxii+json;version=3.0, application/taxii+json;version=2.1",
+    "application/taxii+json;version=2.1;foo=bar", "application/taxii+json;version=", "application/taxii+json;=2.1", "/", "*/json",
+    "application/taxii+json\t;\tversion=2.1", 'application/taxii+json;version="2\\.1"',
+]
+
+
+@st.composite
+def media_list(draw) -> str:
+    """An Accept-like list built from parts: types in any case, parameters, weights, odd separators."""
+    members = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["application/taxii+json", "application/*", "*/*", "application/xml", "text/html", "application/json"]))
+        kind = draw(st.sampled_from([kind, kind.upper(), kind.title()]))
+        params = draw(st.lists(st.sampled_from(
+            ["version=2.1", "version=2.0", "version=3.0", 'version="2.1"', "charset=utf-8", "charset=UTF-8", "charset=latin-1",
+             "q=0", "q=0.5", "q=1", "q=1.0001", "q=abc", "level=1", ""]
+        ), max_size=3))
+        sep = draw(st.sampled_from([";", " ; ", ";\t"]))
+        members.append(kind + "".join(sep + p for p in params))
+    return draw(st.sampled_from([",", ", ", " ,  ", ",,"])).join(members)
+
+
+MEDIA = st.one_of(st.sampled_from(MEDIA_VARIANTS), media_list(), HEADER_TEXT)
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
@@ -435,6 +475,13 @@ def test_no_generated_request_crashes_leaks_or_changes_what_it_should_not(fuzzed
 
     assert fz.proc.running, "the node process died"
     assert status < 500, (status, payload[:500])
+    health = urllib.parse.urlsplit(req["path"]).path == "/healthz"
+    if 200 <= status < 300 and not health and req["method"] != "OPTIONS":  # OPTIONS: Flask's own answer (Allow, no body)
+        assert headers.get("content-type") == TAXII, (status, headers)
+        assert not repeated_filters(req["path"]), f"a repeated filter was answered {status}"
+    if health and status == 200:
+        assert headers.get("content-type") == "application/json"
+        assert req["method"] == "HEAD" or orjson.loads(payload) == {"status": "ok"}
     if status >= 400 and req["method"] != "HEAD":
         assert headers.get("content-type", "").startswith("application/taxii+json"), (status, headers, payload[:300])
         doc = orjson.loads(payload)
