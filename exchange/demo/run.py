@@ -42,11 +42,14 @@ PARTNER_OF = {"us": "rok", "rok": "us"}
 
 
 def seed_files(node: str) -> list[Path]:
-    """The bundles a node is seeded with: ATT&CK (US only), published indicators, exercise content."""
+    """The bundles a node is seeded with: ATT&CK, published indicators, exercise content.
+
+    Each node loads ATT&CK itself, as each CERT takes it from MITRE: a partner's copy of a
+    public source's object is accepted only as an exact copy of a version the node loaded
+    (``inbound.creator-is-partner``), so nobody can pass off text as MITRE's.
+    """
     base = collections_dir()
-    files = [base / "identities.json"]
-    if node == "us":
-        files.append(base / "attack-dprk" / "attack-dprk.json")
+    files = [base / "identities.json", base / "attack-dprk" / "attack-dprk.json"]
     files += sorted((base / node / "seed").glob("*.json"))
     return files
 

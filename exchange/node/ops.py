@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from exchange.config import LoadedNode, load_node
+from exchange.config import LoadedNode, load_node, write_to_partner_read
 from exchange.errors import ConfigError, StorageError
 from exchange.node.accounts import Account, hash_password
+from exchange.policy.inbound import InboundRules
+from exchange.stix import object_version
+from exchange.storage.integrity import DatabaseRefused
 from exchange.storage.store import Login, Store
 
 log = logging.getLogger(__name__)
@@ -29,18 +34,22 @@ class OpenNode:
         self.store.close()
 
 
-def open_node(name: str, data_dir: Path | None = None, database: str | None = None, *, wait: float = 0.0) -> OpenNode:
+def open_node(name: str, data_dir: Path | None = None, database: str | None = None, *, wait: float = 0.0, init: bool = False) -> OpenNode:
     """Load ``name``'s config, open (or create) its store, and apply the config's account grants.
 
     ``wait``: seconds to keep retrying while a database server is not reachable yet
-    (e.g. starting alongside the node); 0 fails at once.
+    (e.g. starting alongside the node); 0 fails at once.  A database that is checked
+    and refused (damaged, foreign, unknown schema: ``DatabaseRefused``) fails at once.
+    ``init``: also make a node database of an existing empty or foreign one (``--init``).
     """
     node = load_node(name)
     deadline = time.monotonic() + wait
     while True:
         try:
-            store = Store.open(data_dir=data_dir, database=database)
+            store = Store.open(data_dir=data_dir, database=database, init=init)
             break
+        except DatabaseRefused:
+            raise
         except StorageError as exc:
             if database is None or time.monotonic() >= deadline:
                 raise
@@ -77,6 +86,9 @@ def add_account(
     if partner is not None and partner not in cfg.partners:
         raise ConfigError(f"node {cfg.node!r} has no partner {partner!r} (known: {', '.join(cfg.partners) or 'none'})")
     read_ids = [cfg.collection(ref).id for ref in read]
+    for ref in write:
+        if cfg.collection(ref).role == "partner-read":
+            raise ConfigError(write_to_partner_read(name, cfg.collection(ref)))
     write_ids = [cfg.collection(ref).id for ref in write]
     grants_given = bool(read or write)
     opened.store.upsert_account(
@@ -98,3 +110,35 @@ def load_account(store: Store, name: str) -> tuple[str | None, Account] | None:
 def account_of(name: str, found: Login) -> Account:
     """The ``Account`` of what ``Store.login`` read for ``name``."""
     return Account(name=name, readable=found.readable, writable=found.writable, partner=found.partner)
+
+
+def inbound_rules_for(config: Any, partner: str) -> InboundRules:
+    """The inbound rules of this node for ``partner``: it speaks in its own name only (``exchange.policy.inbound``)."""
+    others = {config.identity, *(p.identity for name, p in config.partners.items() if name != partner)}
+    return InboundRules(
+        config=config.inbound, partner_identity=config.partners[partner].identity, joint_identity=config.joint_identity,
+        other_parties=frozenset(others),
+    )
+
+
+def local_copies(store: Store, config: Any, objs: list[dict]) -> Callable[[dict], bool]:
+    """``held_locally`` for ``InboundRules.judge``: whether a public source's object or an identity is exactly a version loaded here.
+
+    Looks only in the node's own collections (what its analysts loaded), never in an inbox: one query per batch.
+    """
+    public = set(config.inbound.public_sources)
+    keys = [
+        (o["id"], object_version(o)) for o in objs
+        if isinstance(o.get("id"), str) and (o.get("created_by_ref") in public or o.get("type") == "identity")
+    ]
+    if not keys:
+        return lambda _obj: False
+    held: dict[tuple[str, str | None], dict] = {}
+    for coll in config.collections:
+        if coll.role == "own":
+            held.update({(o["id"], object_version(o)): o for o in store.versions_of(coll.id, keys)})
+
+    def held_locally(obj: dict) -> bool:
+        return held.get((obj.get("id"), object_version(obj))) == obj
+
+    return held_locally

@@ -131,7 +131,9 @@ class _Route:
         self.party_ids = frozenset(p.identity for p in parties.values() if p.identity)
         self.identity_party = {p.identity: name for name, p in parties.items() if p.identity}
         self.held_by_all = frozenset(mk.OFFICIAL_OBJECTS) | self.party_ids  # step 1 decides only these ids
-        self.universal = self.held_by_all
+        # what every party holds: those, and the publisher of the official TLP/IEP extension definitions
+        # (their created_by_ref), so an official object always travels unchanged
+        self.universal = self.held_by_all | {mk.CISA_IDENTITY}
 
     def _clauses(self) -> None:
         """The policy's single clauses of each kind (``None`` where the policy has none)."""

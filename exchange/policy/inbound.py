@@ -2,17 +2,31 @@
 
 Applied to objects a partner writes into its inbox over TAXII and to objects
 the sync agent pulls from that partner.  Each refusal names its rule id, which
-appears in the TAXII status ``failures`` and in the audit log:
+appears in the TAXII status ``failures`` and in the audit log.  The rules are
+about *entitlement*: a partner speaks in its own name only.
 
+- ``inbound.identity-not-partner``: a partner may create or version its own
+  ``identity`` and identities it created itself (``created_by_ref`` = the
+  partner, e.g. a victim organisation), never another party's: not this
+  node's, the joint cell's, a public source's, another partner's, nor an
+  unattributed identity that is not its own; an exact copy of a version this
+  node already holds from its own loads is accepted (it repeats, it says nothing new).
+- ``inbound.official-definition``: an object with the id of an official TLP 2.0
+  or IEP 2.0 marking definition or extension definition is accepted only if it
+  is exactly the official object (a copy travels harmlessly; a version is never
+  the partner's to make).
+- ``inbound.creator-is-partner``: ``created_by_ref`` (of SDOs, SROs and marking
+  definitions; SCOs have none) is the writing partner's identity.  Two
+  exceptions, each proven rather than claimed: the joint cell's attribution
+  products (``attributed-to`` relationships, opinions and attribution reports,
+  which the release only ever passes on with this node's own record of
+  concurrence), and a public source's object that is exactly a version this
+  node already holds from a local load (``held_locally``).  An object without
+  ``created_by_ref`` is accepted only if an IEP marking in it says
+  ``provider_attribution: must-not`` (the provider was stripped on purpose).
 - ``inbound.tlp-required``: every object carries a TLP marking (1.0 or 2.0) in
   ``object_marking_refs``, except marking definitions, extension definitions
-  and identities, and objects published by a known public source (ATT&CK).
-- ``inbound.creator-is-partner``: ``created_by_ref`` (of SDOs and SROs; SCOs
-  have none) is the writing partner's
-  identity, the joint cell's, or a known public source's; a partner cannot
-  write objects claiming another creator (this node's included).  An object
-  without ``created_by_ref`` is accepted only if an IEP marking in it says
-  ``provider_attribution: must-not`` (the provider was stripped on purpose).
+  and identities, and public-source objects the node already holds.
 """
 
 from __future__ import annotations
@@ -21,63 +35,141 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exchange.config import InboundConfig
-from exchange.policy.markings import LEVEL_OF, classify_marking_definition
+from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, classify_marking_definition
 from exchange.stix import SCO_TYPES
 
 Resolve = Callable[[str], "dict | None"]
+#: Whether this exact version of an object is already held from a local load (not from any partner).
+HeldLocally = Callable[[dict], bool]
+
+#: Joint-cell objects a partner may relay: the attribution workflow's products (``exchange.sharing.attribution``).
+_JOINT_TYPES = frozenset({"relationship", "opinion", "report"})
 
 
 def _no_lookup(_marking_id: str) -> dict | None:
     return None
 
 
+def _nothing_held(_obj: dict) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class InboundRules:
-    """The inbound rules of one node for one partner."""
+    """The inbound rules of one node for one partner.
+
+    ``other_parties``: the identities of every party but this partner (this node, the other
+    partners); a partner can never write in their name.
+    """
 
     config: InboundConfig
     partner_identity: str
     joint_identity: str | None = None
+    other_parties: frozenset[str] = frozenset()
 
-    def judge(self, objs: Sequence[dict], resolve: Resolve = _no_lookup) -> dict[int, str]:
+    def judge(self, objs: Sequence[dict], resolve: Resolve = _no_lookup, held_locally: HeldLocally = _nothing_held) -> dict[int, str]:
         """``{index: "rule-id: reason"}`` for each refused object; the rest are accepted.
 
-        ``resolve`` finds marking definitions that are not in ``objs`` (e.g. stored earlier).
+        ``resolve`` finds marking definitions that are not in ``objs`` (e.g. stored earlier);
+        ``held_locally`` says whether a version is already held from this node's own loads.
         """
-        cfg = self.config
         in_batch = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
 
-        def provider_stripped(obj: dict) -> bool:
-            for ref in obj.get("object_marking_refs", ()):
-                info = classify_marking_definition(in_batch.get(ref) or resolve(ref), ref)
-                if info.iep is not None and info.iep.provider_attribution == "must-not":
-                    return True
-            return False
+        def marking(ref: str) -> dict | None:
+            return in_batch.get(ref) or resolve(ref)
 
-        allowed = {self.partner_identity, *cfg.public_sources}
-        if self.joint_identity:
-            allowed.add(self.joint_identity)
         refused: dict[int, str] = {}
         for i, obj in enumerate(objs):
-            stype = obj.get("type")
-            creator = obj.get("created_by_ref")
-            # governance objects, and SCOs, which have no created_by_ref in STIX 2.1 (s3.2, s6)
-            governance = stype in ("marking-definition", "extension-definition") or stype in SCO_TYPES
-            if cfg.require_creator and not governance:
-                if creator is None:
-                    if stype not in cfg.exempt_types and not provider_stripped(obj):
-                        refused[i] = "inbound.creator-is-partner: object has no created_by_ref"
-                        continue
-                elif creator not in allowed:
-                    refused[i] = (
-                        f"inbound.creator-is-partner: created_by_ref {creator} is not the partner's identity "
-                        f"({self.partner_identity})"
-                    )
-                    continue
-            if cfg.require_tlp and stype not in cfg.exempt_types and creator not in cfg.public_sources:
-                if not any(ref in LEVEL_OF or _iep_tlp(in_batch.get(ref) or resolve(ref), ref) for ref in obj.get("object_marking_refs", ())):
-                    refused[i] = "inbound.tlp-required: object carries no TLP marking in object_marking_refs"
+            why = (
+                self._identity(obj, held_locally)
+                or _official(obj)
+                or self._creator(obj, marking, held_locally)
+                or self._tlp(obj, marking, held_locally)
+            )
+            if why:
+                refused[i] = why
         return refused
+
+    def _identity(self, obj: dict, held_locally: HeldLocally) -> str | None:
+        """``inbound.identity-not-partner``: the partner versions its own identity and identities it created, no other
+        (an exact copy of a version this node holds from its own loads repeats, it does not speak)."""
+        if obj.get("type") != "identity" or obj.get("id") == self.partner_identity or held_locally(obj):
+            return None
+        oid, creator = obj.get("id"), obj.get("created_by_ref")
+        if oid in self._parties() or oid in self.config.public_sources:
+            return f"inbound.identity-not-partner: {oid} is another party's identity; only that party may create or version it"
+        if creator != self.partner_identity:
+            return (f"inbound.identity-not-partner: identity {oid} is neither the partner's own ({self.partner_identity}) "
+                    "nor created by it")
+        return None
+
+    def _parties(self) -> frozenset[str]:
+        return self.other_parties | ({self.joint_identity} if self.joint_identity else frozenset())
+
+    def _creator(self, obj: dict, marking: Resolve, held_locally: HeldLocally) -> str | None:
+        """``inbound.creator-is-partner``: the partner's own objects, proven joint products, public objects already held."""
+        if not self.config.require_creator:
+            return None
+        stype, creator = obj.get("type"), obj.get("created_by_ref")
+        if stype in SCO_TYPES or stype == "extension-definition" or creator == self.partner_identity:
+            return None  # SCOs have no created_by_ref in STIX 2.1 (s3.2, s6)
+        if creator is None:
+            if stype in self.config.exempt_types or _provider_stripped(obj, marking):
+                return None
+            return "inbound.creator-is-partner: object has no created_by_ref"
+        if creator == self.joint_identity and self._joint_product(obj):
+            return None
+        if creator in self.config.public_sources and held_locally(obj):
+            return None
+        return f"inbound.creator-is-partner: created_by_ref {creator} is not the partner's identity ({self.partner_identity})" + _why_not(
+            creator, self.joint_identity, self.config.public_sources
+        )
+
+    @staticmethod
+    def _joint_product(obj: dict) -> bool:
+        """A joint-attribution workflow product (SCCF): released onward only with this node's own record of concurrence."""
+        stype = obj.get("type")
+        if stype == "relationship":
+            return obj.get("relationship_type") == "attributed-to"
+        if stype == "report":
+            return "attribution" in (obj.get("report_types") or ())
+        return stype in _JOINT_TYPES
+
+    def _tlp(self, obj: dict, marking: Resolve, held_locally: HeldLocally) -> str | None:
+        """``inbound.tlp-required``: a TLP marking in ``object_marking_refs`` (an IEP 2.0 marking with a TLP level counts)."""
+        cfg = self.config
+        if not cfg.require_tlp or obj.get("type") in cfg.exempt_types:
+            return None
+        if any(ref in LEVEL_OF or _iep_tlp(marking(ref), ref) for ref in obj.get("object_marking_refs", ())):
+            return None
+        if obj.get("created_by_ref") in cfg.public_sources and held_locally(obj):
+            return None
+        return "inbound.tlp-required: object carries no TLP marking in object_marking_refs"
+
+
+def _official(obj: dict) -> str | None:
+    """``inbound.official-definition``: an official definition's id carries exactly the official object."""
+    oid = obj.get("id")
+    if oid in OFFICIAL_OBJECTS and obj != OFFICIAL_OBJECTS[oid]:
+        return f"inbound.official-definition: {oid} is an official definition; this object differs from it"
+    return None
+
+
+def _provider_stripped(obj: dict, marking: Resolve) -> bool:
+    """An IEP 2.0 marking with ``provider_attribution: must-not``: the provider was removed on purpose."""
+    for ref in obj.get("object_marking_refs", ()):
+        info = classify_marking_definition(marking(ref), ref)
+        if info.iep is not None and info.iep.provider_attribution == "must-not":
+            return True
+    return False
+
+
+def _why_not(creator: str, joint: str | None, public: Sequence[str]) -> str:
+    if creator == joint:
+        return "; the joint cell's objects are accepted only as attribution products"
+    if creator in public:
+        return "; a public source's object is accepted only as an exact copy of a version this node loaded itself"
+    return ""
 
 
 def _iep_tlp(md: dict | None, ref: str) -> bool:

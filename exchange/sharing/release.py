@@ -63,7 +63,7 @@ def release_all(
     policy = policy or current_policy()
     cfg = opened.node.config
     totals = {p: Released() for p in cfg.partners}
-    cache: dict[str, dict | None] = {}  # identities and marking definitions, looked up once per run
+    cache: dict[Any, dict | None] = {}  # identities and marking definitions, looked up once per run
     deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
     for src in cfg.release_sources:
         recipients = cfg.recipients_of(src)
@@ -102,7 +102,7 @@ def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None =
     """Release new objects to one partner (``release_all`` does every partner in one pass)."""
     cfg = opened.node.config
     total = {partner: Released()}
-    cache: dict[str, dict | None] = {}
+    cache: dict[Any, dict | None] = {}
     deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
     for src in [s for s in cfg.release_sources if partner in cfg.recipients_of(s)]:
         total[partner].add(_retry_deferred(opened, partner, policy, src, deferred_kinds, now, cache))
@@ -112,7 +112,7 @@ def release(opened: OpenNode, partner: str, policy: Policy, *, now: str | None =
 
 def _walk(
     opened: OpenNode, src: Any, recipients: list[str], policy: Policy, deferred_kinds: set[str], now: str | None,
-    cache: dict[str, dict | None], totals: dict[str, Released], pause: Callable[[], None] | None = None,
+    cache: dict[Any, dict | None], totals: dict[str, Released], pause: Callable[[], None] | None = None,
 ) -> None:
     """Judge every object version of ``src`` after each recipient's bookmark, batch by batch.
 
@@ -187,7 +187,7 @@ class _Batch:
 
 def _judge_and_write(
     opened: OpenNode, conn: Any, partner: str, policy: Policy, src: Any, objs: list[dict], now: str | None,
-    cache: dict[str, dict | None], concurred: Any = (),
+    cache: dict[Any, dict | None], concurred: Any = (),
 ) -> _Batch:
     """Evaluate one batch for one partner, write shared copies and companions, append the audit entries."""
     cfg = opened.node.config
@@ -195,13 +195,12 @@ def _judge_and_write(
     target = cfg.partner_collection(partner, "partner-read")
     batch_ids = {o["id"] for o in objs}
     outside = set().union(*(_referenced(o) for o in objs)) - batch_ids
-    # the recipient holds what was released to it and what it sent us itself
-    held = store.existing_ids(target.id, outside)
-    inbox = _inbox_of(cfg, partner)
-    if inbox is not None and outside - held:
-        held |= store.existing_ids(inbox.id, outside - held)
-    # marking definitions and identities are always needed to interpret the batch
-    context = _context(opened, [r for r in outside if _is_context(r)], cache)
+    # scf.integrity-required-refs: the recipient holds what this node released to it, the official and
+    # party objects the engine knows, and what it sent us itself; an id it pushed proves nothing about an
+    # object of ours with that id (its copy is not ours: ``_held_by``)
+    held = _held_by(opened, partner, target.id, outside)
+    # marking definitions and identities are always needed to interpret the batch: from trusted sources only
+    context = _context(opened, [r for r in outside if _is_context(r)], cache, src)
     # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
     decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred)
     travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
@@ -239,8 +238,28 @@ def _judge_and_write(
     return _Batch(decisions, tally)
 
 
+def _held_by(opened: OpenNode, partner: str, target_id: str, ids: set[str]) -> set[str]:
+    """The ids among ``ids`` that ``partner`` holds: released to it, or objects it sent that are not ours.
+
+    An id in the partner's inbox that this node's own collection also holds is this node's object
+    (withheld or not): the partner pushing something under that id does not make it hold ours.
+    """
+    store = opened.store
+    held = store.existing_ids(target_id, ids)
+    rest = ids - held
+    inbox = next((c for c in opened.node.config.collections if c.role == "partner-inbox" and c.partner == partner), None)
+    if inbox is None or not rest:
+        return held
+    sent = store.existing_ids(inbox.id, rest)
+    if sent:
+        for coll in opened.node.config.collections:
+            if coll.role == "own":
+                sent -= store.existing_ids(coll.id, sent)
+    return held | sent
+
+
 def _retry_deferred(
-    opened: OpenNode, partner: str, policy: Policy, src: Any, kinds: set[str], now: str | None, cache: dict[str, dict | None]
+    opened: OpenNode, partner: str, policy: Policy, src: Any, kinds: set[str], now: str | None, cache: dict[Any, dict | None]
 ) -> Released:
     """Judge deferred objects again; those whose references now resolve are released."""
     dkey = f"deferred:{partner}:{src.id}"
@@ -257,23 +276,44 @@ def _retry_deferred(
     return Released(shared=batch.tally.shared, redacted=batch.tally.redacted, companions=batch.tally.companions)
 
 
-def _context(opened: OpenNode, ids: list[str], cache: dict[str, dict | None]) -> list[dict]:
-    """The stored identities and marking definitions among ``ids`` (official TLP objects are built in)."""
-    missing = [i for i in ids if i not in cache and i not in OFFICIAL_OBJECTS]
+def _context(opened: OpenNode, ids: list[str], cache: dict[Any, dict | None], src: Any) -> list[dict]:
+    """The identities and marking definitions among ``ids`` that may travel with ``src``'s objects.
+
+    Trusted sources only: the official TLP/IEP objects (built in), this node's own collections and
+    its own identity from its configuration; for a partner's content relayed onward, also that
+    partner's inbox (what it says of itself: inbound rules let no partner version another party's
+    identity). Never another partner's inbox.
+    """
+    cfg = opened.node.config
+    where = [c.id for c in cfg.collections if c.role == "own"]
+    if src.role == "partner-inbox":
+        where.append(src.id)
+    scope = ",".join(where)
+    missing = [i for i in ids if (scope, i) not in cache and i not in OFFICIAL_OBJECTS]
     if missing:
-        cfg = opened.node.config
-        where = [c.id for c in cfg.collections if c.role in ("own", "partner-inbox")]
         found = {o["id"]: o for o in opened.store.latest_many(where, missing)}
+        if cfg.identity in missing and cfg.identity not in found:
+            found[cfg.identity] = own_identity(cfg)
         for i in missing:
-            cache[i] = found.get(i)
-    return [cache[i] for i in ids if cache.get(i) is not None]  # type: ignore[misc]
+            cache[(scope, i)] = found.get(i)
+    return [cache[(scope, i)] for i in ids if cache.get((scope, i)) is not None]  # type: ignore[misc]
 
 
-def _inbox_of(cfg: Any, partner: str) -> Any:
-    for c in cfg.collections:
-        if c.role == "partner-inbox" and c.partner == partner:
-            return c
-    return None
+def own_identity(cfg: Any) -> dict:
+    """This node's own STIX ``identity`` from its configuration (``node.yaml``), for when its collections hold none.
+
+    Deterministic (fixed timestamps), so every release of it is the same version.
+    """
+    obj = {
+        "type": "identity", "spec_version": "2.1", "id": cfg.identity,
+        "created": "2023-04-26T00:00:00.000Z", "modified": "2023-04-26T00:00:00.000Z",
+        "name": cfg.title, "identity_class": "organization",
+    }
+    if cfg.description:
+        obj["description"] = cfg.description
+    if cfg.contact:
+        obj["contact_information"] = cfg.contact
+    return obj
 
 
 def _is_context(ref: str) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from exchange.errors import ConfigError, PartnerError, PartnerUnavailable
-from exchange.node.ops import OpenNode
+from exchange.node.ops import OpenNode, inbound_rules_for, local_copies
 from exchange.policy import current_policy
 from exchange.policy.inbound import InboundRules
 from exchange.policy.markings import tlp_name
@@ -96,7 +96,7 @@ def inbound_rules(opened: OpenNode, partner: str) -> InboundRules:
     cfg = opened.node.config
     if partner not in cfg.partners:
         raise ConfigError(f"node {cfg.node!r} has no partner {partner!r}")
-    return InboundRules(config=cfg.inbound, partner_identity=cfg.partners[partner].identity, joint_identity=cfg.joint_identity)
+    return inbound_rules_for(cfg, partner)
 
 
 def _state(opened: OpenNode, key: str) -> dict:
@@ -156,7 +156,7 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
             valid.append(obj)
         else:
             entries.append(_reject(partner, obj, f"inbound.stix-valid: {problem}"))
-    refused = rules.judge(valid, opened.store.resolver(inbox_id))
+    refused = rules.judge(valid, opened.store.resolver(inbox_id), local_copies(opened.store, opened.node.config, valid))
     accepted = [o for i, o in enumerate(valid) if i not in refused]
     entries += [_reject(partner, valid[i], reason) for i, reason in refused.items()]
     now = now_us()

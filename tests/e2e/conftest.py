@@ -133,3 +133,13 @@ def synced_pair(tmp_path_factory) -> Iterator[Pair]:
         p.sync("rok", "--once")
         p.sync("us", "--once")  # picks up what ROK released after it received ours
         yield p
+
+
+def load_and_release(pair: Pair, node: str, objs: list[dict]) -> None:
+    """Write ``objs`` into ``node``'s own collection (in process, its real database) and release them."""
+    opened = open_node(node, data_dir=pair.procs[node].data_dir)
+    try:
+        opened.store.add_objects(opened.node.config.own_collection.id, objs)
+        release_all(opened)
+    finally:
+        opened.close()

@@ -75,7 +75,7 @@ def status_of(pair: Pair, node: str, rel_id: str) -> dict:
 
 def jp_sees(pair: Pair, node: str, object_id: str) -> list:
     """Everything the Japan partner's account can read of ``object_id`` at ``node``, by every endpoint."""
-    client = pair.exchange.sharing.client(node, "jp")
+    client = pair.exchange.client(node, "jp")
     try:
         shown = client.reveal("jp-read", object_id)
     finally:
@@ -85,7 +85,7 @@ def jp_sees(pair: Pair, node: str, object_id: str) -> list:
 
 def jp_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
     """The versions of ``object_id`` the Japan partner gets from Get Objects at ``node``."""
-    client = pair.exchange.sharing.client(node, "jp")
+    client = pair.exchange.client(node, "jp")
     try:
         return client.reveal("jp-read", object_id, endpoints=("objects",))["objects"]
     finally:
@@ -93,7 +93,7 @@ def jp_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
 
 
 def own_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
-    client = pair.exchange.sharing.client(node, "analyst")
+    client = pair.exchange.client(node, "analyst")
     try:
         return client.reveal(f"{node}-intel", object_id, endpoints=("objects",))["objects"]
     finally:
@@ -102,7 +102,7 @@ def own_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
 
 def inbox_objects(pair: Pair, node: str, object_id: str) -> list[dict]:
     partner = {"us": "rok", "rok": "us"}[node]
-    client = pair.exchange.sharing.client(node, "analyst")
+    client = pair.exchange.client(node, "analyst")
     try:
         return client.reveal(f"{partner}-inbox", object_id, endpoints=("objects",))["objects"]
     finally:

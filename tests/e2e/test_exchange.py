@@ -22,7 +22,7 @@ def _released(pair, node: str, recipient: str) -> set[tuple[str, str]]:
 
 def _arrived(pair, node: str) -> list[tuple[str, str]]:
     """(id, version) of every object version in ``node``'s inbox from its partner, via the manifest."""
-    client = pair.exchange.sharing.client(node, "analyst")
+    client = pair.exchange.client(node, "analyst")
     try:
         return [(m["id"], m["version"]) for m in client.manifest(f"{PARTNER[node]}-inbox")]
     finally:
@@ -62,7 +62,7 @@ def test_amber_strict_and_red_never_reach_partner(synced_pair, sender):
     bundle = orjson.loads((collections_dir() / sender / "seed" / "exercise.json").read_bytes())
     kept_home = {o["id"] for o in bundle["objects"] if {RED, STRICT} & set(o.get("object_marking_refs", ()))}
     assert kept_home
-    client = synced_pair.exchange.sharing.client(receiver, "analyst")
+    client = synced_pair.exchange.client(receiver, "analyst")
     try:
         for oid in kept_home:
             shown = client.reveal(f"{sender}-inbox", oid)
@@ -75,7 +75,7 @@ def test_amber_strict_and_red_never_reach_partner(synced_pair, sender):
 
 def test_only_the_green_version_of_a_later_red_object_crosses(synced_pair):
     v1, v2 = sorted(_exercise(synced_pair, "us", "Versioned indicator (exercise)"), key=lambda o: o["modified"])
-    client = synced_pair.exchange.sharing.client("rok", "analyst")
+    client = synced_pair.exchange.client("rok", "analyst")
     try:
         shown = client.reveal("us-inbox", v1["id"])
     finally:
@@ -86,7 +86,7 @@ def test_only_the_green_version_of_a_later_red_object_crosses(synced_pair):
 
 
 def test_granular_and_personal_fields_are_removed_at_the_partner(synced_pair):
-    client = synced_pair.exchange.sharing.client("rok", "analyst")
+    client = synced_pair.exchange.client("rok", "analyst")
     try:
         report = _exercise(synced_pair, "us", "DPRK job-lure campaign summary (exercise)")[0]
         got = client.reveal("us-inbox", report["id"])["object"][0]
@@ -102,8 +102,8 @@ def test_granular_and_personal_fields_are_removed_at_the_partner(synced_pair):
 def test_provider_attribution_must_not_is_never_named_onward(synced_pair):
     """IEP 2.0 provider_attribution must-not binds redistribution: the partner gets it, a third party never with the provider."""
     ind = _exercise(synced_pair, "us", "Provider-protected lure domain (exercise)")[0]
-    rok = synced_pair.exchange.sharing.client("rok", "analyst")
-    jp = synced_pair.exchange.sharing.client("rok", "jp")
+    rok = synced_pair.exchange.client("rok", "analyst")
+    jp = synced_pair.exchange.client("rok", "jp")
     try:
         direct = rok.reveal("us-inbox", ind["id"])["object"]
         onward = jp.reveal("jp-read", ind["id"])["object"]

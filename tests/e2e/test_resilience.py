@@ -15,8 +15,7 @@ from click.testing import CliRunner
 
 from exchange.cli import main
 from exchange.node.ops import open_node
-from exchange.sharing.release import release_all
-from tests.e2e.conftest import PASSWORDS
+from tests.e2e.conftest import PASSWORDS, load_and_release
 
 US_ID = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
 ROK_ID = "identity--99da2a3b-3031-468d-b273-2f29aec7f816"
@@ -36,15 +35,6 @@ def _indicators(n: int, creator: str, tag: str) -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-def _load(pair, node: str, objs: list[dict]) -> None:
-    opened = open_node(node, data_dir=pair.procs[node].data_dir)
-    try:
-        opened.store.add_objects(opened.node.config.own_collection.id, objs)
-        release_all(opened)
-    finally:
-        opened.close()
 
 
 def _inbox(pair, node: str, partner: str) -> list[tuple[str, str]]:
@@ -81,7 +71,7 @@ def _kill(proc: subprocess.Popen) -> str:
 def test_killing_agents_and_the_receiving_node_mid_transfer_loses_and_duplicates_nothing(bare_pair):
     pair = bare_pair
     objs = _indicators(5000, US_ID, "crash-test")
-    _load(pair, "us", objs)
+    load_and_release(pair, "us", objs)
     rng = random.Random(20231126)
     progress: list[int] = []
     for round_no in range(4):
@@ -115,7 +105,7 @@ def test_killing_agents_and_the_receiving_node_mid_transfer_loses_and_duplicates
 def test_partner_down_then_back_the_agent_catches_up_with_no_loss(bare_pair):
     pair = bare_pair
     objs = _indicators(400, US_ID, "outage-test")
-    _load(pair, "us", objs)
+    load_and_release(pair, "us", objs)
     rok = pair.procs["rok"]
     port = int(rok.url.split(":")[2].split("/")[0])
     rok.stop()
@@ -139,7 +129,7 @@ def test_partner_down_then_back_the_agent_catches_up_with_no_loss(bare_pair):
 
 def test_once_with_the_partner_down_fails_clearly_and_loses_nothing(bare_pair):
     pair = bare_pair
-    _load(pair, "us", _indicators(50, US_ID, "down"))
+    load_and_release(pair, "us", _indicators(50, US_ID, "down"))
     pair.procs["rok"].stop()
     out = pair.sync("us", "--once", "--direction", "push", "--retries", "2", check=False)
     assert out.returncode != 0
@@ -181,7 +171,7 @@ def test_inbound_rejects_forged_creator_and_unmarked_objects_with_the_rule(bare_
     assert reasons[forged["id"]].startswith("inbound.creator-is-partner")
     assert reasons[unmarked["id"]].startswith("inbound.tlp-required")
     # the accepted object keeps its markings and provenance untouched
-    client = pair.exchange.sharing.client("us", "analyst")
+    client = pair.exchange.client("us", "analyst")
     try:
         stored = client.reveal("rok-inbox", good["id"])["object"]
     finally:
@@ -203,10 +193,10 @@ def test_later_multi_page_pulls_resume_from_the_bookmark(bare_pair):
     """Each walk after the first uses added_after + next across several pages: nothing is missed."""
     pair = bare_pair
     first = _indicators(1500, US_ID, "walk-1")
-    _load(pair, "us", first)
+    load_and_release(pair, "us", first)
     pair.sync("rok", "--once", "--direction", "pull", "--page-size", "200")
     second = _indicators(2300, US_ID, "walk-2")
-    _load(pair, "us", second)
+    load_and_release(pair, "us", second)
     pair.sync("rok", "--once", "--direction", "pull", "--page-size", "200")
     ids = [oid for oid, _ in _inbox(pair, "rok", "us")]
     assert len(ids) == len(set(ids))
@@ -216,7 +206,7 @@ def test_later_multi_page_pulls_resume_from_the_bookmark(bare_pair):
 def test_a_refused_saved_cursor_restarts_from_the_last_completed_walk(bare_pair):
     pair = bare_pair
     objs = _indicators(300, US_ID, "cursor")
-    _load(pair, "us", objs)
+    load_and_release(pair, "us", objs)
     opened = open_node("rok", data_dir=pair.procs["rok"].data_dir)
     try:
         with opened.store.transaction() as conn:  # as if the partner's data (and its cursor secret) had been reset

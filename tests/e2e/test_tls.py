@@ -307,7 +307,7 @@ def test_expired_partner_server_certificate_is_refused(tls_pair, tmp_path):
 
 def _reveal_all(pair, node: str, account: str, alias: str, object_id: str) -> dict[str, list]:
     """What each read endpoint shows of ``object_id`` (objects, object, versions, manifest by id; and full walks)."""
-    client = pair.exchange.sharing.client(node, account)
+    client = pair.exchange.client(node, account)
     try:
         shown = client.reveal(alias, object_id)
         shown["walk"] = [o["id"] for page in client.pages(alias) for o in page.objects if o["id"] == object_id]

@@ -27,7 +27,7 @@ def _matrix_node(tmp_path_factory, database):
     provision("us", data, database=database)
     opened = open_node("us", data_dir=data, database=database)
     try:
-        add_account(opened, EXTRA[0], EXTRA[1], read=["rok-inbox"], write=["jp-read"])
+        add_account(opened, EXTRA[0], EXTRA[1], read=["rok-inbox"], write=["us-intel"])  # no write grant on a partner-read exists
         seeded = {}
         for coll in opened.node.config.collections:
             obj = new_indicator(1)
@@ -95,7 +95,7 @@ def test_the_matrix_covers_config_and_cli_grants(matrix_node):
     assert {CONFIG.collection(c).alias for c in writable} == {"rok-inbox"}
     readable, writable = matrix_node.grants[EXTRA[0]]
     assert {CONFIG.collection(c).alias for c in readable} == {"rok-inbox"}
-    assert {CONFIG.collection(c).alias for c in writable} == {"jp-read"}
+    assert {CONFIG.collection(c).alias for c in writable} == {"us-intel"}
 
 
 def test_partners_never_see_the_internal_collection(matrix_node):

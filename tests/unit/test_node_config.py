@@ -79,3 +79,19 @@ def test_open_node_waits_for_an_unreachable_database_then_fails_clearly():
     with pytest.raises(StorageError, match="cannot initialise database"):
         open_node("us", database="postgresql://nobody@127.0.0.1:9/none?connect_timeout=1", wait=1.5)
     assert time.monotonic() - started >= 1.5
+
+
+def test_a_write_grant_on_a_partner_read_collection_is_a_config_error(tmp_path):
+    src = Path(__file__).resolve().parents[2] / "collections" / "us" / "node.yaml"
+    node_dir = tmp_path / "us"
+    node_dir.mkdir()
+    text = src.read_text().replace("    read: [us-intel, rok-inbox, rok-read, jp-read]\n    write: [us-intel]",
+                                   "    read: [us-intel, rok-inbox, rok-read, jp-read]\n    write: [us-intel, jp-read]")
+    assert "write: [us-intel, jp-read]" in text
+    (node_dir / "node.yaml").write_text(text)
+    for extra in src.parent.glob("*.yaml"):
+        if extra.name != "node.yaml":
+            shutil.copy(extra, node_dir / extra.name)
+    with pytest.raises(ConfigError) as exc:
+        load_node(str(node_dir))
+    assert "analyst" in str(exc.value) and "jp-read" in str(exc.value) and "partner-read" in str(exc.value)
