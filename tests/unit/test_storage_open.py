@@ -123,7 +123,7 @@ def _open_and_add(path: str, i: int, barrier, results) -> None:
 
 def test_processes_opening_a_new_data_dir_at_once_all_succeed(tmp_path):
     ctx = multiprocessing.get_context("fork")
-    for round_ in range(3):
+    for round_ in range(6):
         data, barrier, results = tmp_path / f"new-{round_}", ctx.Barrier(4), ctx.Queue()
         procs = [ctx.Process(target=_open_and_add, args=(str(data), i, barrier, results)) for i in range(4)]
         for p in procs:
