@@ -57,9 +57,8 @@ def test_a_foreign_database_is_refused_unless_init(tmp_path, database):
     Store.open(data_dir=tmp_path, database=database).close()
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_an_empty_postgresql_database_is_a_new_node(tmp_path, database):
-    if database is None:
-        pytest.skip("PostgreSQL: an empty database is what a new node starts with")
     Store.open(database=database).close()
 
 
