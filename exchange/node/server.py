@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 _EXT = "cti_exchange"
 _THROTTLE = "cti_exchange_login_throttle"
+_VERIFIED = "cti_exchange.verified_account"  # environ: the account this request authenticated as
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _DUMMY_HASH = hash_password("dummy-password-for-timing")
 _TAXII_BLUEPRINTS = (v_collections.collections_bp, v_discovery.discovery_bp, v_manifest.manifest_bp, v_objects.objects_bp)
@@ -411,11 +412,7 @@ def _guard_request() -> Response | None:
         # medallion's views branch on GET/POST/DELETE and return nothing for HEAD (a 500):
         # serve it as GET; werkzeug still sends no body, as the environ says HEAD
         request.method = "GET"
-    try:
-        creds = request.authorization
-    except ValueError:  # werkzeug raises on non-ASCII in a Basic token: treat it as no credentials (401)
-        request.environ.pop("HTTP_AUTHORIZATION", None)
-        creds = None
+    creds = _authorization()
     # identifiers in the path are STIX ids and UUIDs, nothing a database could choke on (NUL, 100 kB...)
     args = request.view_args or {}
     if "object_id" in args and not is_identifier(args["object_id"]):
@@ -439,6 +436,15 @@ def _guard_request() -> Response | None:
     return None
 
 
+def _authorization() -> Any:
+    """The request's credentials; werkzeug raises on non-ASCII in a Basic token: treated as none (401)."""
+    try:
+        return request.authorization
+    except ValueError:
+        request.environ.pop("HTTP_AUTHORIZATION", None)
+        return None
+
+
 def _note_failed_login() -> None:
     """Count a failed Basic login against its account name, for every worker (``LoginThrottle``)."""
     creds = request.authorization
@@ -454,7 +460,21 @@ def _note_failed_login() -> None:
 
 @auth.verify_password
 def _verify(username: str, password: str) -> Account | None:
-    """HTTP Basic credentials against the salted hash in the node's store."""
+    """HTTP Basic credentials against the salted hash in the node's store.
+
+    Once per request: a POST is authenticated from its head (``admit_from_the_head``)
+    and again by the view's ``login_required``; the second time reuses the first answer.
+    """
+    verified = request.environ.get(_VERIFIED)
+    if verified is not None:
+        return verified
+    account = _verify_once(username, password)
+    if account is not None:
+        request.environ[_VERIFIED] = account
+    return account
+
+
+def _verify_once(username: str, password: str) -> Account | None:
     ctx: NodeContext = current_app.extensions[_EXT]
     if ctx.certs is not None:
         by_cert = _certificate_account(ctx, username)
@@ -547,10 +567,7 @@ def _admit_before_body() -> Response | None:
     env = request.environ
     if request.method in ("GET", "HEAD", "OPTIONS") or not _has_body(env):
         return None  # nothing to read, or a body the app never reads (the worker discards it)
-    try:
-        request.authorization  # noqa: B018 - werkzeug raises on non-ASCII in a Basic token
-    except ValueError:
-        env.pop("HTTP_AUTHORIZATION", None)
+    _authorization()
     refused = auth.login_required(lambda: None)()
     if refused is not None:
         return refused

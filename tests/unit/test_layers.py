@@ -9,6 +9,7 @@ Every import counts, also one inside a function: a deferred import is still a de
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -66,19 +67,24 @@ def imports_of(path: Path, module: str) -> set[str | tuple[str, str]]:
     return found
 
 
+@functools.cache
+def _parsed() -> dict[str, set[str | tuple[str, str]]]:
+    """Every module of the package (migration scripts left out: Alembic loads them) -> its imports, parsed once."""
+    return {module_name(p): imports_of(p, module_name(p)) for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts}
+
+
 def graph() -> dict[str, set[str]]:
-    """Module -> the ``exchange`` modules it imports (migrations scripts left out: Alembic loads them)."""
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts}
+    """Module -> the ``exchange`` modules it imports (a fresh copy: tests may add edges)."""
+    files = _parsed()
     out: dict[str, set[str]] = {}
-    for mod, path in files.items():
-        names = {(m[1] if m[1] in files else m[0]) if isinstance(m, tuple) else m for m in imports_of(path, mod)}
+    for mod, found in files.items():
+        names = {(m[1] if m[1] in files else m[0]) if isinstance(m, tuple) else m for m in found}
         out[mod] = {m for m in names if m in files and m != mod}
     return out
 
 
 def third_party(mod: str) -> set[str]:
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {(m[0] if isinstance(m, tuple) else m).split(".")[0] for m in imports_of(files[mod], mod)}
+    return {(m[0] if isinstance(m, tuple) else m).split(".")[0] for m in _parsed()[mod]}
 
 
 def upward_imports(g: dict[str, set[str]]) -> list[str]:
