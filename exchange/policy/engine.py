@@ -160,6 +160,7 @@ class _Route:
         self.c_vuln = one("undisclosed-vulnerability")
         self.c_attr_rel = one("attribution-relationship")
         self.c_attr_prod = one("attribution-product")
+        self.c_joint_rev = one("joint-revocation")
         self.c_ci = one("critical-infrastructure")
         self.c_cri = one("ransomware-onward")
 
@@ -311,6 +312,7 @@ class _Ctx:
         self.plain = plain  # the channel is not encrypted (plain HTTP)
         self.info_cache: dict[str, mk.MarkingInfo] = {}
         self.marks_cache: dict[Any, _Marks] = {}
+        self.held: Collection[str] = frozenset()  # ids the recipient holds (evaluate(..., held=))
 
     def info(self, mid: str) -> mk.MarkingInfo:
         info = self.info_cache.get(mid)
@@ -433,6 +435,9 @@ def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection
     # 5. content rules
     public = bool(lead) and lead[0] == getattr(route.c_public, "id", None)
     why = _content_withhold(obj, obj.get("type"), creator, own, marks.iep, route, index, concurred, public)
+    if why is not None and _joint_withdrawal(obj, creator, why[0], route, ctx.held):
+        why, clauses = None, clauses + (route.c_joint_rev.id,)
+        reason = "withdrawal of a joint product the recipient holds (SCCF joint revocation)"
     if why is not None:
         return _withhold(w, why[0], why[1], trace)
     # 6. redactions
@@ -677,6 +682,22 @@ def _attribution_product(obj: dict, stype: Any, creator: Any, route: _Route, ind
         return None
     return route.c_attr_prod, (f"a product about attribution may not go to {route.recipient} before joint "
                                f"concurrence (only joint products with recorded concurrence may)")
+
+
+def _joint_withdrawal(obj: dict, creator: Any, clause: Clause, route: _Route, held: Collection[str]) -> bool:
+    """Clause ``joint-revocation`` (SCCF): a withdrawal of a joint product may follow the product to whoever holds it.
+
+    A withdrawal is a ``revoked`` version (STIX 2.1 s3.6) by the joint cell that carries only the
+    common and type-required properties (and the clause's ``keep``): it tells nothing the
+    recipient did not hold already, so the attribution clauses do not hold it back.
+    """
+    rule = getattr(route.c_joint_rev, "rule", None)
+    if rule is None or clause not in (route.c_attr_rel, route.c_attr_prod) or obj.get("revoked") is not True:
+        return False
+    if creator not in route.creators_of(rule.creators) or obj.get("id") not in held:
+        return False
+    allowed = {"type", "spec_version", "id", "created", "modified", *REQUIRED.get(obj.get("type"), ()), *rule.keep}
+    return set(obj) <= allowed
 
 
 def _undisclosed_vulnerability(obj: dict, stype: Any, route: _Route) -> tuple[Clause, str] | None:
@@ -1157,6 +1178,7 @@ def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *
         raise BadRequest(f"transport {transport!r}: expected 'tls' or 'plain'")
     ctx = _Ctx(route, _now_micros(now), mdefs, plain=transport == "plain")
     held_set = held if isinstance(held, (set, frozenset, dict)) else frozenset(held)
+    ctx.held = held_set
     works = []
     for o in objs:
         w = _Work(o)

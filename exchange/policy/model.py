@@ -185,6 +185,17 @@ class AttributionProduct(_Rule):
     concurrence_creators: tuple[Name, ...] = ()
 
 
+class JointRevocation(_Rule):
+    """SCCF: a released joint product is withdrawn (a ``revoked`` version) when concurrence ends."""
+
+    kind: Literal["joint-revocation"]
+    creators: tuple[Name, ...] = ("joint",)  # whose products the rule concerns (the joint cell)
+    dissent_by: tuple[Name, ...] = ()  # parties whose dissent after concurrence revokes (empty: every member)
+    revision_by: tuple[Literal["proposer", "any-member"], ...] = ("proposer",)  # who may revise (and so revoke)
+    # properties a withdrawal may carry besides the spec-required ones of its type (STIX 2.1 s3.6)
+    keep: tuple[NonEmpty, ...] = ("created_by_ref", "object_marking_refs", "revoked")
+
+
 class UndisclosedVulnerability(_Rule):
     kind: Literal["undisclosed-vulnerability"]
     inside: Name
@@ -263,7 +274,7 @@ class Companions(_Rule):
 Rule = Annotated[
     UnmarkedDefault | UnknownMarkingDefault | NoReleaseDefault | PublicSource | OfficialMarkings | PartyIdentities
     | NeverAutomated | ReleaseAny | OwnRelease | OwnWithhold | OnwardCommunity | OnwardClients | Ransomware
-    | CriticalInfrastructure | AttributionRelationship | AttributionProduct | UndisclosedVulnerability | FieldRedact
+    | CriticalInfrastructure | AttributionRelationship | AttributionProduct | JointRevocation | UndisclosedVulnerability | FieldRedact
     | IepProviderAttribution | IepPermittedActions | IepAffectedParty | IepResale | IepEncrypt | IepEncryptedTransport
     | IepValidity | GranularRedact | RequiredRefs | OptionalRefs | ContainerRefs | Companions,
     Field(discriminator="kind"),

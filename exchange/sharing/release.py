@@ -26,6 +26,7 @@ import orjson
 from exchange.node.ops import OpenNode
 from exchange.policy import Policy, companions, current_policy, evaluate
 from exchange.policy.markings import OFFICIAL_OBJECTS, tlp_name
+from exchange.sharing import lifecycle
 from exchange.sharing.attribution import concurred_for
 from exchange.stix import object_version
 from exchange.storage import audit
@@ -44,6 +45,7 @@ class Released:
     redacted: int = 0
     withheld: int = 0
     companions: int = 0
+    withdrawn: int = 0  # withdrawals released or objects removed (exchange.sharing.lifecycle)
 
     def add(self, other: Released) -> None:
         for key in self.__dict__:
@@ -65,11 +67,15 @@ def release_all(
     totals = {p: Released() for p in cfg.partners}
     cache: dict[Any, dict | None] = {}  # identities and marking definitions, looked up once per run
     deferred_kinds = {c.id for c in policy.clauses_of("integrity-required-refs")}
+    for p, n in lifecycle.withdraw_deleted(opened, policy).items():  # analysts' deletions since the last run
+        totals[p].withdrawn += n
     for src in cfg.release_sources:
         recipients = cfg.recipients_of(src)
         for p in recipients:
             totals[p].add(_retry_deferred(opened, p, policy, src, deferred_kinds, now, cache))
         _walk(opened, src, recipients, policy, deferred_kinds, now, cache, totals, pause)
+    for p, n in lifecycle.withdraw_joint(opened, policy).items():  # SCCF joint revocation
+        totals[p].withdrawn += n
     return totals
 
 
@@ -89,7 +95,7 @@ def pending(opened: OpenNode) -> bool:
             mark = _mark(store.get_state(_bookmark(p, src.id)))
             if mark is None or mark < last:
                 return True
-    return False
+    return lifecycle.deletions_pending(opened)
 
 
 def newest_write(opened: OpenNode) -> int | None:
@@ -198,7 +204,7 @@ def _judge_and_write(
     # scf.integrity-required-refs: the recipient holds what this node released to it, the official and
     # party objects the engine knows, and what it sent us itself; an id it pushed proves nothing about an
     # object of ours with that id (its copy is not ours: ``_held_by``)
-    held = _held_by(opened, partner, target.id, outside)
+    held = _held_by(opened, partner, target.id, outside | {o["id"] for o in objs if o.get("revoked") is True})
     # marking definitions and identities are always needed to interpret the batch: from trusted sources only
     context = _context(opened, [r for r in outside if _is_context(r)], cache, src)
     # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
@@ -226,8 +232,9 @@ def _judge_and_write(
         )
         for o in travel
     ]
-    audit.append(conn, entries)
-    tally = Released(evaluated=len(decisions), companions=len(travel))
+    withdrawals = lifecycle.after_judging(opened, conn, partner, target.id, src, objs, decisions, policy)
+    audit.append(conn, entries + withdrawals)
+    tally = Released(evaluated=len(decisions), companions=len(travel), withdrawn=len(withdrawals))
     for d in decisions:
         if d.decision == "share":
             tally.shared += 1

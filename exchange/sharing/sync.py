@@ -54,6 +54,7 @@ class Transfer:
     rejected: int = 0
     pages: int = 0
     retries: int = 0
+    lifecycle: int = 0  # pulled withdrawals (revoked versions) and opinions (one may end a joint attribution)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -182,6 +183,7 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
     mark.clear()
     mark.update(new_mark)
     transfer.stored += result.added
+    transfer.lifecycle += sum(1 for o in accepted if o.get("revoked") is True or o.get("type") == "opinion")
     transfer.rejected += len(page.objects) - len(accepted) + len(result.failures)
 
 
@@ -305,7 +307,11 @@ def run_cycle(
                 joint = settle(opened)  # a partner's opinion may have made an attribution joint
                 if joint:
                     summary["joint"] = len(joint)
-                    release_all(opened)  # so the joint products go out with this cycle's push
+                if joint or t.lifecycle:
+                    # joint products, and withdrawals (a revoked version, a dissent) go onward in this cycle
+                    withdrawn = {p: r.withdrawn for p, r in release_all(opened).items() if r.withdrawn}
+                    if withdrawn:
+                        summary["withdrawn"] = withdrawn
                 # what arrived goes onward (e.g. to Japan) through the node's own releaser, which
                 # notices the new rows; keeping it off this path lets the agent pull at full speed
         if direction in ("both", "push"):

@@ -26,7 +26,7 @@ from exchange.storage.store import Store, insert_rows, now_us
 GENESIS = "0" * 64
 EVENTS = frozenset(
     {"share", "redact", "withhold", "inbound-accept", "inbound-reject", "push", "push-reject", "pull", "sync-error", "config",
-     "transport-withhold"}
+     "transport-withhold", "withdraw", "conflict"}
 )
 
 

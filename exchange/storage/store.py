@@ -532,15 +532,53 @@ class Store:
         return lambda obj: encryption_required(obj, defs)
 
     def delete_object(self, sel: Selection, object_id: str) -> int:
-        """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many."""
+        """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many.
+
+        The deleted versions are noted (sync state ``deleted:<collection>``, same transaction) so
+        that the release withdraws them from whoever they were released to (``exchange.sharing.lifecycle``).
+        """
         with self.transaction() as conn:
             where = self._where(sel, object_id=object_id)
-            seqs = [r.seq for r in conn.execute(select(objects.c.seq).where(*where))]
+            found = conn.execute(select(objects.c.seq, objects.c.version).where(*where)).all()
+            seqs = [r.seq for r in found]
             for chunk in _chunks(seqs, _CHUNK):
                 conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
             if seqs:
                 self._refresh_flags(conn, sel.collection_id, object_id)
+                key = f"deleted:{sel.collection_id}"
+                noted = orjson.loads(self.get_state(key, conn) or "[]")
+                self.set_state(conn, key, orjson.dumps([*noted, [object_id, sorted(r.version for r in found)]]).decode())
             return len(seqs)
+
+    def latest_in(self, conn: Connection, collection_id: str, ids: Iterable[str]) -> dict[str, dict]:
+        """The last version of each of ``ids`` in a collection, parsed, read inside ``conn``'s transaction."""
+        out: dict[str, dict] = {}
+        for chunk in _chunks(sorted(set(ids)), _CHUNK):
+            for sid, body, last in conn.execute(
+                select(objects.c.stix_id, objects.c.body, objects.c.is_last).where(
+                    objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk)
+                )
+            ):
+                if last:
+                    out[sid] = orjson.loads(body)
+        return out
+
+    def versions_list(self, collection_id: str, object_id: str) -> list[str]:
+        """The stored versions of one object in a collection."""
+        with self._read() as conn:
+            return list(conn.execute(
+                select(objects.c.version).where(objects.c.collection_id == collection_id, objects.c.stix_id == object_id)
+            ).scalars())
+
+    def remove_in(self, conn: Connection, collection_id: str, object_id: str, versions: Iterable[str] | None = None) -> int:
+        """Delete an object's versions (all, or those named) from a collection inside ``conn``'s transaction."""
+        where = [objects.c.collection_id == collection_id, objects.c.stix_id == object_id]
+        if versions is not None:
+            where.append(objects.c.version_key.in_([parse_timestamp(v) for v in versions]))
+        n = conn.execute(delete(objects).where(*where)).rowcount or 0
+        if n:
+            self._refresh_flags(conn, collection_id, object_id)
+        return n
 
     def _refresh_flags(self, conn: Connection, collection_id: str, object_id: str) -> None:
         rows = conn.execute(

@@ -1,0 +1,309 @@
+"""The lifecycle of shared intelligence: withdrawals follow the data (re-mark, delete, revoke, joint revoke).
+
+A partner holds what this node released to it (its ``partner-read`` collection, and what its
+agent copied from there).  When the newest version of an object it holds may no longer go to it,
+the node *withdraws* the object:
+
+- **creator** (this node, or the joint cell of which it is a member): it releases a new version
+  with ``revoked: true`` (STIX 2.1 s3.6), built by ``withdrawal_of`` from the version the partner
+  already holds: the common properties, the ones the spec requires for the type, the creator and
+  the marking the partner already held.  Nothing of the restricted version travels;
+- **not the creator** (a partner's object relayed onward, a public source's object): a node may not
+  version it, so it removes every version from that partner's read collection (TAXII GET then
+  answers 404 and the manifest no longer lists it).
+
+Triggers (each one audit entry ``withdraw``: partner, object, version, reason, clause):
+
+- the release walk judges a new version that is the object's newest and withholds it, while the
+  partner holds an earlier one (``after_judging``, called from ``release._judge_and_write``);
+- a withdrawal the origin released arrives and is released onward unchanged (``relayed``);
+- an analyst deletes versions in the own collection (TAXII DELETE or ``Store.delete_object``;
+  ``withdraw_deleted``): the deleted versions leave every read collection, and if one was what
+  the partner held as newest the object is withdrawn;
+- a joint attribution ends (dissent after concurrence, revision, revoked proposal;
+  ``withdraw_joint``): the released joint relationship and report are withdrawn from every
+  recipient, clause ``sccf.joint-revocation``.
+
+``due`` is the pure decision the rest applies; ``lifecycle_report`` counts withdrawals per
+direction and conflicts per node for ``report``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from exchange.node.ops import OpenNode
+from exchange.policy import Policy, current_policy
+from exchange.sharing.attribution import (
+    Parties,
+    assess_all,
+    expected_products,
+    gather,
+    joint_relationship_id,
+    joint_report_id,
+    parties_of,
+    version_of,
+)
+from exchange.stix import REQUIRED, format_timestamp, object_version, parse_timestamp
+from exchange.storage import audit
+
+COMMON = ("type", "spec_version", "id", "created", "modified")
+KEEP = ("created_by_ref", "object_marking_refs", "revoked", "report_types")
+WITHDRAW = "withdraw"
+_DELETED = "deleted:{}"
+
+
+# ---------------------------------------------------------------- pure
+
+
+def withdrawal_of(held: Mapping[str, Any], after: str | None = None, keep: Sequence[str] = KEEP) -> dict:
+    """The withdrawal of ``held`` (the version a partner holds): a ``revoked`` version (STIX 2.1 s3.6).
+
+    It keeps the common properties, those STIX 2.1 requires for the type (s4-s6) and ``keep``
+    (creator, the marking the partner already held), all from ``held``; ``modified`` is 1 µs
+    after ``held``'s version and ``after`` (the version being withdrawn), so it is the newest.
+    Deterministic: both members of the joint cell build the same withdrawal of a joint product.
+    """
+    allowed = {*COMMON, *REQUIRED.get(held.get("type", ""), ()), *keep}
+    out = {k: copy.deepcopy(v) for k, v in held.items() if k in allowed}
+    stamps = [parse_timestamp(object_version(held))] + ([parse_timestamp(after)] if after else [])
+    out["modified"] = format_timestamp(max(stamps) + 1)
+    out["revoked"] = True
+    return out
+
+
+def is_withdrawal(obj: Mapping[str, Any] | None) -> bool:
+    return bool(obj) and obj.get("revoked") is True  # type: ignore[union-attr]
+
+
+def due(held: Mapping[str, Any] | None, newest_allowed: bool, ours: bool) -> str:
+    """What to do for one partner about one object: ``none``, ``revoke`` (release a withdrawal) or ``remove``.
+
+    ``held``: the partner's newest version (None: it holds none); ``newest_allowed``: whether the
+    policy releases the origin's newest version to it; ``ours``: whether this node may version the
+    object (its creator, or the joint cell it belongs to).  Only a creator versions an object
+    (STIX 2.1 s3.6); an SCO has no versions, so it is removed.
+    """
+    if held is None or newest_allowed or is_withdrawal(held):
+        return "none"
+    if ours and object_version(held) is not None:  # type: ignore[arg-type]
+        return "revoke"
+    return "remove"
+
+
+def _keep(policy: Policy) -> tuple[str, ...]:
+    clause = policy.one("joint-revocation")
+    return tuple(clause.rule.keep) if clause is not None else KEEP  # type: ignore[union-attr]
+
+
+def _ours(opened: OpenNode, obj: Mapping[str, Any]) -> bool:
+    cfg = opened.node.config
+    return obj.get("created_by_ref") in {cfg.identity, cfg.joint_identity} - {None}
+
+
+# ---------------------------------------------------------------- applying a decision
+
+
+def _withdraw(
+    opened: OpenNode, conn: Any, partner: str, target_id: str, held: dict, after: str | None, reason: str,
+    clauses: tuple[str, ...], policy: Policy, *, trigger: str,
+) -> audit.Entry | None:
+    """Apply ``due`` for one held object inside ``conn``: write the withdrawal or remove the object; its audit entry."""
+    action = due(held, False, _ours(opened, held))
+    if action == "none":
+        return None
+    detail: dict[str, Any] = {"type": held.get("type"), "reason": reason, "trigger": trigger, "withdrawn_version": object_version(held)}
+    if action == "revoke":
+        w = withdrawal_of(held, after, _keep(policy))
+        opened.store.add_in(conn, target_id, [w])
+        version = w["modified"]
+        detail["action"] = "revoked-version"
+    else:
+        opened.store.remove_in(conn, target_id, held["id"])
+        version = object_version(held)
+        detail["action"] = "removed"
+    return audit.Entry(WITHDRAW, partner, held["id"], version, WITHDRAW, clauses, detail)
+
+
+def after_judging(
+    opened: OpenNode, conn: Any, partner: str, target_id: str, src: Any, objs: Sequence[dict], decisions: Sequence[Any], policy: Policy,
+) -> list[audit.Entry]:
+    """The release walk's hook: withdraw what ``partner`` holds of objects whose newest version it may no longer get.
+
+    A withheld version counts only if it is the object's newest in ``src`` and not merely deferred
+    (a reference not released yet); a withdrawal from the origin that the policy lets through
+    (it is already written) is audited as a relayed withdrawal.
+    """
+    deferred = {c.id for c in policy.clauses_of("integrity-required-refs")}
+    entries: list[audit.Entry] = []
+    withheld: dict[str, tuple[dict, Any]] = {}
+    for o, d in zip(objs, decisions, strict=True):
+        if d.decision == "withhold":
+            if not set(d.clauses) & deferred:
+                withheld[o["id"]] = (o, d)
+        elif o.get("revoked") is True:
+            entries.append(audit.Entry(WITHDRAW, partner, o["id"], d.version, WITHDRAW, tuple(d.clauses), {
+                "type": o.get("type"), "reason": "the origin revoked it; relayed as released", "trigger": "relayed",
+                "action": "relayed", "source": src.alias,
+            }))
+    if not withheld:
+        return entries
+    held = opened.store.latest_in(conn, target_id, withheld)
+    if not held:
+        return entries
+    newest = opened.store.latest_in(conn, src.id, held)
+    for oid, h in held.items():
+        obj, d = withheld[oid]
+        top = newest.get(oid)
+        if top is None or object_version(top) != object_version(obj):
+            continue  # a newer version follows: judged on its own
+        e = _withdraw(opened, conn, partner, target_id, h, object_version(obj), f"its newest version is withheld: {d.reason}",
+                      tuple(d.clauses), policy, trigger="withheld")
+        if e is not None:
+            entries.append(e)
+    return entries
+
+
+def withdraw_deleted(opened: OpenNode, policy: Policy | None = None) -> dict[str, int]:
+    """Withdraw the versions analysts deleted from the own collection from every partner holding them.
+
+    The deleted versions leave each read collection; if one of them was the partner's newest, the
+    object is withdrawn (a deleted version cannot be un-released: STIX versions only move forward).
+    """
+    policy = policy or current_policy()
+    cfg = opened.node.config
+    own = cfg.own_collection
+    key = _DELETED.format(own.id)
+    store = opened.store
+    counts: Counter[str] = Counter()
+    if not store.get_state(key):
+        return dict(counts)
+    clause = policy.one("no-release-default")
+    clauses = (clause.id,) if clause is not None else ()
+    with store.transaction(durable=False) as conn:
+        noted = orjson.loads(store.get_state(key, conn) or "[]")
+        deleted: dict[str, set[str]] = {}
+        for oid, versions in noted:
+            deleted.setdefault(oid, set()).update(versions)
+        left = store.latest_in(conn, own.id, deleted)
+        entries = []
+        for partner in cfg.recipients_of(own):
+            target = cfg.partner_collection(partner, "partner-read").id
+            held = store.latest_in(conn, target, deleted)
+            for oid, versions in deleted.items():
+                h = held.get(oid)
+                keys = {parse_timestamp(v) for v in versions}
+                newest_gone = h is not None and object_version(h) is not None and parse_timestamp(object_version(h)) in keys
+                store.remove_in(conn, target, oid, versions)
+                if h is None or is_withdrawal(h) or not (newest_gone or oid not in left):
+                    continue
+                # the withdrawal is written after the deleted versions left: built from what the partner held
+                after = format_timestamp(max(keys))
+                reason = "deleted by an analyst" if oid not in left else "the version the partner held was deleted by an analyst"
+                e = _withdraw(opened, conn, partner, target, h, after, reason, clauses, policy, trigger="deleted")
+                if e is not None:
+                    entries.append(e)
+                    counts[partner] += 1
+        audit.append(conn, entries)
+        store.set_state(conn, key, "[]")
+    return dict(counts)
+
+
+def deletions_pending(opened: OpenNode) -> bool:
+    """Whether analysts deleted versions not yet withdrawn (a background releaser's cheap poll)."""
+    raw = opened.store.get_state(_DELETED.format(opened.node.config.own_collection.id))
+    return bool(raw) and raw != "[]"
+
+
+# ---------------------------------------------------------------- joint revocation
+
+
+def _joint_ids(opened: OpenNode, objs: list[dict], parties: Parties) -> dict[str, dict]:
+    """Every joint product id a proposal among ``objs`` can have yielded (any version), with that proposal."""
+    out: dict[str, dict] = {}
+    store = opened.store
+    sources = [c.id for c in opened.node.config.release_sources]
+    for rel in objs:
+        if rel.get("type") != "relationship" or rel.get("relationship_type") != "attributed-to":
+            continue
+        if rel.get("created_by_ref") not in parties.identities:
+            continue
+        out[joint_relationship_id(rel["id"])] = rel
+        versions = {v for cid in sources for v in store.versions_list(cid, rel["id"])}
+        for v in versions:
+            out[joint_report_id(rel["id"], v)] = rel
+    return out
+
+
+def _why_ended(rel: Mapping[str, Any], state: str | None, parties: Parties) -> str:
+    if rel.get("revoked"):
+        return "the proposal was revoked"
+    if state == "dissent":
+        return "a partner dissented after concurring"
+    return "the proposal was revised (concurrence reset)"
+
+
+def withdraw_joint(opened: OpenNode, policy: Policy | None = None) -> dict[str, int]:
+    """SCCF joint revocation: withdraw released joint products that this node's record of concurrence no longer yields."""
+    policy = policy or current_policy()
+    cfg = opened.node.config
+    clause = policy.one("joint-revocation")
+    if not cfg.joint_identity or clause is None:
+        return {}
+    parties = parties_of(opened, policy)
+    objs = gather(opened)
+    ids = _joint_ids(opened, objs, parties)
+    if not ids:
+        return {}
+    expected = expected_products(objs, parties)
+    states = {a.id: a.state for a in assess_all(objs, parties)}
+    latest_rel = {o["id"]: o for o in objs if o.get("type") == "relationship" and o["id"] in {r["id"] for r in ids.values()}}
+    counts: Counter[str] = Counter()
+    store = opened.store
+    with store.transaction(durable=False) as conn:
+        entries = []
+        for coll in cfg.collections:
+            if coll.role != "partner-read":
+                continue
+            for oid, h in store.latest_in(conn, coll.id, ids).items():
+                if h.get("created_by_ref") != parties.joint or is_withdrawal(h) or (oid, version_of(h)) in expected:
+                    continue
+                rel = latest_rel.get(ids[oid]["id"], ids[oid])
+                e = _withdraw(opened, conn, coll.partner, coll.id, h, None, _why_ended(rel, states.get(rel["id"]), parties),
+                              (clause.id,), policy, trigger="joint-revocation")
+                if e is not None:
+                    entries.append(e)
+                    counts[coll.partner] += 1
+        audit.append(conn, entries)
+    return dict(counts)
+
+
+def withdrawn_from(opened: OpenNode, object_ids: Iterable[str]) -> list[str]:
+    """The partners whose newest version of any of ``object_ids`` is a withdrawal (``attribution status``)."""
+    out = set()
+    ids = list(object_ids)
+    for coll in opened.node.config.collections:
+        if coll.role == "partner-read" and any(is_withdrawal(o) for o in opened.store.latest_many([coll.id], ids)):
+            out.add(coll.partner)
+    return sorted(out)
+
+
+# ---------------------------------------------------------------- report
+
+
+def lifecycle_report(logs: Mapping[str, list[dict]]) -> dict[str, Any]:
+    """Withdrawals per direction (``node->partner``) and conflicts per node, from audit entries (pure)."""
+    withdrawn: Counter[str] = Counter()
+    conflicts: Counter[str] = Counter()
+    for node, entries in logs.items():
+        for e in entries:
+            if e["event"] == WITHDRAW and e.get("partner"):
+                withdrawn[f"{node}->{e['partner']}"] += 1
+            elif e["event"] == "conflict":
+                conflicts[node] += 1
+    return {"withdrawn": dict(sorted(withdrawn.items())), "conflicts": dict(sorted(conflicts.items()))}
