@@ -63,6 +63,13 @@ class PayloadTooLarge(ExchangeError):
     title = "PayloadTooLarge"
 
 
+class VersionConflict(ExchangeError):
+    """Objects with the ``id`` and ``modified`` of stored ones but other content (STIX 2.1 s3.6): a correction needs a new version."""
+
+    status = 409
+    title = "Conflict"
+
+
 class UnsupportedMediaType(ExchangeError):
     status = 415
     title = "UnsupportedMediaType"

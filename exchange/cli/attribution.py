@@ -129,6 +129,8 @@ def status(node: str, as_json: bool, data_dir: Path | None, database: str | None
             where.append("proposal -> " + ",".join(e["proposal_released_to"]))
         if e["joint_report"]:
             where.append("joint -> " + (",".join(e["joint_released_to"]) or "not yet"))
+        if e.get("joint_withdrawn_from"):
+            where.append("joint withdrawn from " + ",".join(e["joint_withdrawn_from"]))
         table.add_row(
             f"{e['relationship']}\n  v {e['version']}",
             f"{e['subject_name'] or e['subject']} -> {e['actor_name'] or e['actor']}",

@@ -32,11 +32,17 @@ def _configure_logging(verbose: bool) -> None:
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--collection", "collection_ref", help="Target collection (id or alias); default: the node's own collection.")
 @click.option("--strict-validation", is_flag=True, help="Also run the full stix2 parser (pattern grammar).")
+@click.option(
+    "--on-conflict", type=click.Choice(["refuse", "skip", "new-version"]), default="refuse", show_default=True,
+    help="Objects with a stored id and modified but other content: refuse the bundle, skip them, or write a corrected "
+         "version with a fresh modified (objects this node created only).",
+)
 @DATA_DIR
 @DATABASE
 @INIT
 def load(
-    node: str, bundle: Path, collection_ref: str | None, strict_validation: bool, data_dir: Path | None, database: str | None, init: bool,
+    node: str, bundle: Path, collection_ref: str | None, strict_validation: bool, on_conflict: str, data_dir: Path | None,
+    database: str | None, init: bool,
 ) -> None:
     """Load a STIX 2.1 BUNDLE into NODE's own collection (all or nothing), then release it under policy."""
     from exchange.node.ops import open_node
@@ -56,6 +62,10 @@ def load(
         coll = opened.node.config.collection(collection_ref) if collection_ref else opened.node.config.own_collection
         if coll.role != "own" and collection_ref:
             raise BadRequest(f"load writes only to a node's own collection; {coll.alias!r} is a {coll.role} collection")
+        from exchange.sharing.attribution import stix_now
+        from exchange.sharing.lifecycle import resolve_conflicts
+
+        objects = resolve_conflicts(opened, coll.id, objects, on_conflict, str(bundle), stix_now())  # corrections are versions
         result = opened.store.add_objects(coll.id, objects)
         if result.failures:
             first = result.failures[0]

@@ -5,7 +5,10 @@ into STIX 2.1 ``indicator`` objects, one per value, with deterministic ids
 (UUIDv5 of source and value), the advisory cited in ``external_references``,
 where the value was read in the ``description``, TLP:CLEAR (the advisories
 are public), and an ``indicates`` relationship to the ATT&CK malware of the
-same name where the bundle has one.  The output is committed under
+same name where the bundle has one.  A corrected row is a new version of
+its indicator (STIX 2.1 s3.6: same id, later ``modified``): give the row a
+``modified`` column (a date or a STIX timestamp), or pass ``modified=`` for
+every row; ``created`` stays the advisory date.  The output is committed under
 ``collections/<node>/seed/``; a test checks it still matches the CSV.
 """
 
@@ -55,10 +58,19 @@ def _stamp(date: str) -> str:
     return f"{parts[0]}-{parts[1]}-{parts[2]}T00:00:00.000Z"
 
 
-def indicator_for(row: dict, creator: str) -> dict:
-    """One STIX 2.1 indicator for one CSV row."""
+def _revision(row: dict, modified: str | None, created: str) -> str:
+    """The indicator's ``modified``: the row's own ``modified`` column, else ``modified``, else the advisory date."""
+    value = (row.get("modified") or "").strip() or modified
+    if not value:
+        return created
+    return value if "T" in value else _stamp(value)
+
+
+def indicator_for(row: dict, creator: str, modified: str | None = None) -> dict:
+    """One STIX 2.1 indicator for one CSV row (``modified``: a correction's version, see the module docstring)."""
     kind = row["type"]
     stamp = _stamp(row["source_date"])
+    version = _revision(row, modified, stamp)
     ident = uuid.uuid5(NAMESPACE, f"{row['source_id']}|{kind}|{row['value']}")
     about = row["malware"] or row["actor"]
     labels = [_LABELS[kind]]
@@ -73,7 +85,7 @@ def indicator_for(row: dict, creator: str) -> dict:
         "id": f"indicator--{ident}",
         "created_by_ref": creator,
         "created": stamp,
-        "modified": stamp,
+        "modified": version,
         "name": f"{about}: {kind} {row['value']}",
         "description": (
             f"Published in {row['source_id']} \"{row['source_title']}\" ({row['source_agencies']}, {row['source_date']}). "
@@ -89,7 +101,7 @@ def indicator_for(row: dict, creator: str) -> dict:
     }
 
 
-def advisory_bundle(rows: list[dict], creator: str, attack_objects: list[dict] | None = None) -> dict:
+def advisory_bundle(rows: list[dict], creator: str, attack_objects: list[dict] | None = None, modified: str | None = None) -> dict:
     """A STIX bundle of indicators (and ``indicates`` links to ATT&CK malware) for ``rows``."""
     malware = {
         o["name"].lower(): o["id"]
@@ -98,7 +110,7 @@ def advisory_bundle(rows: list[dict], creator: str, attack_objects: list[dict] |
     }
     objects: list[dict] = []
     for row in rows:
-        ind = indicator_for(row, creator)
+        ind = indicator_for(row, creator, modified)
         objects.append(ind)
         target = malware.get(row["malware"].lower()) if row["malware"] else None
         if target:

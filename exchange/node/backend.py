@@ -330,6 +330,12 @@ class ExchangeBackend(Backend):
             failures += result.failures
             if coll.role == "partner-inbox":
                 audit.append(conn, _inbound_entries(coll.partner, valid, failures, result))  # type: ignore[arg-type]
+            else:  # corrections are versions: every conflict with a stored version is on the record
+                audit.append(conn, [
+                    audit.Entry("conflict", None, f["id"], f["version"], "refused", ("stix.same-version-differs",),
+                                {"reason": f["message"], "where": f"TAXII add to {coll.alias} by {acct.name}"})
+                    for f in result.failures if f["message"].startswith("conflict:")
+                ])
             status = {
                 "id": str(uuid.uuid4()),
                 "status": "complete",

@@ -630,5 +630,11 @@ def status(opened: Any) -> list[dict[str, Any]]:
         else:
             entry["joint_report"] = entry["joint_relationship"] = None
             entry["joint_released_to"] = []
+        # joint revocation (sccf.joint-revocation, exchange.sharing.lifecycle): where the joint attribution was withdrawn
+        jrel_id = joint_relationship_id(a.id)
+        entry["joint_withdrawn_from"] = sorted(
+            c.partner for c in cfg.collections
+            if c.role == "partner-read" and (held := store.latest(c.id, jrel_id)) is not None and held.get("revoked") is True
+        )
         out.append(entry)
     return out

@@ -283,16 +283,6 @@ def withdraw_joint(opened: OpenNode, policy: Policy | None = None) -> dict[str, 
     return dict(counts)
 
 
-def withdrawn_from(opened: OpenNode, object_ids: Iterable[str]) -> list[str]:
-    """The partners whose newest version of any of ``object_ids`` is a withdrawal (``attribution status``)."""
-    out = set()
-    ids = list(object_ids)
-    for coll in opened.node.config.collections:
-        if coll.role == "partner-read" and any(is_withdrawal(o) for o in opened.store.latest_many([coll.id], ids)):
-            out.add(coll.partner)
-    return sorted(out)
-
-
 # ---------------------------------------------------------------- report
 
 
@@ -307,3 +297,85 @@ def lifecycle_report(logs: Mapping[str, list[dict]]) -> dict[str, Any]:
             elif e["event"] == "conflict":
                 conflicts[node] += 1
     return {"withdrawn": dict(sorted(withdrawn.items())), "conflicts": dict(sorted(conflicts.items()))}
+
+
+# ---------------------------------------------------------------- corrections are versions
+
+
+def conflicts_in(store: Any, collection_id: str, objs: Sequence[dict]) -> list[tuple[dict, str]]:
+    """``(posted object, stored version)`` for each object whose ``id`` and version are stored with other content.
+
+    Two different objects with the same ``id`` and version in ``objs`` conflict too (the second one).
+    STIX 2.1 s3.6: a changed object is a new version, with a later ``modified``.
+    """
+    from exchange.storage.store import Selection
+
+    keyed = [(o, parse_timestamp(v)) for o in objs if isinstance(o, dict) and (v := object_version(o)) is not None]
+    ids = sorted({o["id"] for o, _ in keyed})
+    stored: dict[tuple[str, int], tuple[str, dict]] = {}
+    for i in range(0, len(ids), 500):
+        for r in store.iter_rows(Selection(collection_id, ids=tuple(ids[i : i + 500]), versions=("all",))):
+            stored[(r.stix_id, parse_timestamp(r.version))] = (r.version, orjson.loads(r.body))
+    out: list[tuple[dict, str]] = []
+    seen: dict[tuple[str, int], dict] = {}
+    for o, key in keyed:
+        have = stored.get((o["id"], key))
+        if have is not None and have[1] != o:
+            out.append((o, have[0]))
+        elif have is None and key in seen.get(o["id"], {}) and seen[o["id"]][key] != o:
+            out.append((o, object_version(o)))  # type: ignore[arg-type]
+        seen.setdefault(o["id"], {})[key] = o
+    return out
+
+
+def conflict_entries(conflicts: Sequence[tuple[dict, str]], decision: str, where: str, partner: str | None = None) -> list[audit.Entry]:
+    """One audit entry ``conflict`` per conflicting object (``decision``: refused, skipped, new-version)."""
+    return [
+        audit.Entry("conflict", partner, o["id"], stored, decision, ("stix.same-version-differs",), {
+            "type": o.get("type"), "reason": f"a different object with this id and version {stored} is already stored (STIX 2.1 s3.6)",
+            "where": where,
+        })
+        for o, stored in conflicts
+    ]
+
+
+def corrected(obj: dict, stored_versions: Iterable[str], now: str) -> dict:
+    """A corrected version of ``obj``: the same content with a fresh ``modified`` after every stored version (pure)."""
+    floor = max((parse_timestamp(v) for v in stored_versions), default=0) + 1000
+    stamp = max(parse_timestamp(now), floor)
+    stamp -= stamp % 1000  # millisecond precision, as STIX producers write it
+    if stamp < floor:
+        stamp += 1000
+    return {**obj, "modified": format_timestamp(stamp)[:-4] + "Z"}
+
+
+def resolve_conflicts(opened: OpenNode, collection_id: str, objs: list[dict], on_conflict: str, source: str, now: str) -> list[dict]:
+    """Apply ``load --on-conflict``: ``refuse`` (nothing written), ``skip`` or ``new-version``; audits every conflict.
+
+    Returns the objects to write.  ``new-version`` re-stamps only objects this node created: another
+    creator's object can be corrected only by its creator (STIX 2.1 s3.6).
+    """
+    from exchange.errors import VersionConflict
+
+    found = conflicts_in(opened.store, collection_id, objs)
+    if not found:
+        return objs
+    cfg = opened.node.config
+    listed = ", ".join(f"{o['id']} (stored version {v})" for o, v in found)
+    if on_conflict == "new-version":
+        foreign = [(o, v) for o, v in found if o.get("created_by_ref") != cfg.identity]
+        if foreign:
+            audit.record(opened.store, conflict_entries(found, "refused", source))
+            names = ", ".join(f"{o['id']} (stored version {v})" for o, v in foreign)
+            raise VersionConflict(f"{source}: {len(foreign)} conflicting objects were not created by this node and cannot be "
+                                  f"re-versioned here: {names}; nothing loaded")
+        fixed = {id(o): corrected(o, opened.store.versions_list(collection_id, o["id"]), now) for o, _ in found}
+        audit.record(opened.store, conflict_entries(found, "new-version", source))
+        return [fixed.get(id(o), o) for o in objs]
+    if on_conflict == "skip":
+        audit.record(opened.store, conflict_entries(found, "skipped", source))
+        skip = {id(o) for o, _ in found}
+        return [o for o in objs if id(o) not in skip]
+    audit.record(opened.store, conflict_entries(found, "refused", source))
+    raise VersionConflict(f"{source}: {len(found)} objects conflict with stored versions (same id and modified, other content); "
+                          f"nothing loaded: {listed}. Correct them as new versions (--on-conflict new-version) or --on-conflict skip")

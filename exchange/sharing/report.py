@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exchange.errors import ConfigError
+from exchange.sharing.lifecycle import lifecycle_report
 from exchange.storage import audit
 from exchange.storage.store import DB_FILE, Store
 
@@ -59,6 +60,10 @@ def build_report(logs: dict[str, list[dict]]) -> dict[str, Any]:
     out: dict[str, Any] = {"nodes": sorted(logs), "directions": {}}
     for name, d in sorted(directions.items()):
         out["directions"][name] = _summarise(d)
+    changes = lifecycle_report(logs)  # withdrawals per direction, conflicts per node (exchange.sharing.lifecycle)
+    for name, d in out["directions"].items():
+        d["withdrawn"] = changes["withdrawn"].get(name, 0)
+    out["conflicts"] = changes["conflicts"]
     return out
 
 
@@ -187,6 +192,8 @@ def render_terminal(report: dict[str, Any], console: Any = None) -> None:
         summary.add_row(name, str(dec.get("share", 0)), str(dec.get("redact", 0)), str(dec.get("withhold", 0)),
                         str(d["arrived"]), str(sum(d["rejected"].values())), str(d.get("withheld_in_transit", 0)))
     console.print(summary)
+    console.print("withdrawn: " + (", ".join(f"{n} {d.get('withdrawn', 0)}" for n, d in report["directions"].items()) or "none")
+                  + "; conflicts: " + (", ".join(f"{n} {c}" for n, c in report.get("conflicts", {}).items()) or "none"))
     for name, d in report["directions"].items():
         if d["clauses"]:
             t = Table(title=f"{name}: what was withheld or redacted, and by which clause")

@@ -922,8 +922,17 @@ def _settle_collisions(conn: Connection, compare: list[tuple[dict, str | None, i
                 result.successes.append({"id": sid, "version": staged.add(obj, None, None)})
             else:
                 result.failures.append(
-                    {"id": sid, "version": vstr, "message": "a different object with this id and version is already stored (STIX 2.1 s3.6)"}
+                    {"id": sid, "version": vstr, "message": (
+                        f"conflict: a different object with this id and version {_stored_version(body, vstr)} is already stored "
+                        "(STIX 2.1 s3.6); a correction is a new version with a later modified")}
                 )
+
+
+def _stored_version(body: str | None, posted: str) -> str:
+    """The version string of the stored object a posted one conflicts with (as stored)."""
+    if body is None:
+        return posted
+    return object_version(orjson.loads(body)) or posted
 
 
 def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[tuple[str, int], dict]) -> None:
