@@ -172,8 +172,10 @@ def after_judging(
 def withdraw_deleted(opened: OpenNode, policy: Policy | None = None) -> dict[str, int]:
     """Withdraw the versions analysts deleted from the own collection from every partner holding them.
 
-    The deleted versions leave each read collection; if one of them was the partner's newest, the
-    object is withdrawn (a deleted version cannot be un-released: STIX versions only move forward).
+    The deleted versions leave each read collection.  If one of them was the partner's newest,
+    STIX versions only move forward (s3.6), so the partner gets a newer version: the released copy
+    of the origin's remaining newest version, re-issued (when that version was released to it),
+    else a withdrawal.
     """
     policy = policy or current_policy()
     cfg = opened.node.config
@@ -186,9 +188,8 @@ def withdraw_deleted(opened: OpenNode, policy: Policy | None = None) -> dict[str
     clause = policy.one("no-release-default")
     clauses = (clause.id,) if clause is not None else ()
     with store.transaction(durable=False) as conn:
-        noted = orjson.loads(store.get_state(key, conn) or "[]")
         deleted: dict[str, set[str]] = {}
-        for oid, versions in noted:
+        for oid, versions in orjson.loads(store.get_state(key, conn) or "[]"):
             deleted.setdefault(oid, set()).update(versions)
         left = store.latest_in(conn, own.id, deleted)
         entries = []
@@ -196,22 +197,46 @@ def withdraw_deleted(opened: OpenNode, policy: Policy | None = None) -> dict[str
             target = cfg.partner_collection(partner, "partner-read").id
             held = store.latest_in(conn, target, deleted)
             for oid, versions in deleted.items():
-                h = held.get(oid)
-                keys = {parse_timestamp(v) for v in versions}
-                newest_gone = h is not None and object_version(h) is not None and parse_timestamp(object_version(h)) in keys
                 store.remove_in(conn, target, oid, versions)
-                if h is None or is_withdrawal(h) or not (newest_gone or oid not in left):
+                h = held.get(oid)
+                if h is None:
                     continue
-                # the withdrawal is written after the deleted versions left: built from what the partner held
-                after = format_timestamp(max(keys))
-                reason = "deleted by an analyst" if oid not in left else "the version the partner held was deleted by an analyst"
-                e = _withdraw(opened, conn, partner, target, h, after, reason, clauses, policy, trigger="deleted")
+                e = _after_deletion(opened, conn, partner, target, h, left.get(oid), versions, clauses, policy)
                 if e is not None:
                     entries.append(e)
                     counts[partner] += 1
         audit.append(conn, entries)
         store.set_state(conn, key, "[]")
     return dict(counts)
+
+
+def _after_deletion(
+    opened: OpenNode, conn: Any, partner: str, target: str, held: dict, current: dict | None, versions: set[str],
+    clauses: tuple[str, ...], policy: Policy,
+) -> audit.Entry | None:
+    """One partner, one object some of whose versions were deleted: re-issue, withdraw, or nothing."""
+    keys = {parse_timestamp(v) for v in versions}
+    hv = object_version(held)
+    if hv is None:  # an SCO: no versions to move forward with
+        return None if current is not None else _withdraw(opened, conn, partner, target, held, None, "deleted by an analyst",
+                                                          clauses, policy, trigger="deleted")
+    if current is not None and object_version(current) == hv:
+        return None  # the partner's newest is still the origin's newest
+    if parse_timestamp(hv) not in keys and not is_withdrawal(held):
+        return None  # only older versions went: the partner's newest stands
+    after = max([parse_timestamp(hv), *keys]) + 1
+    released = opened.store.versions_of(target, [(current["id"], object_version(current))]) if current is not None else []
+    if released and _ours(opened, held):
+        again = {**released[0], "modified": format_timestamp(after)}
+        opened.store.add_in(conn, target, [again])
+        return audit.Entry(WITHDRAW, partner, held["id"], again["modified"], WITHDRAW, clauses, {
+            "type": held.get("type"), "trigger": "deleted", "action": "reissued", "withdrawn_version": hv,
+            "reason": f"the version the partner held was deleted by an analyst; version {object_version(current)} is current again",
+        })
+    if is_withdrawal(held):
+        return None
+    reason = "deleted by an analyst" if current is None else "the version the partner held was deleted by an analyst"
+    return _withdraw(opened, conn, partner, target, held, format_timestamp(after - 1), reason, clauses, policy, trigger="deleted")
 
 
 def deletions_pending(opened: OpenNode) -> bool:
