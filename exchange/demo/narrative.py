@@ -38,6 +38,7 @@ def print_narrative(result: dict[str, Any], *, json_mode: bool = False) -> None:
                 extra = f" (removed: {', '.join(ex['removed_fields'])})" if ex["removed_fields"] else ""
                 console.print(f"   - {ex['decision']}: {ex['type']} {ex['id']}{extra}: {ex['reason']}")
     _print_attribution(console, result.get("attribution"))
+    _print_withdrawal(console, result.get("withdrawal"), result.get("withdrawn"))
     console.print()
     for direction, summary in result["transfers"].items():
         console.print(f"  sync {direction}: {summary}")
@@ -51,6 +52,23 @@ def print_narrative(result: dict[str, Any], *, json_mode: bool = False) -> None:
         for leak in check["leaks"][:20]:
             console.print(f"   ! {leak}")
     console.print(f"  done in {result['seconds']} s" + (f"; data kept in {result['data_dir']}" if result.get("data_dir") else ""))
+
+
+def _print_withdrawal(console: Console, w: dict[str, Any] | None, withdrawn: dict[str, int] | None) -> None:
+    """The withdrawal round: a released indicator found to be a CDN address (exchange.sharing.lifecycle)."""
+    if not w:
+        return
+    console.print()
+    console.print(f"[bold]When intelligence changes[/bold]: the US finds that {w['name']} ({w['object']}) is a CDN address; "
+                  "the finding stays internal, so its new version is marked TLP:RED. The node withdraws the released "
+                  "version: a revoked version (STIX 2.1 s3.6) carrying only the required properties and the marking the "
+                  "partner held; ROK relays the withdrawal to Japan in the same sync cycle.")
+    for where, seen in w["latest"].items():
+        state = "withdrawn (revoked)" if seen and seen["revoked"] else f"NOT withdrawn: {seen}"
+        console.print(f"   - latest at {where}: {state}" + (f", version {seen['version']}" if seen else ""))
+    if withdrawn:
+        console.print("   withdrawn per direction: " + ", ".join(f"{d} {n}" for d, n in withdrawn.items()))
+    console.print("   [green]ok[/green]" if w["ok"] else "   [bold red]the withdrawal did not reach every recipient[/]")
 
 
 def _print_attribution(console: Console, rounds: list[dict[str, Any]] | None) -> None:

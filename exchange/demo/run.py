@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from exchange.config import collections_dir
+from exchange.demo.changes import cdn_withdrawal, withdrawal_leaks, withdrawn_counts
 from exchange.demo.procs import NodeProcess
 from exchange.errors import ConfigError, ExchangeError
 from exchange.node.ops import OpenNode, add_account, open_node
@@ -341,7 +342,11 @@ def leak_check(ex: Exchange) -> dict[str, Any]:
                                     leaks.append(f"{key[0]}: field {path} redacted for {recipient} is present in {where}")
                 finally:
                     client.close()
-    return {"checked": checked, "leaks": leaks, "ok": not leaks}
+    # withdrawals (exchange.sharing.lifecycle): no recipient's latest version is one its origin withdrew
+    w_checked, w_leaks = withdrawal_leaks(ex, PARTNER_OF)
+    checked += w_checked
+    leaks += w_leaks
+    return {"checked": checked, "leaks": leaks, "ok": not leaks, "withdrawals_checked": w_checked}
 
 
 def _matches_version(item: Any, version: str | None) -> bool:
@@ -508,18 +513,22 @@ def run_demo(keep: Path | None = None, *, plain_http: bool = False) -> dict[str,
             transfers = sync_both_ways(ex)
             # attribution proposals carry an IEP marking with encrypt_in_transit: must: over plain HTTP they stay home
             joint = attribution_rounds(ex) if ex.pki is not None else []
+            withdrawal = cdn_withdrawal(ex, _cycle)  # an indicator found to be a CDN address is re-marked TLP:RED
             story = narrative(ex)
             check = leak_check(ex)
+            withdrawn = withdrawn_counts(ex)
             urls = {name: h.url for name, h in ex.nodes.items()}
             transport = ex.transport
         return {
-            "ok": check["ok"] and all(r["ok"] for r in joint),
+            "ok": check["ok"] and all(r["ok"] for r in joint) and withdrawal["ok"],
             "nodes": urls,
             "data_dir": str(workdir) if keep else None,
             "transfers": transfers,
             "decisions": story,
             "attribution": joint,
             "leak_check": check,
+            "withdrawal": withdrawal,
+            "withdrawn": withdrawn,
             "seconds": round(time.monotonic() - started, 1),
             "transport": transport,
         }

@@ -10,6 +10,9 @@ from click.testing import CliRunner
 
 from exchange.cli import main
 from exchange.demo.run import decisions, leak_check
+from exchange.stix import parse_timestamp
+from exchange.storage import audit
+from exchange.storage.store import Store
 from tests.e2e.conftest import PARTNER, PASSWORDS
 
 RED = "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1"
@@ -17,7 +20,19 @@ STRICT = "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003"
 
 
 def _released(pair, node: str, recipient: str) -> set[tuple[str, str]]:
-    return {(d["object_id"], d["version"]) for d in decisions(pair.procs[node].data_dir) if d["partner"] == recipient and d["decision"] != "withhold"}
+    released = {(d["object_id"], d["version"]) for d in decisions(pair.procs[node].data_dir)
+                if d["partner"] == recipient and d["decision"] != "withhold"}
+    return released | _withdrawals(pair, node, recipient)
+
+
+def _withdrawals(pair, node: str, recipient: str) -> set[tuple[str, str]]:
+    """The withdrawals (revoked versions) and re-issued versions the node wrote for ``recipient`` (issue 16)."""
+    store = Store.open(data_dir=pair.procs[node].data_dir)
+    try:
+        return {(e["object_id"], e["version"]) for e in audit.entries(store)
+                if e["event"] == "withdraw" and e["partner"] == recipient and e["detail"].get("action") in ("revoked-version", "reissued")}
+    finally:
+        store.close()
 
 
 def _arrived(pair, node: str) -> list[tuple[str, str]]:
@@ -80,8 +95,12 @@ def test_only_the_green_version_of_a_later_red_object_crosses(synced_pair):
         shown = client.reveal("us-inbox", v1["id"])
     finally:
         client.close()
-    assert shown["versions"] == [v1["modified"]]
-    assert [o["modified"] for o in shown["object"]] == [v1["modified"]]
+    # the RED version never crosses; being the newest, it withdraws the GREEN one (issue 16): the partner's
+    # latest is a revoked version with nothing of the RED version (exchange.sharing.lifecycle)
+    assert shown["versions"][0] == v1["modified"] and len(shown["versions"]) == 2
+    green, withdrawal = sorted(shown["object"], key=lambda o: parse_timestamp(o["modified"]))
+    assert green == v1 and withdrawal["revoked"] is True and parse_timestamp(withdrawal["modified"]) > parse_timestamp(v2["modified"])
+    assert all(withdrawal[k] == v1[k] for k in withdrawal if k not in ("modified", "revoked"))
     assert v2["modified"] not in {m["version"] for m in shown["manifest"]}
 
 
