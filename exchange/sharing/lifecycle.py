@@ -31,6 +31,7 @@ direction and conflicts per node for ``report``.
 from __future__ import annotations
 
 import copy
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -55,6 +56,8 @@ from exchange.storage import audit
 COMMON = ("type", "spec_version", "id", "created", "modified")
 KEEP = ("created_by_ref", "object_marking_refs", "revoked", "report_types")
 WITHDRAW = "withdraw"
+WITHDRAWAL_LABEL = "withdrawal"
+_NOTE_NS = uuid.UUID("5d0f1f8e-3b7a-5c2d-9e4f-6a7b8c9d0e1f")
 _DELETED = "deleted:{}"
 
 
@@ -125,9 +128,38 @@ def _withdraw(
         detail["action"] = "revoked-version"
     else:
         opened.store.remove_in(conn, target_id, held["id"])
+        note = withdrawal_note(opened.node.config.identity, opened.node.config.title, held, trigger)
+        opened.store.add_in(conn, target_id, [note])
         version = object_version(held)
         detail["action"] = "removed"
+        detail["note"] = note["id"]
     return audit.Entry(WITHDRAW, partner, held["id"], version, WITHDRAW, clauses, detail)
+
+
+def withdrawal_note(identity: str, title: str, held: Mapping[str, Any], trigger: str) -> dict:
+    """The record of a removal for an object this node may not version: a STIX 2.1 ``note`` (s4.11) by this node.
+
+    ``labels: ["withdrawal"]``, ``object_refs`` = the removed object, the marking the partner held;
+    it says nothing of why beyond the kind of change.  Deterministic (one per object version and node).
+    """
+    version = object_version(held) or ""
+    stamp = format_timestamp((parse_timestamp(version) if version else 0) + 1)
+    why = {"deleted": "deleted at the source", "withheld": "no longer released under the sharing policy",
+           "relayed": "withdrawn by its origin", "joint-revocation": "the joint attribution was revoked"}.get(trigger, trigger)
+    oid = held["id"]
+    return {
+        "type": "note", "spec_version": "2.1", "id": f"note--{uuid.uuid5(_NOTE_NS, f'{identity}|{oid}|{version}')}",
+        "created": stamp, "modified": stamp, "created_by_ref": identity, "abstract": "Withdrawn",
+        "content": f"{title} withdraws {held['id']} (version {version or 'unversioned'}): {why}. "
+                   "It is no longer released to you; do not act on it.",
+        "object_refs": [held["id"]], "labels": [WITHDRAWAL_LABEL],
+        "object_marking_refs": list(held.get("object_marking_refs") or []),
+    }
+
+
+def is_withdrawal_note(obj: Mapping[str, Any], creator: str | None = None) -> bool:
+    return (obj.get("type") == "note" and WITHDRAWAL_LABEL in (obj.get("labels") or ())
+            and (creator is None or obj.get("created_by_ref") == creator))
 
 
 def after_judging(
@@ -151,6 +183,7 @@ def after_judging(
                 "type": o.get("type"), "reason": "the origin revoked it; relayed as released", "trigger": "relayed",
                 "action": "relayed", "source": src.alias,
             }))
+    entries += _onward_notes(opened, conn, partner, target_id, src, objs, policy)
     if not withheld:
         return entries
     held = opened.store.latest_in(conn, target_id, withheld)
@@ -167,6 +200,30 @@ def after_judging(
         if e is not None:
             entries.append(e)
     return entries
+
+
+def _onward_notes(opened: OpenNode, conn: Any, partner: str, target_id: str, src: Any, objs: Sequence[dict], policy: Policy) -> list[audit.Entry]:
+    """A withdrawal note from the partner whose inbox ``src`` is: what this node relayed from it goes too.
+
+    Only objects this node holds through that partner (not in its own collection), and not already withdrawn.
+    """
+    if src.role != "partner-inbox":
+        return []
+    sender = opened.node.config.partners[src.partner].identity
+    refs = {r for o in objs if is_withdrawal_note(o, sender) for r in o.get("object_refs") or () if isinstance(r, str)}
+    if not refs:
+        return []
+    own = opened.node.config.own_collection.id
+    mine = set(opened.store.latest_in(conn, own, refs))
+    out = []
+    for h in opened.store.latest_in(conn, target_id, refs - mine).values():
+        if _ours(opened, h):
+            continue
+        e = _withdraw(opened, conn, partner, target_id, h, None, f"withdrawn by {src.partner}, its source here", (), policy,
+                      trigger="relayed")
+        if e is not None:
+            out.append(e)
+    return out
 
 
 def withdraw_deleted(opened: OpenNode, policy: Policy | None = None) -> dict[str, int]:
