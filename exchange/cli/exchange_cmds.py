@@ -40,10 +40,10 @@ def load(
 ) -> None:
     """Load a STIX 2.1 BUNDLE into NODE's own collection (all or nothing), then release it under policy."""
     from exchange.node.ops import open_node
-    from exchange.sharing.release import release_all
+    from exchange.sharing.loading import load_and_release
     from exchange.stix import check_object, check_object_strict
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     objects = read_bundle(bundle)
     check = check_object_strict if strict_validation else check_object
     problems = [(o, p) for o in objects if (p := check(o)) is not None]
@@ -56,17 +56,14 @@ def load(
         coll = opened.node.config.collection(collection_ref) if collection_ref else opened.node.config.own_collection
         if coll.role != "own" and collection_ref:
             raise BadRequest(f"load writes only to a node's own collection; {coll.alias!r} is a {coll.role} collection")
-        result = opened.store.add_objects(coll.id, objects)
+        outcome = load_and_release(opened, coll.id, objects)
+        result = outcome.added
         if result.failures:
             first = result.failures[0]
             click.echo(f"warning: {len(result.failures)} objects conflict with stored versions; first: {first['id']}: {first['message']}", err=True)
-        released = release_all(opened)
     finally:
         opened.close()
-    click.echo(
-        f"loaded {len(objects)} objects into {coll.alias} ({result.added} new); "
-        + ", ".join(f"{p}: {r.shared} shared, {r.redacted} redacted, {r.withheld} withheld" for p, r in released.items())
-    )
+    click.echo(f"loaded {len(objects)} objects into {coll.alias} ({result.added} new); {outcome.summary()}")
 
 
 @click.command()
@@ -79,7 +76,7 @@ def release(node: str, data_dir: Path | None, database: str | None, init: bool) 
     from exchange.node.ops import open_node
     from exchange.sharing.release import release_all
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     opened = open_node(node, data_dir=data_dir, database=database, init=init)
     try:
         released = release_all(opened)
@@ -146,7 +143,7 @@ def sync(
     from exchange.sharing.sync import Backoff, run_cycle
 
     _configure_logging(verbose)
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     if key_file is not None and cert_file is None:
         raise click.UsageError("--key-file needs --cert-file")
     cert = (str(cert_file), str(key_file)) if key_file else (str(cert_file) if cert_file else None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from exchange.errors import BadRequest
+from exchange.errors import BadRequest, ConfigError
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -30,9 +30,12 @@ INIT = click.option(
 )
 
 
-def _need_store(data_dir: Path | None, database: str | None) -> None:
+def _need_store(data_dir: Path | None, database: str | None, *, init: bool = False, create: bool = False) -> None:
+    """A store is named; a ``--data-dir`` that does not exist is refused unless ``--init`` (or ``create``: ``account add``)."""
     if data_dir is None and database is None:
         raise click.UsageError("give --data-dir DIR (or --database URL)")
+    if database is None and data_dir is not None and not data_dir.exists() and not (init or create):
+        raise ConfigError(f"--data-dir {data_dir}: no such folder (a typo?); `--init` or `cti-exchange account add` makes a new node there")
 
 
 @click.command()
@@ -79,7 +82,7 @@ def serve(
     from exchange.node.tls import check_files
     from exchange.sharing.background import data_dir_factory
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     if certfile is None and (keyfile is not None or client_ca is not None):
         raise click.UsageError("--keyfile and --client-ca need --certfile (TLS)")
     check_files(certfile, keyfile, ca=client_ca)
@@ -146,7 +149,7 @@ def account_add(
 
     from exchange.node.ops import add_account, open_node
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, create=True)
     if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
         raise BadRequest(f"account name {name!r}: use lower-case letters, digits, '-' and '_' (at most 63)")
     password = None
