@@ -101,6 +101,12 @@ def _password(password_file: Path | None, password_stdin: bool, *, optional: boo
     return value
 
 
+class _Stopped(click.ClickException):
+    """Ctrl-C: one line saying where the next run resumes; exit 130 (128 + SIGINT), as shells report it."""
+
+    exit_code = 130
+
+
 @click.command()
 @click.argument("node")
 @click.option("--partner", required=True, help="The partner to sync with (a name under partners: in node.yaml).")
@@ -140,7 +146,7 @@ def sync(
     """
     from exchange.node.ops import open_node
     from exchange.sharing.client import PartnerClient
-    from exchange.sharing.sync import Backoff, run_cycle
+    from exchange.sharing.sync import Backoff, describe_cycle, interrupted, run_cycle
 
     _configure_logging(verbose)
     _need_store(data_dir, database, init=init)
@@ -158,8 +164,12 @@ def sync(
             try:
                 summary = run_cycle(opened, partner, client, direction=direction, backoff=backoff,
                                     envelope_size=envelope_size, page_size=page_size, show_progress=sys.stderr.isatty())
-                moved = any(v for part in summary.values() for k, v in part.items() if k != "retries") if summary else False
-                log.log(logging.INFO if moved else logging.DEBUG, "sync %s<->%s: %s", node, partner, summary)
+                said = describe_cycle(summary)
+                if interval is None or said != "nothing new":  # --once always says what it did; a repeating agent, when it did something
+                    click.echo(f"sync {node}<->{partner}: {said}")
+                log.debug("sync %s<->%s: %s", node, partner, summary)
+            except KeyboardInterrupt:
+                raise _Stopped(interrupted(opened, partner)) from None
             except PartnerTLSError as exc:
                 raise click.ClickException(f"{exc} -- check --ca-file, --cert-file/--key-file and the partner URL") from exc
             except PartnerAuthError as exc:
@@ -174,7 +184,10 @@ def sync(
                 log.error("%s; next cycle in %.1fs", exc, interval)
             if interval is None:
                 return
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                raise _Stopped(interrupted(opened, partner)) from None
     finally:
         client.close()
         opened.close()
