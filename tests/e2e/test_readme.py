@@ -15,7 +15,6 @@ A python block's last line, an expression followed by ``# VALUE``, must evaluate
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shutil
