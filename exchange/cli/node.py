@@ -55,10 +55,12 @@ def _need_store(data_dir: Path | None, database: str | None, *, init: bool = Fal
     "--accounts-from", type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Set each configured account's password from DIR/<account> (a secrets mount) before serving.",
 )
-@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CERTFILE",
-              help="Serve HTTPS only, with this server certificate (PEM; env CTI_EXCHANGE_CERTFILE).")
-@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_KEYFILE",
-              help="The server certificate's private key (PEM; env CTI_EXCHANGE_KEYFILE).")
+@click.option("--certfile", "--cert-file", "certfile", type=click.Path(dir_okay=False, path_type=Path),
+              envvar=["CTI_EXCHANGE_CERT_FILE", "CTI_EXCHANGE_CERTFILE"],
+              help="Serve HTTPS only, with this server certificate (PEM; env CTI_EXCHANGE_CERT_FILE, old name CTI_EXCHANGE_CERTFILE).")
+@click.option("--keyfile", "--key-file", "keyfile", type=click.Path(dir_okay=False, path_type=Path),
+              envvar=["CTI_EXCHANGE_KEY_FILE", "CTI_EXCHANGE_KEYFILE"],
+              help="The server certificate's private key (PEM; env CTI_EXCHANGE_KEY_FILE, old name CTI_EXCHANGE_KEYFILE).")
 @click.option("--client-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CLIENT_CA",
               help="Mutual TLS: verify client certificates against this CA bundle; a certificate identifies the account "
                    "whose certificate_subject it has, and those accounts must present it (env CTI_EXCHANGE_CLIENT_CA).")
