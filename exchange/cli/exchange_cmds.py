@@ -46,10 +46,10 @@ def load(
 ) -> None:
     """Load a STIX 2.1 BUNDLE into NODE's own collection (all or nothing), then release it under policy."""
     from exchange.node.ops import open_node
-    from exchange.sharing.release import release_all
+    from exchange.sharing.loading import load_and_release
     from exchange.stix import check_object, check_object_strict
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     objects = read_bundle(bundle)
     check = check_object_strict if strict_validation else check_object
     problems = [(o, p) for o in objects if (p := check(o)) is not None]
@@ -66,17 +66,14 @@ def load(
         from exchange.sharing.lifecycle import resolve_conflicts
 
         objects = resolve_conflicts(opened, coll.id, objects, on_conflict, str(bundle), stix_now())  # corrections are versions
-        result = opened.store.add_objects(coll.id, objects)
+        outcome = load_and_release(opened, coll.id, objects)
+        result = outcome.added
         if result.failures:
             first = result.failures[0]
             click.echo(f"warning: {len(result.failures)} objects conflict with stored versions; first: {first['id']}: {first['message']}", err=True)
-        released = release_all(opened)
     finally:
         opened.close()
-    click.echo(
-        f"loaded {len(objects)} objects into {coll.alias} ({result.added} new); "
-        + ", ".join(f"{p}: {r.shared} shared, {r.redacted} redacted, {r.withheld} withheld" for p, r in released.items())
-    )
+    click.echo(f"loaded {len(objects)} objects into {coll.alias} ({result.added} new); {outcome.summary()}")
 
 
 @click.command()
@@ -89,7 +86,7 @@ def release(node: str, data_dir: Path | None, database: str | None, init: bool) 
     from exchange.node.ops import open_node
     from exchange.sharing.release import release_all
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     opened = open_node(node, data_dir=data_dir, database=database, init=init)
     try:
         released = release_all(opened)
@@ -112,6 +109,12 @@ def _password(password_file: Path | None, password_stdin: bool, *, optional: boo
     if not value and not optional:
         raise BadRequest("no partner password: give --password-file, --password-stdin or CTI_EXCHANGE_PARTNER_PASSWORD")
     return value
+
+
+class _Stopped(click.ClickException):
+    """Ctrl-C: one line saying where the next run resumes; exit 130 (128 + SIGINT), as shells report it."""
+
+    exit_code = 130
 
 
 @click.command()
@@ -153,10 +156,10 @@ def sync(
     """
     from exchange.node.ops import open_node
     from exchange.sharing.client import PartnerClient
-    from exchange.sharing.sync import Backoff, run_cycle
+    from exchange.sharing.sync import Backoff, describe_cycle, interrupted, run_cycle
 
     _configure_logging(verbose)
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     if key_file is not None and cert_file is None:
         raise click.UsageError("--key-file needs --cert-file")
     cert = (str(cert_file), str(key_file)) if key_file else (str(cert_file) if cert_file else None)
@@ -171,8 +174,12 @@ def sync(
             try:
                 summary = run_cycle(opened, partner, client, direction=direction, backoff=backoff,
                                     envelope_size=envelope_size, page_size=page_size, show_progress=sys.stderr.isatty())
-                moved = any(v for part in summary.values() for k, v in part.items() if k != "retries") if summary else False
-                log.log(logging.INFO if moved else logging.DEBUG, "sync %s<->%s: %s", node, partner, summary)
+                said = describe_cycle(summary)
+                if interval is None or said != "nothing new":  # --once always says what it did; a repeating agent, when it did something
+                    click.echo(f"sync {node}<->{partner}: {said}")
+                log.debug("sync %s<->%s: %s", node, partner, summary)
+            except KeyboardInterrupt:
+                raise _Stopped(interrupted(opened, partner)) from None
             except PartnerTLSError as exc:
                 raise click.ClickException(f"{exc} -- check --ca-file, --cert-file/--key-file and the partner URL") from exc
             except PartnerAuthError as exc:
@@ -187,7 +194,10 @@ def sync(
                 log.error("%s; next cycle in %.1fs", exc, interval)
             if interval is None:
                 return
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                raise _Stopped(interrupted(opened, partner)) from None
     finally:
         client.close()
         opened.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from exchange.errors import BadRequest
+from exchange.errors import BadRequest, ConfigError
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -30,9 +30,12 @@ INIT = click.option(
 )
 
 
-def _need_store(data_dir: Path | None, database: str | None) -> None:
+def _need_store(data_dir: Path | None, database: str | None, *, init: bool = False, create: bool = False) -> None:
+    """A store is named; a ``--data-dir`` that does not exist is refused unless ``--init`` (or ``create``: ``account add``)."""
     if data_dir is None and database is None:
         raise click.UsageError("give --data-dir DIR (or --database URL)")
+    if database is None and data_dir is not None and not data_dir.exists() and not (init or create):
+        raise ConfigError(f"--data-dir {data_dir}: no such folder (a typo?); `--init` or `cti-exchange account add` makes a new node there")
 
 
 @click.command()
@@ -52,10 +55,12 @@ def _need_store(data_dir: Path | None, database: str | None) -> None:
     "--accounts-from", type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Set each configured account's password from DIR/<account> (a secrets mount) before serving.",
 )
-@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CERTFILE",
-              help="Serve HTTPS only, with this server certificate (PEM; env CTI_EXCHANGE_CERTFILE).")
-@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_KEYFILE",
-              help="The server certificate's private key (PEM; env CTI_EXCHANGE_KEYFILE).")
+@click.option("--certfile", "--cert-file", "certfile", type=click.Path(dir_okay=False, path_type=Path),
+              envvar=["CTI_EXCHANGE_CERT_FILE", "CTI_EXCHANGE_CERTFILE"],
+              help="Serve HTTPS only, with this server certificate (PEM; env CTI_EXCHANGE_CERT_FILE, old name CTI_EXCHANGE_CERTFILE).")
+@click.option("--keyfile", "--key-file", "keyfile", type=click.Path(dir_okay=False, path_type=Path),
+              envvar=["CTI_EXCHANGE_KEY_FILE", "CTI_EXCHANGE_KEYFILE"],
+              help="The server certificate's private key (PEM; env CTI_EXCHANGE_KEY_FILE, old name CTI_EXCHANGE_KEYFILE).")
 @click.option("--client-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CLIENT_CA",
               help="Mutual TLS: verify client certificates against this CA bundle; a certificate identifies the account "
                    "whose certificate_subject it has, and those accounts must present it (env CTI_EXCHANGE_CLIENT_CA).")
@@ -79,7 +84,7 @@ def serve(
     from exchange.node.tls import check_files
     from exchange.sharing.background import data_dir_factory
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, init=init)
     if certfile is None and (keyfile is not None or client_ca is not None):
         raise click.UsageError("--keyfile and --client-ca need --certfile (TLS)")
     check_files(certfile, keyfile, ca=client_ca)
@@ -146,7 +151,7 @@ def account_add(
 
     from exchange.node.ops import add_account, open_node
 
-    _need_store(data_dir, database)
+    _need_store(data_dir, database, create=True)
     if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
         raise BadRequest(f"account name {name!r}: use lower-case letters, digits, '-' and '_' (at most 63)")
     password = None

@@ -41,6 +41,14 @@ def load_bundle(path: str) -> list[dict]:
     for i, obj in enumerate(objects):
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or not isinstance(obj.get("id"), str):
             raise BadRequest(f"{path}: object {i} is not a STIX object (needs 'type' and 'id')")
+    from exchange.stix import check_object
+
+    # what `load` refuses (e.g. a STIX 2.0 bundle) is refused here too: no verdict on objects a node would never hold
+    problems = [(o, p) for o in objects if (p := check_object(o)) is not None]
+    if problems:
+        obj, problem = problems[0]
+        raise BadRequest(f"{path}: {len(problems)} of {len(objects)} objects are invalid, as `load` would refuse them; "
+                         f"nothing judged. First: {obj.get('id', '?')}: {problem}")
     return objects
 
 
@@ -125,6 +133,8 @@ def explain_cmd(bundle: str, object_id: str, sender: str, recipient: str, policy
         clause = pol.clause(cid)
         console.print(f"[{cid}] {clause.statement}", markup=False)
         console.print(f"    source ({clause.source.framework}): \"{clause.source.quote}\"", markup=False)
+        if clause.conservative:  # a local choice where the framework text is silent, not a framework mandate
+            console.print(f"    conservative: true (a local reading, not the framework's words): {clause.conservative_note.strip()}", markup=False)
     if d.removed_fields:
         console.print(f"removed: {', '.join(d.removed_fields)}", markup=False)
 

@@ -43,6 +43,24 @@ class _TimeoutAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
+def speaks_tls(url: str, timeout: float = 3.0) -> bool:
+    """Whether the server at ``url``'s host and port completes a TLS handshake (certificate not checked: a probe only)."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname=parts.hostname):
+            return True
+    except (OSError, ssl.SSLError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a partner's collection (TAXII 2.1 s3.7 envelope plus headers)."""
@@ -118,6 +136,9 @@ class PartnerClient:
                 raise PartnerTLSError(f"{what}: TLS with partner {self.url} failed: {reason}") from exc
             if isinstance(exc, requests.exceptions.SSLError):
                 raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: TLS connection failed: {reason}") from exc
+            if self.url.lower().startswith("http://") and speaks_tls(self.url):  # retrying plain HTTP cannot help
+                https = "https://" + self.url[len("http://"):]
+                raise PartnerTLSError(f"{what}: partner speaks HTTPS? got a TLS handshake at {self.url}: use {https}") from exc
             raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: {exc.__class__.__name__}") from exc
         except requests.Timeout as exc:
             raise PartnerUnavailable(f"{what}: partner {self.url} unreachable: {exc.__class__.__name__}") from exc

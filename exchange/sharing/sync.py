@@ -321,6 +321,53 @@ def run_cycle(
     return summary
 
 
+def describe_cycle(summary: dict) -> str:
+    """One line for one sync cycle: what it pulled, pushed and released, or ``nothing new``."""
+    parts = []
+    pulled = summary.get("pulled")
+    if pulled and (pulled["received"] or pulled["rejected"]):
+        refused = f", {pulled['rejected']} refused" if pulled["rejected"] else ""
+        parts.append(f"pulled {pulled['stored']} new of {pulled['received']} received{refused}")
+    pushed = summary.get("pushed")
+    if pushed and (pushed["sent"] or pushed["rejected"]):
+        rejected = f", {pushed['rejected']} rejected" if pushed["rejected"] else ""
+        parts.append(f"pushed {pushed['sent']}, {pushed['acknowledged']} acknowledged{rejected}")
+    released = {p: n for p, n in (summary.get("released") or {}).items() if n}
+    if released:
+        parts.append("released " + ", ".join(f"{n} to {p}" for p, n in released.items()))
+    if summary.get("joint"):
+        parts.append(f"{summary['joint']} attributions became joint")
+    retries = sum((summary.get(k) or {}).get("retries", 0) for k in ("pulled", "pushed"))
+    text = "; ".join(parts) or "nothing new"
+    return text + (f" ({retries} retries)" if retries else "")
+
+
+def interrupted(opened: OpenNode, partner: str) -> str:
+    """What a stopped agent tells (Ctrl-C): where the next run resumes, from the bookmarks it committed."""
+    from sqlalchemy import func, select, tuple_
+
+    from exchange.storage.schema import objects
+
+    cfg = opened.node.config
+    said = []
+    store = opened.store
+    read = cfg.partner_collection(partner, "partner-read") if cfg.partners[partner].push_to else None
+    if read is not None:
+        mark = _state(opened, f"push:{partner}").get("after")
+        where = [objects.c.collection_id == read.id]
+        with store.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0
+            done = 0 if not mark else conn.execute(
+                select(func.count()).select_from(objects).where(*where, tuple_(objects.c.date_added, objects.c.seq) <= tuple(mark))
+            ).scalar() or 0
+        said.append(f"push resumes from object {done + 1} of those released to {partner}"
+                    + (f" ({total - done} waiting)" if done < total else f" (all {total} sent so far)"))
+    if cfg.partners[partner].pull_from:
+        inbox = cfg.partner_collection(partner, "partner-inbox")
+        said.append(f"pull resumes after the {store.count(inbox.id, all_versions=True)} object versions stored from {partner}")
+    return "stopped; " + "; ".join(said) + " on next run"
+
+
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str], Progress | None]]:
     """A rich progress display on a terminal; a no-op elsewhere."""
@@ -339,4 +386,4 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], Progress | None]]:
         yield make
 
 
-__all__ = ["Backoff", "Transfer", "pull", "push", "run_cycle", "with_retries"]
+__all__ = ["Backoff", "Transfer", "describe_cycle", "interrupted", "pull", "push", "run_cycle", "with_retries"]

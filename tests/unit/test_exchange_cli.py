@@ -26,7 +26,7 @@ def _bundle(tmp_path, objs, name="b.json"):
 
 def test_load_releases_under_policy_and_records_decisions(tmp_path):
     objs = [new_indicator(i, created_by_ref=US_ID, marking=GREEN) for i in range(3)]
-    result = CliRunner().invoke(main, ["load", "us", str(_bundle(tmp_path, objs)), "--data-dir", str(tmp_path / "d")])
+    result = CliRunner().invoke(main, ["load", "us", str(_bundle(tmp_path, objs)), "--data-dir", str(tmp_path / "d"), "--init"])
     assert result.exit_code == 0, result.output
     assert "loaded 3 objects into us-intel (3 new)" in result.output
     assert "rok: 3 shared" in result.output
@@ -40,7 +40,7 @@ def test_load_releases_under_policy_and_records_decisions(tmp_path):
 
 def test_load_of_a_bundle_with_one_bad_object_loads_nothing(tmp_path):
     objs = [new_indicator(1), dict(new_indicator(2), modified="not-a-time")]
-    result = CliRunner().invoke(main, ["load", "us", str(_bundle(tmp_path, objs)), "--data-dir", str(tmp_path / "d")])
+    result = CliRunner().invoke(main, ["load", "us", str(_bundle(tmp_path, objs)), "--data-dir", str(tmp_path / "d"), "--init"])
     assert result.exit_code != 0
     assert "1 of 2 objects are invalid; nothing loaded" in result.output
     opened = open_node("us", data_dir=tmp_path / "d")
@@ -53,9 +53,9 @@ def test_load_of_a_bundle_with_one_bad_object_loads_nothing(tmp_path):
 def test_load_refuses_what_is_not_a_bundle(tmp_path):
     path = tmp_path / "x.json"
     path.write_text("{nope")
-    result = CliRunner().invoke(main, ["load", "us", str(path), "--data-dir", str(tmp_path / "d")])
+    result = CliRunner().invoke(main, ["load", "us", str(path), "--data-dir", str(tmp_path / "d"), "--init"])
     assert result.exit_code != 0 and "not JSON" in result.output
-    result = CliRunner().invoke(main, ["load", "us", str(tmp_path / "missing.json"), "--data-dir", str(tmp_path / "d")])
+    result = CliRunner().invoke(main, ["load", "us", str(tmp_path / "missing.json"), "--data-dir", str(tmp_path / "d"), "--init"])
     assert result.exit_code != 0 and "cannot read" in result.output
 
 
@@ -68,7 +68,7 @@ def _logs(tmp_path):
     us = tmp_path / "us"
     objs = [new_indicator(i, created_by_ref=US_ID, marking=GREEN) for i in range(4)]
     objs.append(new_indicator(9, created_by_ref=US_ID, marking="marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1"))
-    assert CliRunner().invoke(main, ["load", "us", str(_bundle(tmp_path, objs)), "--data-dir", str(us)]).exit_code == 0
+    assert CliRunner().invoke(main, ["load", "us", str(_bundle(tmp_path, objs)), "--data-dir", str(us), "--init"]).exit_code == 0
     return us
 
 
@@ -109,11 +109,11 @@ def test_demo_secrets_writes_private_files_once(tmp_path):
 def test_account_add_reads_a_password_file(tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("a-long-enough-password\n")
-    result = CliRunner().invoke(main, ["account", "add", "us", "rok", "--password-file", str(pw), "--data-dir", str(tmp_path / "d")])
+    result = CliRunner().invoke(main, ["account", "add", "us", "rok", "--password-file", str(pw), "--data-dir", str(tmp_path / "d"), "--init"])
     assert result.exit_code == 0 and "(password set)" in result.output
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    result = CliRunner().invoke(main, ["account", "add", "us", "rok", "--password-file", str(empty), "--data-dir", str(tmp_path / "d")])
+    result = CliRunner().invoke(main, ["account", "add", "us", "rok", "--password-file", str(empty), "--data-dir", str(tmp_path / "d"), "--init"])
     assert result.exit_code != 0 and "empty" in result.output
 
 
