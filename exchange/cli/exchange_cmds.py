@@ -56,7 +56,7 @@ def load(
         coll = opened.node.config.collection(collection_ref) if collection_ref else opened.node.config.own_collection
         if coll.role != "own" and collection_ref:
             raise BadRequest(f"load writes only to a node's own collection; {coll.alias!r} is a {coll.role} collection")
-        result = opened.store.add_objects(coll.id, objects)
+        result = opened.store.add_objects(coll.id, objects, origin="local:cli")
         if result.failures:
             first = result.failures[0]
             click.echo(f"warning: {len(result.failures)} objects conflict with stored versions; first: {first['id']}: {first['message']}", err=True)

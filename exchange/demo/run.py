@@ -63,7 +63,7 @@ def load_bundle_file(opened: OpenNode, path: Path) -> int:
     bad = [(o, p) for o in objects if (p := check_object(o)) is not None]
     if bad:
         raise BadRequest(f"{path}: {len(bad)} invalid objects; first: {bad[0][1]}")
-    return opened.store.add_objects(opened.node.config.own_collection.id, objects).added
+    return opened.store.add_objects(opened.node.config.own_collection.id, objects, origin="local:cli").added
 
 
 @dataclass
