@@ -33,11 +33,16 @@ def is_partner_origin(origin: str | None, source_role: str) -> bool:
 
 
 def without_signatures(rows: Sequence[Any], objs: Sequence[dict]) -> tuple[list[Any], list[dict]]:
-    """The rows and objects of a batch that the policy judges: signature objects travel only beside what they sign."""
-    if not any(is_signature(o) for o in objs):
+    """The rows and objects of a batch that the policy judges: signature objects (and their extension definition)
+    travel only beside what they sign."""
+    if not any(_infrastructure(o) for o in objs):
         return list(rows), list(objs)
-    kept = [(r, o) for r, o in zip(rows, objs, strict=True) if not is_signature(o)]
+    kept = [(r, o) for r, o in zip(rows, objs, strict=True) if not _infrastructure(o)]
     return [r for r, _ in kept], [o for _, o in kept]
+
+
+def _infrastructure(obj: dict) -> bool:
+    return is_signature(obj) or obj.get("id") == SIGNATURE_EXTENSION_ID
 
 
 def release_signatures(
