@@ -182,6 +182,19 @@ class InboundConfig(_Strict):
     exempt_types: tuple[str, ...] = ("marking-definition", "extension-definition", "identity")
 
 
+class SigningConfig(_Strict):
+    """Origin signatures (``exchange.node.signing``): where this node's signing key and the trust anchors are.
+
+    ``pki_dir``: a folder made by ``cti-exchange pki init`` holding ``<node>-signing.key``/``.crt``, ``ca.crt``
+    (the CA that issues the partners' signing certificates) and, if any key was revoked, ``ca.crl``; the
+    environment variable ``CTI_EXCHANGE_PKI_DIR`` overrides it. ``enabled: false`` (or ``CTI_EXCHANGE_SIGNING=off``)
+    turns signing and signature checks off (a benchmark's reference run).
+    """
+
+    enabled: bool = True
+    pki_dir: str | None = None
+
+
 def write_to_partner_read(account: str, coll: CollectionConfig) -> str:
     """Why a write grant on a ``partner-read`` collection is refused: only the releaser writes there."""
     return (f"account {account!r} may not write to {coll.alias or coll.id} (a partner-read collection): "
@@ -202,6 +215,7 @@ class NodeConfig(_Strict):
     inbound: InboundConfig = InboundConfig()
     auth: AuthConfig = AuthConfig()
     health: HealthConfig = HealthConfig()
+    signing: SigningConfig = SigningConfig()
     joint_identity: str | None = Field(default=None, pattern=_IDENTITY_RE.pattern)
     # the base URL partners reach this node at (discovery's API root URLs); without it, the
     # address the server is bound to; never the request's Host header

@@ -36,9 +36,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from exchange.cli import attribution, exchange_cmds, importer, node, pki, policy
+    from exchange.cli import attribution, exchange_cmds, importer, node, pki, policy, verify
 
-    for module in (node, exchange_cmds, policy, attribution, pki, importer):
+    for module in (node, exchange_cmds, policy, attribution, pki, importer, verify):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -66,7 +66,7 @@ def load(
         from exchange.sharing.lifecycle import resolve_conflicts
 
         objects = resolve_conflicts(opened, coll.id, objects, on_conflict, str(bundle), stix_now())  # corrections are versions
-        outcome = load_and_release(opened, coll.id, objects)
+        outcome = load_and_release(opened, coll.id, objects, origin="local:cli")
         result = outcome.added
         if result.failures:
             first = result.failures[0]

@@ -64,7 +64,7 @@ def load_bundle_file(opened: OpenNode, path: Path) -> int:
     bad = [(o, p) for o in objects if (p := check_object(o)) is not None]
     if bad:
         raise BadRequest(f"{path}: {len(bad)} invalid objects; first: {bad[0][1]}")
-    return opened.store.add_objects(opened.node.config.own_collection.id, objects).added
+    return opened.store.add_objects(opened.node.config.own_collection.id, objects, origin="local:cli").added
 
 
 @dataclass
@@ -131,12 +131,39 @@ def tls_args(pki: Path, node: str) -> tuple[str, ...]:
 @contextmanager
 def local_exchange(workdir: Path, *, plain_http: bool = False) -> Iterator[Exchange]:
     """Both nodes as local server processes with data under ``workdir`` (HTTPS and mutual TLS unless ``plain_http``)."""
-    ex = Exchange()
-    if not plain_http:
-        from exchange.node.pki import init_pki
+    from exchange.node.pki import init_pki
 
-        ex.pki = workdir / "pki"
-        init_pki(ex.pki, NODES, days=2)
+    ex = Exchange()
+    pki = workdir / ("signing-pki" if plain_http else "pki")  # origin-signing keys either way; TLS unless plain_http
+    init_pki(pki, NODES, days=2)
+    if not plain_http:
+        ex.pki = pki
+    try:
+        with signing_pki(pki):
+            yield from _start_nodes(ex, workdir)
+    finally:
+        for handle in ex.nodes.values():
+            if handle.process is not None:
+                handle.process.stop()
+
+
+@contextmanager
+def signing_pki(pki: Path) -> Iterator[None]:
+    """Nodes started and stores opened inside sign with the keys in ``pki`` (``CTI_EXCHANGE_PKI_DIR``, restored after)."""
+    from exchange.node.signing import PKI_ENV
+
+    old = os.environ.get(PKI_ENV)
+    os.environ[PKI_ENV] = str(pki)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PKI_ENV, None)
+        else:
+            os.environ[PKI_ENV] = old
+
+
+def _start_nodes(ex: Exchange, workdir: Path) -> Iterator[Exchange]:
     try:
         for name in NODES:
             data = workdir / name

@@ -26,7 +26,7 @@ from exchange.config import CollectionConfig, LoadedNode
 from exchange.errors import BadRequest, ExchangeError
 from exchange.node import cursor
 from exchange.node.accounts import Account
-from exchange.node.ops import inbound_rules_for, local_copies
+from exchange.node.ops import inbound_rules_for, inbound_signatures, local_copies
 from exchange.policy import current_policy
 from exchange.policy.markings import tlp_name
 from exchange.stix import MEDIA_TYPE_STIX, check_object, check_object_strict, format_timestamp, is_identifier, is_type_name, parse_timestamp
@@ -320,13 +320,16 @@ class ExchangeBackend(Backend):
                 failures.append(_failure(obj, f"inbound.stix-valid: {problem}"))
         if coll.role == "partner-inbox" and valid:
             refused = self._rules[coll.partner].judge(  # type: ignore[index]
-                valid, self.store.resolver(coll.id), local_copies(self.store, self.config, valid)
+                valid, self.store.resolver(coll.id), local_copies(self.store, self.config, valid),
+                inbound_signatures(self.store, self.config, coll.id, valid),
             )
             for i, reason in sorted(refused.items()):
                 failures.append(_failure(valid[i], reason))
             valid = [o for i, o in enumerate(valid) if i not in refused]
         with self.store.transaction() as conn:  # objects, audit and status: one commit, one fsync
-            result = self.store.add_in(conn, collection_id, valid)
+            # origin: what this node observed (a partner's push into its inbox, or a local account's write)
+            origin = f"push:{coll.partner}" if coll.role == "partner-inbox" else f"local:{acct.name}"
+            result = self.store.add_in(conn, collection_id, valid, origin=origin)
             failures += result.failures
             if coll.role == "partner-inbox":
                 audit.append(conn, _inbound_entries(coll.partner, valid, failures, result))  # type: ignore[arg-type]

@@ -114,11 +114,23 @@ def account_of(name: str, found: Login) -> Account:
 
 def inbound_rules_for(config: Any, partner: str) -> InboundRules:
     """The inbound rules of this node for ``partner``: it speaks in its own name only (``exchange.policy.inbound``)."""
+    from exchange.node.signing import signing_parties
+
     others = {config.identity, *(p.identity for name, p in config.partners.items() if name != partner)}
     return InboundRules(
         config=config.inbound, partner_identity=config.partners[partner].identity, joint_identity=config.joint_identity,
-        other_parties=frozenset(others),
+        other_parties=frozenset(others), node_identity=config.identity, signing_parties=signing_parties(config),
     )
+
+
+def inbound_signatures(store: Store, config: Any, inbox_id: str, objs: list[dict]) -> Any:
+    """``signatures`` for ``InboundRules.judge``: each object's origin-signature state, from the batch and the inbox."""
+    from exchange.node.signing import batch_states, known_signers, node_verifier
+
+    def stored(ids: list[str]) -> list[dict]:
+        return store.latest_many([inbox_id], ids)
+
+    return batch_states(node_verifier(config), objs, stored, known_signers(config))
 
 
 def local_copies(store: Store, config: Any, objs: list[dict]) -> Callable[[dict], bool]:

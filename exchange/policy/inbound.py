@@ -27,6 +27,18 @@ about *entitlement*: a partner speaks in its own name only.
 - ``inbound.tlp-required``: every object carries a TLP marking (1.0 or 2.0) in
   ``object_marking_refs``, except marking definitions, extension definitions
   and identities, and public-source objects the node already holds.
+- ``inbound.signature-invalid``: an object version with an origin signature
+  (``x-cti-signature``, ``exchange.node.signing``) that does not verify (changed
+  in transit, wrong or revoked key, a certificate no trusted CA issued) is refused,
+  and so is a malformed signature object.
+- ``inbound.signature-required``: an unsigned object version whose
+  ``created_by_ref`` is a party that signs what it originates (a partner with a
+  node, when signing is on) is refused.
+
+A valid origin signature proves that its signer produced exactly that version: a
+third party's object relayed by the partner (``created_by_ref`` = the signer) passes
+``inbound.creator-is-partner`` and ``inbound.identity-not-partner`` (never for this
+node's own identity or objects: it holds them itself).
 """
 
 from __future__ import annotations
@@ -35,8 +47,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exchange.config import InboundConfig
-from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, classify_marking_definition
-from exchange.stix import SCO_TYPES
+from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, SIGNATURE_TYPE, classify_marking_definition
+from exchange.stix import SCO_TYPES, object_version
 
 Resolve = Callable[[str], "dict | None"]
 #: Whether this exact version of an object is already held from a local load (not from any partner).
@@ -44,6 +56,27 @@ HeldLocally = Callable[[dict], bool]
 
 #: Joint-cell objects a partner may relay: the attribution workflow's products (``exchange.sharing.attribution``).
 _JOINT_TYPES = frozenset({"relationship", "opinion", "report"})
+
+
+@dataclass(frozen=True)
+class SignatureState:
+    """What the origin signatures found for one object version say: ``valid`` (by ``signer``), ``invalid`` (``reason``)
+    or ``unsigned``; ``derived_from``: the source version a redacted copy names."""
+
+    status: str
+    signer: str | None = None
+    reason: str = ""
+    derived_from: dict | None = None
+
+
+#: The signature state of an object (computed by the node, which holds the keys: ``exchange.node.signing``).
+Signatures = Callable[[dict], SignatureState]
+_UNSIGNED = SignatureState("unsigned")
+_SIGNATURE_FIELDS = ("object_ref", "object_modified", "algorithm", "key_id", "certificate", "signature", "created_by_ref")
+
+
+def _no_signatures(_obj: dict) -> SignatureState:
+    return _UNSIGNED
 
 
 def _no_lookup(_marking_id: str) -> dict | None:
@@ -66,12 +99,21 @@ class InboundRules:
     partner_identity: str
     joint_identity: str | None = None
     other_parties: frozenset[str] = frozenset()
+    #: this node's own identity (its objects and identity are never accepted from a partner, signed or not)
+    node_identity: str | None = None
+    #: parties that sign every version they originate: an unsigned object created by one is refused
+    signing_parties: frozenset[str] = frozenset()
 
-    def judge(self, objs: Sequence[dict], resolve: Resolve = _no_lookup, held_locally: HeldLocally = _nothing_held) -> dict[int, str]:
+    def judge(
+        self, objs: Sequence[dict], resolve: Resolve = _no_lookup, held_locally: HeldLocally = _nothing_held,
+        signatures: Signatures = _no_signatures,
+    ) -> dict[int, str]:
         """``{index: "rule-id: reason"}`` for each refused object; the rest are accepted.
 
         ``resolve`` finds marking definitions that are not in ``objs`` (e.g. stored earlier);
-        ``held_locally`` says whether a version is already held from this node's own loads.
+        ``held_locally`` says whether a version is already held from this node's own loads;
+        ``signatures`` gives each object's origin-signature state (verified by the node).
+        A signature object of a refused object in the same batch is refused with it.
         """
         in_batch = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
 
@@ -79,23 +121,59 @@ class InboundRules:
             return in_batch.get(ref) or resolve(ref)
 
         refused: dict[int, str] = {}
+        sigs: list[int] = []
         for i, obj in enumerate(objs):
+            if obj.get("type") == SIGNATURE_TYPE:
+                sigs.append(i)
+                continue
+            state = signatures(obj)
             why = (
-                self._identity(obj, held_locally)
+                self._signature(obj, state)
+                or self._identity(obj, held_locally, state)
                 or _official(obj)
-                or self._creator(obj, marking, held_locally)
+                or self._creator(obj, marking, held_locally, state)
                 or self._tlp(obj, marking, held_locally)
             )
             if why:
                 refused[i] = why
+        self._signature_objects(objs, sigs, refused)
         return refused
 
-    def _identity(self, obj: dict, held_locally: HeldLocally) -> str | None:
+    def _signature_objects(self, objs: Sequence[dict], sigs: list[int], refused: dict[int, str]) -> None:
+        """Signature objects: well-formed, and not signing a version refused in this batch (they say nothing alone)."""
+        dropped = {(objs[i].get("id"), object_version(objs[i])): why for i, why in refused.items()}
+        for i in sigs:
+            sig = objs[i]
+            missing = [k for k in _SIGNATURE_FIELDS if not isinstance(sig.get(k), str)]
+            if missing:
+                refused[i] = f"inbound.signature-invalid: signature object lacks {', '.join(missing)}"
+                continue
+            why = dropped.get((sig["object_ref"], sig["object_modified"]))
+            if why is not None:
+                refused[i] = f"{why.split(':', 1)[0]}: signs {sig['object_ref']} at {sig['object_modified']}, refused here"
+
+    def _signature(self, obj: dict, state: SignatureState) -> str | None:
+        """``inbound.signature-invalid`` / ``inbound.signature-required``."""
+        if state.status == "invalid":
+            return f"inbound.signature-invalid: {obj.get('id')}: {state.reason}"
+        creator = obj.get("created_by_ref")
+        if state.status == "unsigned" and creator in self.signing_parties and object_version(obj) is not None:
+            return f"inbound.signature-required: {creator} signs every object version it originates; this one carries no signature"
+        return None
+
+    def _proven(self, state: SignatureState, who: object) -> bool:
+        """A valid origin signature by ``who`` (never this node: it holds its own objects itself)."""
+        return state.status == "valid" and state.signer == who and who != self.node_identity
+
+    def _identity(self, obj: dict, held_locally: HeldLocally, state: SignatureState = _UNSIGNED) -> str | None:
         """``inbound.identity-not-partner``: the partner versions its own identity and identities it created, no other
-        (an exact copy of a version this node holds from its own loads repeats, it does not speak)."""
+        (an exact copy of a version this node holds from its own loads repeats, it does not speak; a version
+        signed by that party itself, or by its creator, is that party's word)."""
         if obj.get("type") != "identity" or obj.get("id") == self.partner_identity or held_locally(obj):
             return None
         oid, creator = obj.get("id"), obj.get("created_by_ref")
+        if self._proven(state, oid) or (creator is not None and self._proven(state, creator)):
+            return None
         if oid in self._parties() or oid in self.config.public_sources:
             return f"inbound.identity-not-partner: {oid} is another party's identity; only that party may create or version it"
         if creator != self.partner_identity:
@@ -106,13 +184,16 @@ class InboundRules:
     def _parties(self) -> frozenset[str]:
         return self.other_parties | ({self.joint_identity} if self.joint_identity else frozenset())
 
-    def _creator(self, obj: dict, marking: Resolve, held_locally: HeldLocally) -> str | None:
-        """``inbound.creator-is-partner``: the partner's own objects, proven joint products, public objects already held."""
+    def _creator(self, obj: dict, marking: Resolve, held_locally: HeldLocally, state: SignatureState = _UNSIGNED) -> str | None:
+        """``inbound.creator-is-partner``: the partner's own objects, proven joint products, public objects already held,
+        a third party's objects with that party's valid origin signature."""
         if not self.config.require_creator:
             return None
         stype, creator = obj.get("type"), obj.get("created_by_ref")
         if stype in SCO_TYPES or stype == "extension-definition" or creator == self.partner_identity:
             return None  # SCOs have no created_by_ref in STIX 2.1 (s3.2, s6)
+        if creator is not None and self._proven(state, creator):
+            return None
         if creator is None:
             if stype in self.config.exempt_types or _provider_stripped(obj, marking):
                 return None

@@ -33,7 +33,8 @@ from exchange.stix import parse_timestamp
 __all__ = [
     "AMBER", "AMBER_STRICT", "CLEAR", "GREEN", "RED", "LEVEL_NAMES", "LEVEL_LABELS",
     "TLP2_EXTENSION_ID", "IEP2_EXTENSION_ID", "TLP2_IDS", "TLP2_MARKINGS", "TLP2_EXTENSION_DEFINITION",
-    "IEP2_EXTENSION_DEFINITION", "TLP1_MARKINGS", "TLP1_TO_TLP2", "LEVEL_OF", "OFFICIAL_OBJECTS",
+    "IEP2_EXTENSION_DEFINITION", "SIGNATURE_EXTENSION_DEFINITION", "SIGNATURE_EXTENSION_ID", "SIGNATURE_TYPE", "PROJECT_IDENTITY",
+    "TLP1_MARKINGS", "TLP1_TO_TLP2", "LEVEL_OF", "OFFICIAL_OBJECTS",
     "IepPolicy", "MarkingInfo", "parse_level", "level_name", "most_restrictive", "parse_iep", "combine_iep",
     "classify_marking_definition", "official_marking", "marking_refs", "encryption_required",
 ]
@@ -125,13 +126,46 @@ TLP1_TO_TLP2: dict[str, str] = {f"marking-definition--{u}": TLP2_IDS[lvl] for u,
 
 LEVEL_OF: dict[str, int] = {**{v: k for k, v in TLP2_IDS.items()}, **{f"marking-definition--{u}": lvl for u, _, lvl in _TLP1}}
 
+#: The cti-exchange project's identity: creator of the signature extension definition (not a party; never a signer).
+PROJECT_IDENTITY = "identity--afbc64dc-7a05-4fe0-9f3c-c072a8eedf2a"
+#: ``x-cti-signature``: the detached origin signatures (``exchange.node.signing``), a new SDO (STIX 2.1 s7.3).
+SIGNATURE_EXTENSION_ID = "extension-definition--4401ff74-f589-4188-be7e-75ffebabc0c9"
+SIGNATURE_TYPE = "x-cti-signature"
+SIGNATURE_EXTENSION_DEFINITION: dict[str, Any] = {
+    "id": SIGNATURE_EXTENSION_ID,
+    "type": "extension-definition",
+    "spec_version": "2.1",
+    "name": "cti-exchange origin signature",
+    "description": (
+        "Defines the x-cti-signature object: a detached Ed25519 signature by the node that originated or redacted "
+        "the object version named by object_ref and object_modified. A consumer that does not know it ignores it; "
+        "the signed object is never changed."
+    ),
+    "created": "2026-12-01T00:00:00.000Z",
+    "modified": "2026-12-01T00:00:00.000Z",
+    "created_by_ref": PROJECT_IDENTITY,
+    "schema": (
+        "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity): "
+        "object_ref (identifier, required), object_modified (timestamp, required), algorithm ('Ed25519', required), "
+        "canonicalization ('RFC8785', required), key_id ('sha256:' + hex SHA-256 of the signer certificate's DER, required), "
+        "certificate (base64 DER X.509 signing certificate, required), signature (base64 Ed25519 signature, required), "
+        "derived_from ({id, modified} of the version a redacted copy was made from, optional). The signature is over the "
+        "RFC 8785 canonical JSON of this object without its signature property, with the signed object as the member "
+        "signed_object."
+    ),
+    "version": "1.0.0",
+    "extension_types": ["new-sdo"],
+}
+
 OFFICIAL_OBJECTS: dict[str, dict[str, Any]] = {
     **TLP2_MARKINGS,
     **TLP1_MARKINGS,
     TLP2_EXTENSION_ID: TLP2_EXTENSION_DEFINITION,
     IEP2_EXTENSION_ID: IEP2_EXTENSION_DEFINITION,
+    SIGNATURE_EXTENSION_ID: SIGNATURE_EXTENSION_DEFINITION,
 }
-"""Objects every party holds: official TLP 1.0/2.0 marking definitions and the TLP/IEP 2.0 extension definitions."""
+"""Objects every party holds: official TLP 1.0/2.0 marking definitions, the TLP/IEP 2.0 extension definitions and the
+origin signature's extension definition shipped with cti-exchange."""
 
 
 def parse_level(name: str) -> int:

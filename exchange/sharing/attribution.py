@@ -522,7 +522,7 @@ def settle(opened: Any, policy: Any = None) -> list[dict]:
     have = {(o["id"], version_of(o)) for o in opened.store.versions_of(own, [(p["id"], version_of(p)) for p in products])}
     new = [p for p in products if (p["id"], version_of(p)) not in have]
     if new:
-        opened.store.add_objects(own, new)
+        opened.store.add_objects(own, new, origin="local:attribution")
     return new
 
 
@@ -569,7 +569,7 @@ def propose(opened: Any, *, subject: str, actor: str, confidence: int, rationale
                          markings=markings, now=now, previous=previous)
     op = build_opinion(creator=cfg.identity, relationship=rel, opinion="agree", confidence=confidence,
                        explanation=rationale or "The proposer's own assessment.", markings=markings, now=version_of(rel))
-    opened.store.add_objects(cfg.own_collection.id, [iep, rel, op])
+    opened.store.add_objects(cfg.own_collection.id, [iep, rel, op], origin="local:attribution")
     return rel, op, previous is not None
 
 
@@ -586,7 +586,7 @@ def respond(opened: Any, *, relationship: str, opinion: str, confidence: int | N
     markings, iep = _own_markings(opened)
     op = build_opinion(creator=cfg.identity, relationship=rel, opinion=opinion, confidence=confidence,
                        explanation=explanation, markings=markings, now=now)
-    opened.store.add_objects(cfg.own_collection.id, [iep, op])
+    opened.store.add_objects(cfg.own_collection.id, [iep, op], origin="local:attribution")
     settle(opened)
     objs = gather(opened)
     [assessment] = [a for a in assess_all(objs, parties) if a.id == relationship]

@@ -627,7 +627,7 @@ def import_file(opened: OpenNode, path: Path, options: ImportOptions, *, now: st
     if problems:  # a bug, not bad input: never store what the node itself would refuse
         raise BadRequest(f"{path}: the import made an invalid object ({problems[0][0]}: {problems[0][1]}); nothing imported")
     if not options.dry_run:
-        result.loaded = load_and_release(opened, cfg.own_collection.id, result.objects)
+        result.loaded = load_and_release(opened, cfg.own_collection.id, result.objects, origin="local:import")
     return result
 
 

@@ -39,12 +39,12 @@ class LoadOutcome:
         return ", ".join(parts)
 
 
-def load_and_release(opened: OpenNode, collection_id: str, objects: list[dict]) -> LoadOutcome:
+def load_and_release(opened: OpenNode, collection_id: str, objects: list[dict], *, origin: str = "local:cli") -> LoadOutcome:
     """Store ``objects`` (already checked) in ``collection_id`` in one transaction, then release under policy.
 
     A re-post of an identical object is a success that writes nothing (TAXII 2.1 s5.5).
     """
-    added = opened.store.add_objects(collection_id, objects)
+    added = opened.store.add_objects(collection_id, objects, origin=origin)
     outcome = LoadOutcome(added=added)
     with opened.store.try_exclusive() as mine:
         if not mine:

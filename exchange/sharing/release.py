@@ -28,6 +28,7 @@ from exchange.policy import Policy, companions, current_policy, evaluate
 from exchange.policy.markings import OFFICIAL_OBJECTS, tlp_name
 from exchange.sharing import lifecycle
 from exchange.sharing.attribution import concurred_for
+from exchange.sharing.signatures import is_partner_origin, release_signatures, without_signatures
 from exchange.stix import object_version
 from exchange.storage import audit
 from exchange.storage.store import Selection
@@ -137,14 +138,17 @@ def _walk(
             rows, more = store.page(sel, limit=_BATCH, after=after)
             if not rows:
                 return
-            objs = [orjson.loads(r.body) for r in rows]
+            judged_rows, objs = without_signatures(rows, [orjson.loads(r.body) for r in rows])
             concurred = concurred_for(opened, objs, policy)
+            from_partner = {(r.stix_id, r.version) for r in judged_rows if is_partner_origin(r.origin, src.role)}
             for p in recipients:
                 mark = marks[p]
-                mine = objs if mark is None or mark == after else [o for r, o in zip(rows, objs, strict=True) if (r.date_added, r.seq) > mark]
+                mine = objs if mark is None or mark == after else [
+                    o for r, o in zip(judged_rows, objs, strict=True) if (r.date_added, r.seq) > mark
+                ]
                 if not mine:
                     continue
-                batch = _judge_and_write(opened, conn, p, policy, src, mine, now, cache, concurred)
+                batch = _judge_and_write(opened, conn, p, policy, src, mine, now, cache, concurred, from_partner)
                 deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
                 if deferred:
                     dkey = f"deferred:{p}:{src.id}"
@@ -193,7 +197,7 @@ class _Batch:
 
 def _judge_and_write(
     opened: OpenNode, conn: Any, partner: str, policy: Policy, src: Any, objs: list[dict], now: str | None,
-    cache: dict[Any, dict | None], concurred: Any = (),
+    cache: dict[Any, dict | None], concurred: Any = (), from_partner: set[tuple[str, str]] | None = None,
 ) -> _Batch:
     """Evaluate one batch for one partner, write shared copies and companions, append the audit entries."""
     cfg = opened.node.config
@@ -214,7 +218,13 @@ def _judge_and_write(
         present = {(o["id"], object_version(o)) for o in store.versions_of(target.id, [(o["id"], object_version(o)) for o in travel])}
         travel = [o for o in travel if (o["id"], object_version(o)) not in present]
     shared = [d.shared for d in decisions if d.shared is not None]
-    store.add_in(conn, target.id, travel + shared)
+    # origin signatures (exchange/sharing/signatures.py): ours on what this node originated or redacted, the
+    # origin's on what it relays (``from_partner``: rows a partner sent, by their recorded origin), before the objects
+    def relayed(oid: str, version: str) -> bool:
+        return (oid, version) in from_partner if from_partner is not None else src.role == "partner-inbox"
+
+    signatures = release_signatures(opened, target.id, src, decisions, travel, relayed)
+    store.add_in(conn, target.id, signatures + travel + shared, origin="release")
     companion_clause = policy.one("companions")
     entries = [
         audit.Entry(

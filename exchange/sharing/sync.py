@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from exchange.errors import ConfigError, PartnerError, PartnerUnavailable
-from exchange.node.ops import OpenNode, inbound_rules_for, local_copies
+from exchange.node.ops import OpenNode, inbound_rules_for, inbound_signatures, local_copies
 from exchange.policy import current_policy
 from exchange.policy.inbound import InboundRules
 from exchange.policy.markings import tlp_name
@@ -157,7 +157,10 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
             valid.append(obj)
         else:
             entries.append(_reject(partner, obj, f"inbound.stix-valid: {problem}"))
-    refused = rules.judge(valid, opened.store.resolver(inbox_id), local_copies(opened.store, opened.node.config, valid))
+    cfg = opened.node.config
+    refused = rules.judge(
+        valid, opened.store.resolver(inbox_id), local_copies(opened.store, cfg, valid), inbound_signatures(opened.store, cfg, inbox_id, valid)
+    )
     accepted = [o for i, o in enumerate(valid) if i not in refused]
     entries += [_reject(partner, valid[i], reason) for i, reason in refused.items()]
     now = now_us()
@@ -170,7 +173,7 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
         new_mark = {"added_after": page.date_added_last or mark.get("added_after"), "next": None}
     # not flushed to stable storage on commit: after a power loss the page and its cursor roll back together and are fetched again
     with opened.store.transaction(durable=False) as conn:
-        result = opened.store.add_in(conn, inbox_id, accepted)
+        result = opened.store.add_in(conn, inbox_id, accepted, origin=f"pull:{partner}")
         bad = {f["id"] for f in result.failures}
         for f in result.failures:
             entries.append(

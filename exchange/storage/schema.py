@@ -44,6 +44,10 @@ objects = Table(
     Column("body", Text, nullable=False),
     # never served or pushed over plain HTTP (an IEP 2.0 marking says encrypt_in_transit: must); migration 0002
     Column("encrypt_in_transit", Boolean, nullable=False, server_default=false()),
+    # what the node observed, never what the object claims (migration 0006): 'local:<account>' (a write to the own
+    # collection), 'push:<partner>' / 'pull:<partner>' (arrived from that partner), 'partner:<partner>' (arrived from it
+    # before origins were recorded), 'release' (written by the policy release); NULL: not known (treated by collection role)
+    Column("origin", String(80), nullable=True),
     UniqueConstraint("collection_id", "stix_id", "version_key", name="uq_objects_version"),
     Index("ix_objects_all", "collection_id", "date_added", "seq"),
     Index("ix_objects_last", "collection_id", "is_last", "date_added", "seq"),

@@ -106,6 +106,7 @@ class Row(NamedTuple):
     date_added: int
     body: str
     encrypt_in_transit: bool = False  # never served or pushed over plain HTTP
+    origin: str | None = None  # what the node observed (schema ``objects.origin``)
 
     @property
     def date_added_str(self) -> str:
@@ -363,7 +364,9 @@ class Store:
 
     # -- objects: writing ---------------------------------------------------------
 
-    def add_objects(self, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None) -> AddResult:
+    def add_objects(
+        self, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None, origin: str | None = None
+    ) -> AddResult:
         """Store already-checked STIX objects in one transaction (TAXII 2.1 s5.5).
 
         A re-post of an identical object (same ``id`` and version) is a success
@@ -373,7 +376,7 @@ class Store:
         if not objs:
             return AddResult()
         with self.transaction() as conn:
-            return self.add_in(conn, collection_id, objs, date_added=date_added)
+            return self.add_in(conn, collection_id, objs, date_added=date_added, origin=origin)
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
@@ -469,7 +472,9 @@ class Store:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def add_in(self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None) -> AddResult:
+    def add_in(
+        self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None, origin: str | None = None
+    ) -> AddResult:
         """``add_objects`` inside a ``transaction()``.
 
         Each new row's ``date_added`` is strictly greater than every one stored in
@@ -477,6 +482,7 @@ class Store:
         row gets ``max(now, latest + 1µs)``, the next ones 1µs more each), so a
         reader holding ``added_after`` = the last ``date_added`` it saw misses
         nothing and gets nothing twice.  ``result.date_added`` is the first row's.
+        ``origin``: what the node observed about where the rows came from (``schema.objects.origin``).
         """
         result = AddResult()
         if not objs:
@@ -484,7 +490,7 @@ class Store:
         latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)).scalar()
         stamp = max(date_added or now_us(), (latest or 0) + 1)
         result.date_added = stamp
-        self._add_locked(conn, collection_id, objs, stamp, result)
+        self._add_locked(conn, collection_id, objs, stamp, result, origin)
         return result
 
     # -- sync bookmarks -----------------------------------------------------------
@@ -502,9 +508,11 @@ class Store:
         conn.execute(delete(sync_state).where(sync_state.c.name == name))
         conn.execute(insert(sync_state).values(name=name, value=value))
 
-    def _add_locked(self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult) -> None:
+    def _add_locked(
+        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None = None
+    ) -> None:
         """Stage the batch's new versions, settle collisions with stored ones, then write (all under the write lock)."""
-        staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs))
+        staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs), origin)
         existing = _stored_versions(conn, collection_id, list(dict.fromkeys(o["id"] for o in objs)))
         compare = _stage_versions(objs, existing, staged, result)
         _settle_collisions(conn, compare, staged, result)
@@ -646,6 +654,7 @@ class Store:
         cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
         cols.append(c.body if with_body else c.stix_type)
         cols.append(c.encrypt_in_transit)
+        cols.append(c.origin)
         where = self._where(sel, object_id=object_id)
         if after is not None:
             where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
@@ -654,7 +663,7 @@ class Store:
             with self._read() as conn:
                 # fetchall: one driver call for the page (iterating the result fetches row by row)
                 fetched = conn.execute(stmt).fetchall()
-            rows = list(map(Row._make, fetched)) if with_body else [Row(r[0], r[1], r[2], r[3], r[4], "", r[6]) for r in fetched]
+            rows = list(map(Row._make, fetched)) if with_body else [Row(r[0], r[1], r[2], r[3], r[4], "", r[6], r[7]) for r in fetched]
         except SQLAlchemyError as exc:
             raise StorageError(f"reading objects failed: {exc.__class__.__name__}") from exc
         more = len(rows) > limit
@@ -817,12 +826,14 @@ def _stored_versions(conn: Connection, collection_id: str, ids: Sequence[str]) -
     return existing
 
 
-def _new_row(collection_id: str, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool]) -> dict:
+def _new_row(
+    collection_id: str, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool], origin: str | None
+) -> dict:
     """The ``objects`` row of one new object version."""
     return {
         "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"], "version": vstr, "version_key": vkey,
         "spec_version": obj.get("spec_version", "2.1"), "date_added": date_added, "is_first": False, "is_last": False,
-        "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj),
+        "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj), "origin": origin,
     }
 
 
@@ -839,6 +850,7 @@ class _Staged:
     collection_id: str
     stamp: int
     needs_encryption: Callable[[dict], bool]
+    origin: str | None = None
     rows: dict[tuple[str, int], dict] = field(default_factory=dict)  # (id, version_key) -> row values, in date_added order
     unversioned: dict[str, int] = field(default_factory=dict)  # id -> version_key of an unversioned SCO staged in this batch
 
@@ -848,7 +860,7 @@ class _Staged:
         if vkey is None or vstr is None:
             vkey, vstr = date_added, format_timestamp(date_added)
             self.unversioned[obj["id"]] = vkey
-        self.rows[(obj["id"], vkey)] = _new_row(self.collection_id, obj, vkey, vstr, date_added, self.needs_encryption)
+        self.rows[(obj["id"], vkey)] = _new_row(self.collection_id, obj, vkey, vstr, date_added, self.needs_encryption, self.origin)
         return vstr
 
     def again(self, obj: dict, key: tuple[str, int], result: AddResult) -> None:

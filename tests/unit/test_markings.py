@@ -90,9 +90,11 @@ def test_official_objects_are_identical_in_table_data_file_and_oasis_text(key):
     assert _canon(table) == _canon(official) == _canon(shipped)
 
 
-def test_data_dir_ships_exactly_the_seven_official_objects():
+def test_data_dir_ships_exactly_the_seven_official_objects_and_the_signature_extension():
     names = sorted(p.stem for p in DATA.glob("*.json"))
-    assert names == sorted([*mk.TLP2_IDS.values(), mk.TLP2_EXTENSION_ID, mk.IEP2_EXTENSION_ID])
+    assert names == sorted([*mk.TLP2_IDS.values(), mk.TLP2_EXTENSION_ID, mk.IEP2_EXTENSION_ID, mk.SIGNATURE_EXTENSION_ID])
+    shipped = json.loads((DATA / f"{mk.SIGNATURE_EXTENSION_ID}.json").read_text(encoding="utf-8"))
+    assert _canon(shipped) == _canon(mk.SIGNATURE_EXTENSION_DEFINITION)
 
 
 def test_official_tlp2_markings_parse_with_stix2_without_custom_content():

@@ -81,7 +81,8 @@ def test_keep_existing_still_refuses_a_partial_pki(tmp_path):
 
 def test_only_the_named_nodes_and_extra_names(tmp_path):
     written = init_pki(tmp_path, ["us"], extra_names=["cti.example.org", "192.0.2.10"])
-    assert {p.name for p in written} == {"ca.crt", "ca.key", "us.crt", "us.key", "rok@us.crt", "rok@us.key", "jp@us.crt", "jp@us.key"}
+    assert {p.name for p in written} == {"ca.crt", "ca.key", "us.crt", "us.key", "rok@us.crt", "rok@us.key", "jp@us.crt", "jp@us.key",
+                                         "us-signing.crt", "us-signing.key"}
     names = _cert(tmp_path / "us.crt").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "cti.example.org" in names.get_values_for_type(x509.DNSName)
     assert ipaddress.ip_address("192.0.2.10") in names.get_values_for_type(x509.IPAddress)

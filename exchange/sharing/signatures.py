@@ -1,0 +1,111 @@
+"""Origin signatures on the way out: what a release writes beside the objects it releases.
+
+A version this node originates (its row's origin is local) or redacts is signed by this node
+(``exchange.node.signing``); a redacted copy names the version it came from (``derived_from``).
+Content that arrived from a partner (its row's origin is that partner's push or our pull) is
+relayed with the signature its origin gave it, found in the inbox it came through, never
+re-signed as ours.  Signatures are written before the objects they sign, so a recipient
+paging in ``date_added`` order always holds a signature when the object arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from typing import Any
+
+from exchange.node.signing import extension_definition, is_signature, known_signers, load_node_signer, signature_id
+from exchange.policy.markings import OFFICIAL_OBJECTS, SIGNATURE_EXTENSION_ID
+from exchange.stix import object_version
+from exchange.storage.store import Store
+
+__all__ = ["is_partner_origin", "release_signatures", "without_signatures"]
+
+_PARTNER_KINDS = frozenset({"push", "pull", "partner"})
+_has_extension: set[tuple[str, str]] = set()
+
+
+def is_partner_origin(origin: str | None, source_role: str) -> bool:
+    """Whether a stored version came from a partner: by its recorded origin, else (older rows) by its collection's role."""
+    if origin is None:
+        return source_role == "partner-inbox"
+    return origin.split(":", 1)[0] in _PARTNER_KINDS
+
+
+def without_signatures(rows: Sequence[Any], objs: Sequence[dict]) -> tuple[list[Any], list[dict]]:
+    """The rows and objects of a batch that the policy judges: signature objects (and their extension definition)
+    travel only beside what they sign."""
+    if not any(_infrastructure(o) for o in objs):
+        return list(rows), list(objs)
+    kept = [(r, o) for r, o in zip(rows, objs, strict=True) if not _infrastructure(o)]
+    return [r for r, _ in kept], [o for _, o in kept]
+
+
+def _infrastructure(obj: dict) -> bool:
+    return is_signature(obj) or obj.get("id") == SIGNATURE_EXTENSION_ID
+
+
+def release_signatures(
+    opened: Any, target_id: str, source: Any, decisions: Sequence[Any], travel: Sequence[dict], relayed: Callable[[str, str], bool]
+) -> list[dict]:
+    """The signature objects to write into ``target_id`` with this batch (and the extension definition, the first time).
+
+    ``relayed(id, version)``: whether that version came from a partner (its row's origin).
+    """
+    cfg = opened.node.config
+    signer = load_node_signer(cfg)
+    if signer is None:
+        return []
+    out: list[dict] = []
+    relay: list[dict] = []
+
+    def sign(obj: dict, derived_from: dict | None = None) -> None:
+        with suppress(ValueError, TypeError):  # not canonicalisable (RFC 8785: e.g. an integer beyond 2**53): stays unsigned
+            out.append(signer.sign_object(obj, derived_from=derived_from))
+
+    for d in decisions:
+        obj = d.shared
+        if obj is None or object_version(obj) is None:
+            continue
+        if d.decision == "redact":
+            sign(obj, {"id": d.id, "modified": d.version})
+        elif relayed(d.id, d.version):
+            relay.append(obj)
+        else:
+            sign(obj)
+    for obj in travel:
+        if obj["id"] in OFFICIAL_OBJECTS or object_version(obj) is None:
+            continue
+        ours = obj["id"] == cfg.identity or obj.get("created_by_ref") == cfg.identity
+        if source.role == "partner-inbox" and not ours:
+            relay.append(obj)  # a companion of relayed content comes from that partner's inbox: keep its origin's word
+        else:
+            sign(obj)
+    if relay:
+        out += origin_signatures(opened.store, source.id, relay, known_signers(cfg))
+    if out and not _extension_present(opened.store, target_id):
+        out.insert(0, extension_definition())
+    return out
+
+
+def origin_signatures(store: Store, collection_id: str, objs: Sequence[dict], signers: Sequence[str]) -> list[dict]:
+    """The stored signatures of exactly these versions in ``collection_id`` (by any of ``signers`` or the creator)."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for o in objs:
+        version = object_version(o)
+        for who in dict.fromkeys([*signers, o.get("created_by_ref")]):
+            if isinstance(who, str) and version is not None:
+                wanted[signature_id(o["id"], version, who)] = (o["id"], version)
+    found = store.latest_many([collection_id], list(wanted))
+    return [s for s in found if (s.get("object_ref"), s.get("object_modified")) == wanted.get(s["id"])]
+
+
+def _extension_present(store: Store, target_id: str) -> bool:
+    key = (store.url, target_id)
+    if key in _has_extension:
+        return True
+    ext = extension_definition()
+    if store.versions_of(target_id, [(SIGNATURE_EXTENSION_ID, ext["modified"])]):
+        _has_extension.add(key)
+        return True
+    return False

@@ -1,0 +1,160 @@
+"""Signed origin between two real nodes: what Japan can check after relay, and what a changed byte costs.
+
+Both nodes sign with the keys ``pki init`` made (``CTI_EXCHANGE_PKI_DIR`` for the node processes, the sync
+agents and the in-process loads); Japan reads ``jp-read`` over TAXII as ``jp`` and checks it with
+``cti-exchange verify`` run as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+
+import orjson
+import pytest
+import requests
+
+from exchange.node.ops import open_node
+from exchange.node.pki import init_pki
+from exchange.node.signing import PKI_ENV
+from exchange.storage.store import DB_FILE
+from tests.e2e.conftest import PASSWORDS, _pair, load_and_release
+
+US_ID = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
+ROK_ID = "identity--99da2a3b-3031-468d-b273-2f29aec7f816"
+CLEAR = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487"
+GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
+TAXII = "application/taxii+json;version=2.1"
+
+
+@pytest.fixture(scope="module")
+def signed_pair(tmp_path_factory):
+    """Both nodes (no seed content), signing with the demo PKI's keys."""
+    tmp = tmp_path_factory.mktemp("signed")
+    pki = tmp / "pki"
+    init_pki(pki, ("us", "rok"), days=2)
+    old = os.environ.get(PKI_ENV)
+    os.environ[PKI_ENV] = str(pki)
+    try:
+        for p in _pair(tmp, seed=False):
+            p.pki_dir = pki  # type: ignore[attr-defined]
+            yield p
+    finally:
+        if old is None:
+            os.environ.pop(PKI_ENV, None)
+        else:
+            os.environ[PKI_ENV] = old
+
+
+def _indicator(name: str, creator: str, marking: str) -> dict:
+    return {
+        "type": "indicator", "spec_version": "2.1", "id": f"indicator--{uuid.uuid4()}",
+        "created": "2026-11-01T00:00:00.000Z", "modified": "2026-11-01T00:00:00.000Z", "created_by_ref": creator,
+        "name": name, "pattern": "[ipv4-addr:value = '203.0.113.9']", "pattern_type": "stix",
+        "valid_from": "2026-11-01T00:00:00Z", "object_marking_refs": [marking],
+    }
+
+
+def _read(pair, node: str, account: str, alias: str) -> list[dict]:
+    resp = requests.get(pair.procs[node].collection_url(alias) + "objects/", params={"match[version]": "all", "limit": "1000"},
+                        headers={"Accept": TAXII}, auth=(account, PASSWORDS[node][account]), timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json().get("objects", [])
+
+
+def _push_as_rok(pair, objs: list[dict]) -> dict:
+    resp = requests.post(pair.procs["us"].collection_url("rok-inbox") + "objects/", data=orjson.dumps({"objects": objs}),
+                         headers={"Accept": TAXII, "Content-Type": TAXII}, auth=("rok", PASSWORDS["us"]["rok"]), timeout=30)
+    assert resp.status_code == 202, resp.text
+    return resp.json()
+
+
+def _signed_by_rok(pair, name: str) -> tuple[dict, dict]:
+    """A ROK object released to the US (in ROK's us-read) and ROK's signature of it."""
+    obj = _indicator(name, ROK_ID, GREEN)
+    load_and_release(pair, "rok", [obj])
+    held = _read(pair, "rok", "analyst", "us-read")
+    sig = next(o for o in held if o["type"] == "x-cti-signature" and o["object_ref"] == obj["id"])
+    assert sig["created_by_ref"] == ROK_ID
+    return obj, sig
+
+
+def _inbound_rejects(pair, node: str, object_id: str) -> list[tuple]:
+    opened = open_node(node, data_dir=pair.procs[node].data_dir)
+    try:
+        with opened.store.engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(
+                "SELECT event, clauses FROM audit WHERE object_id = ? AND event = 'inbound-reject'", (object_id,))]
+    finally:
+        opened.close()
+
+
+def test_a_us_object_relayed_by_rok_reaches_japan_verified_as_us_signed(signed_pair):
+    pair = signed_pair
+    obj = _indicator("US-authored, relayed by ROK to Japan", US_ID, CLEAR)
+    load_and_release(pair, "us", [obj])
+    pair.sync("us", "--once")  # pushes US's rok-read (object and US signature) into ROK's us-inbox
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # ROK's background releaser relays it onward to Japan
+        if any(o["id"] == obj["id"] for o in _read(pair, "rok", "jp", "jp-read")):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the US object never reached jp-read on the ROK node")
+    pw = pair.tmp / "jp-on-rok.pw"
+    pw.write_text(PASSWORDS["rok"]["jp"] + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "verify", pair.procs["rok"].collection_url("jp-read") + "objects/",
+         "--ca-file", str(pair.pki_dir / "ca.crt"), "--user", "jp", "--password-file", str(pw), "--json"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    row = next(r for r in report["objects"] if r["id"] == obj["id"])
+    assert row == {"id": obj["id"], "modified": obj["modified"], "signer": US_ID, "status": "valid", "derived_from": None}
+    assert report["invalid"] == 0
+    opened = open_node("rok", data_dir=pair.procs["rok"].data_dir)
+    try:  # ROK recorded where it came from: the US node's push, whatever the object claims
+        inbox = opened.node.config.collection("us-inbox").id
+        with opened.store.engine.connect() as conn:
+            origin = conn.exec_driver_sql("SELECT origin FROM objects WHERE collection_id = ? AND stix_id = ?", (inbox, obj["id"])).scalar()
+    finally:
+        opened.close()
+    assert origin == "push:us"
+
+
+def test_a_byte_changed_in_transit_is_refused_as_signature_invalid(signed_pair):
+    pair = signed_pair
+    obj, sig = _signed_by_rok(pair, "ROK indicator, changed on the way")
+    tampered = dict(obj, name=obj["name"].replace("changed", "chang3d"))
+    status = _push_as_rok(pair, [sig, tampered])
+    reasons = {f["id"]: f["message"] for f in status.get("failures", [])}
+    assert reasons[obj["id"]].startswith("inbound.signature-invalid"), reasons
+    assert ("inbound-reject", '["inbound.signature-invalid"]') in _inbound_rejects(pair, "us", obj["id"])
+    assert all(o["id"] != obj["id"] for o in _read(pair, "us", "analyst", "rok-inbox"))
+    intact = _push_as_rok(pair, [sig, obj])  # the same object unchanged is accepted with its signature
+    assert intact["success_count"] == 2 and not intact.get("failures"), intact
+
+
+def test_an_unsigned_object_claiming_the_signing_partner_is_refused(signed_pair):
+    status = _push_as_rok(signed_pair, [_indicator("unsigned, claims ROK", ROK_ID, GREEN)])
+    assert status["failures"][0]["message"].startswith("inbound.signature-required"), status
+
+
+def test_a_tampered_row_on_the_partners_node_is_refused_when_pulled(signed_pair):
+    pair = signed_pair
+    obj, _sig = _signed_by_rok(pair, "ROK indicator, row tampered at rest")
+    db = sqlite3.connect(pair.procs["rok"].data_dir / DB_FILE, timeout=30)
+    try:  # one byte of the released row changes after it was signed (what a proxy or a disk could do)
+        with db:
+            db.execute("UPDATE objects SET body = replace(body, 'tampered at rest', 'tampered at r3st') WHERE stix_id = ?", (obj["id"],))
+    finally:
+        db.close()
+    pair.sync("us", "--once", "--direction", "pull")
+    assert ("inbound-reject", '["inbound.signature-invalid"]') in _inbound_rejects(pair, "us", obj["id"])
+    assert all(o["id"] != obj["id"] for o in _read(pair, "us", "analyst", "rok-inbox"))

@@ -1,0 +1,280 @@
+"""Origin signatures (``exchange.node.signing``): keys from the PKI, canonical JSON, rotation, revocation, ``verify``."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+
+import pytest
+import rfc8785
+from click.testing import CliRunner
+from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exchange.cli import main
+from exchange.config import load_node
+from exchange.errors import ConfigError
+from exchange.node.pki import init_pki, issue_signing, load_ca, revoke, rotate_signing
+from exchange.node.signing import PKI_ENV, NodeSigner, Verifier, canonical, load_node_signer
+from exchange.policy.markings import SIGNATURE_EXTENSION_ID, SIGNATURE_TYPE
+from exchange.stix import format_timestamp
+from exchange.storage.store import now_us
+from tests.conftest import new_indicator
+
+US = load_node("us").config
+ROK = load_node("rok").config
+GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    init_pki(d, ("us", "rok"), days=30)
+    return d
+
+
+@pytest.fixture
+def signer(pki, monkeypatch) -> NodeSigner:
+    monkeypatch.setenv(PKI_ENV, str(pki))
+    s = load_node_signer(US)
+    assert s is not None
+    return s
+
+
+def _verifier(pki, crl: bool = False) -> Verifier:
+    return Verifier.from_files(pki / "ca.crt", [pki / "ca.crl"] if crl else [])
+
+
+def test_pki_init_gives_each_node_an_ed25519_signing_key_that_is_not_its_tls_key(pki):
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((pki / "us-signing.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_agreement and not usage.key_encipherment and not usage.key_cert_sign
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).critical
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)  # no TLS use
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"urn:stix:{US.identity}"]
+    tls = x509.load_pem_x509_certificate((pki / "us.crt").read_bytes())
+    assert tls.public_key() != cert.public_key()
+    assert oct((pki / "us-signing.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_signer_api_signs_and_verifies_bytes(signer):
+    assert signer.signer == US.identity and signer.key_id.startswith("sha256:")
+    sig = signer.sign(b"audit head")
+    assert signer.verify(b"audit head", sig)
+    assert not signer.verify(b"audit head!", sig)
+
+
+def test_no_signer_without_a_pki_or_when_switched_off(pki, monkeypatch):
+    monkeypatch.delenv(PKI_ENV, raising=False)
+    assert load_node_signer(US) is None
+    monkeypatch.setenv(PKI_ENV, str(pki))
+    monkeypatch.setenv("CTI_EXCHANGE_SIGNING", "off")
+    assert load_node_signer(US) is None
+
+
+def test_a_missing_signing_key_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(PKI_ENV, str(tmp_path))
+    with pytest.raises(ConfigError, match="cannot read its signing key"):
+        load_node_signer(US)
+
+
+def test_a_signature_verifies_and_any_changed_byte_is_invalid(signer, pki):
+    obj = new_indicator(1, marking=GREEN, created_by_ref=US.identity)
+    sig = signer.sign_object(obj)
+    assert sig["type"] == SIGNATURE_TYPE and SIGNATURE_EXTENSION_ID in sig["extensions"]
+    assert (sig["object_ref"], sig["object_modified"], sig["created_by_ref"]) == (obj["id"], obj["modified"], US.identity)
+    v = _verifier(pki)
+    assert v.check(obj, sig).status == "valid"
+    tampered = dict(obj, name=obj["name"][:-1] + "X")
+    assert v.check(tampered, sig).status == "invalid"
+    moved = dict(sig, derived_from={"id": obj["id"], "modified": "2020-01-01T00:00:00.000Z"})
+    assert v.check(obj, moved).status == "invalid"  # the signature covers its own metadata too
+
+
+def test_a_certificate_cannot_sign_for_another_identity(signer, pki):
+    obj = new_indicator(2, marking=GREEN, created_by_ref=ROK.identity)
+    forged = dict(signer.sign_object(obj), created_by_ref=ROK.identity)
+    state = _verifier(pki).check(obj, forged)
+    assert state.status == "invalid" and "not" in state.reason
+
+
+def test_a_signature_from_another_ca_is_invalid(signer, tmp_path):
+    other = tmp_path / "other"
+    init_pki(other, ("us",), days=2)
+    obj = new_indicator(3, marking=GREEN, created_by_ref=US.identity)
+    assert Verifier.from_files(other / "ca.crt").check(obj, signer.sign_object(obj)).status == "invalid"
+
+
+def test_a_rotated_key_keeps_old_signatures_valid_in_their_window(tmp_path, monkeypatch):
+    d = tmp_path / "pki"
+    init_pki(d, ("us",), days=30)
+    monkeypatch.setenv(PKI_ENV, str(d))
+    old = load_node_signer(US)
+    obj = new_indicator(4, marking=GREEN, created_by_ref=US.identity)
+    before = old.sign_object(obj)
+    rotate_signing(d, "us", days=30)
+    new = load_node_signer(US)
+    assert new.key_id != old.key_id
+    after = new.sign_object(obj)
+    v = _verifier(d)
+    assert v.check(obj, before).status == "valid" and v.check(obj, after).status == "valid"
+
+
+def test_a_signature_dated_outside_its_certificates_validity_is_invalid(pki):
+    ca = load_ca(pki)
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    issued = issue_signing(ca, "us", US.identity, not_before=start, not_after=start + dt.timedelta(days=10))
+    s = NodeSigner(issued.key, issued.cert, US.identity)  # type: ignore[arg-type]
+    obj = new_indicator(5, marking=GREEN, created_by_ref=US.identity)
+    v = _verifier(pki)
+    assert v.check(obj, s.sign_object(obj, created="2025-01-05T00:00:00.000Z")).status == "valid"
+    late = v.check(obj, s.sign_object(obj, created="2025-03-01T00:00:00.000Z"))
+    assert late.status == "invalid" and "validity" in late.reason
+
+
+def test_a_revoked_keys_signatures_after_revocation_are_invalid(tmp_path, monkeypatch):
+    d = tmp_path / "pki"
+    init_pki(d, ("us",), days=30)
+    monkeypatch.setenv(PKI_ENV, str(d))
+    s = load_node_signer(US)
+    obj = new_indicator(6, marking=GREEN, created_by_ref=US.identity)
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    early = s.sign_object(obj, created=format_timestamp(int((at - dt.timedelta(minutes=2)).timestamp() * 1e6)))
+    late = s.sign_object(obj, created=format_timestamp(now_us()))
+    out = CliRunner().invoke(main, ["pki", "revoke", str(d), str(d / "us-signing.crt"), "--at", format_timestamp(int(at.timestamp() * 1e6))])
+    assert out.exit_code == 0, out.output
+    v = _verifier(d, crl=True)
+    assert v.check(obj, early).status == "valid"
+    state = v.check(obj, late)
+    assert state.status == "invalid" and "revoked" in state.reason
+    assert _verifier(d).check(obj, late).status == "valid"  # without the CRL it would pass: the CRL is what revokes
+
+
+def test_a_revocation_list_not_signed_by_a_trusted_ca_is_ignored(tmp_path, monkeypatch):
+    d, other = tmp_path / "pki", tmp_path / "other"
+    init_pki(d, ("us",), days=30)
+    init_pki(other, ("us",), days=30)
+    revoke(other, d / "us-signing.crt")  # another CA "revokes" our key (same serial in its CRL)
+    monkeypatch.setenv(PKI_ENV, str(d))
+    obj = new_indicator(7, marking=GREEN, created_by_ref=US.identity)
+    sig = load_node_signer(US).sign_object(obj)
+    assert Verifier.from_files(d / "ca.crt", [other / "ca.crl"]).check(obj, sig).status == "valid"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_canonical_json_is_exactly_rfc8785(value):
+    assert canonical(value) == rfc8785.dumps(value)
+
+
+def test_canonical_json_of_the_seed_content_is_exactly_rfc8785():
+    from exchange.demo.run import seed_files
+    from exchange.stix import read_bundle
+
+    objs = [o for name in ("us", "rok") for path in seed_files(name) for o in read_bundle(path)]
+    assert len(objs) > 2000
+    assert all(canonical(o) == rfc8785.dumps(o) for o in objs)
+
+
+def test_verify_reports_each_object_in_the_issue_json_shape(signer, pki, tmp_path):
+    good = new_indicator(8, marking=GREEN, created_by_ref=US.identity)
+    bad = new_indicator(9, marking=GREEN, created_by_ref=US.identity)
+    redacted = new_indicator(10, marking=GREEN, created_by_ref=US.identity)
+    unsigned = new_indicator(11, marking=GREEN, created_by_ref=US.identity)
+    sigs = [signer.sign_object(good), signer.sign_object(bad),
+            signer.sign_object(redacted, derived_from={"id": redacted["id"], "modified": redacted["modified"]})]
+    tampered = copy.deepcopy(bad)
+    tampered["pattern"] = tampered["pattern"].replace("198", "199")
+    bundle = tmp_path / "b.json"
+    bundle.write_text(json.dumps({"type": "bundle", "id": "bundle--6b9a7c1e-8b1e-4a49-9a35-0f3f0a2b7c11",
+                                  "objects": [*sigs, good, tampered, redacted, unsigned]}))
+    out = CliRunner().invoke(main, ["verify", str(bundle), "--ca-file", str(pki / "ca.crt"), "--json"])
+    assert out.exit_code == 1, out.output  # one invalid
+    report = json.loads(out.output)
+    assert set(report) == {"objects", "valid", "invalid", "unsigned"}
+    assert (report["valid"], report["invalid"], report["unsigned"]) == (2, 1, 1)
+    rows = {r["id"]: r for r in report["objects"]}
+    assert all(set(r) == {"id", "modified", "signer", "status", "derived_from"} for r in rows.values())
+    assert rows[good["id"]] == {"id": good["id"], "modified": good["modified"], "signer": US.identity, "status": "valid", "derived_from": None}
+    assert rows[bad["id"]]["status"] == "invalid"
+    assert rows[redacted["id"]]["derived_from"] == {"id": redacted["id"], "modified": redacted["modified"]}
+    assert rows[unsigned["id"]]["status"] == "unsigned" and rows[unsigned["id"]]["signer"] is None
+    clean = tmp_path / "c.json"
+    clean.write_text(json.dumps({"objects": [sigs[0], good]}))
+    ok = CliRunner().invoke(main, ["verify", str(clean), "--ca-file", str(pki / "ca.crt")])
+    assert ok.exit_code == 0 and "1 valid, 0 invalid, 0 unsigned" in ok.output
+
+
+def test_verify_without_a_ca_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv(PKI_ENV, raising=False)
+    (tmp_path / "b.json").write_text('{"objects": []}')
+    out = CliRunner().invoke(main, ["verify", str(tmp_path / "b.json")])
+    assert out.exit_code != 0 and "--ca-file" in out.output and len(out.output.strip().splitlines()) == 1
+
+
+# -- inbound rules with signature states (pure: exchange.policy.inbound) ------------------------------------
+
+JP_ID = "identity--1a0aa608-42e5-4348-afbb-9c3a6e11535e"
+
+
+def _rules(signing: bool = True):
+    from exchange.policy.inbound import InboundRules
+
+    others = frozenset({US.identity, JP_ID})
+    return InboundRules(config=US.inbound, partner_identity=ROK.identity, joint_identity=US.joint_identity, other_parties=others,
+                        node_identity=US.identity, signing_parties=frozenset({ROK.identity}) if signing else frozenset())
+
+
+def _judge(rules, obj, state):
+    return rules.judge([obj], signatures=lambda _o: state).get(0)
+
+
+def test_third_party_content_relayed_by_the_partner_is_accepted_only_with_that_partys_valid_signature():
+    from exchange.policy.inbound import SignatureState
+
+    obj = new_indicator(20, marking=GREEN, created_by_ref=JP_ID)
+    assert _judge(_rules(), obj, SignatureState("unsigned")).startswith("inbound.creator-is-partner")
+    assert _judge(_rules(), obj, SignatureState("valid", JP_ID)) is None
+    assert _judge(_rules(), obj, SignatureState("valid", ROK.identity)).startswith("inbound.creator-is-partner")  # ROK's word, not Japan's
+    assert _judge(_rules(), obj, SignatureState("invalid", JP_ID, "changed")).startswith("inbound.signature-invalid")
+
+
+def test_this_nodes_own_objects_are_never_accepted_back_even_signed():
+    from exchange.policy.inbound import SignatureState
+
+    obj = new_indicator(21, marking=GREEN, created_by_ref=US.identity)
+    assert _judge(_rules(), obj, SignatureState("valid", US.identity)).startswith("inbound.creator-is-partner")
+
+
+def test_unsigned_objects_of_a_signing_partner_are_refused_only_when_signing_is_on():
+    from exchange.policy.inbound import SignatureState
+
+    obj = new_indicator(22, marking=GREEN, created_by_ref=ROK.identity)
+    assert _judge(_rules(), obj, SignatureState("unsigned")).startswith("inbound.signature-required")
+    assert _judge(_rules(signing=False), obj, SignatureState("unsigned")) is None
+    assert _judge(_rules(), obj, SignatureState("valid", ROK.identity)) is None
+
+
+def test_a_signature_object_of_a_refused_object_is_refused_with_it():
+    from exchange.policy.inbound import SignatureState
+
+    obj = new_indicator(23, marking=GREEN, created_by_ref=ROK.identity)
+    sig = {"type": SIGNATURE_TYPE, "id": f"{SIGNATURE_TYPE}--6b9a7c1e-8b1e-4a49-9a35-0f3f0a2b7c12", "object_ref": obj["id"],
+           "object_modified": obj["modified"], "algorithm": "Ed25519", "key_id": "sha256:00", "certificate": "AA==",
+           "signature": "AA==", "created_by_ref": ROK.identity}
+    refused = _rules().judge([sig, obj], signatures=lambda _o: SignatureState("invalid", ROK.identity, "changed"))
+    assert refused[1].startswith("inbound.signature-invalid") and refused[0].startswith("inbound.signature-invalid")
+    assert _rules().judge([{"type": SIGNATURE_TYPE, "id": sig["id"]}])[0].startswith("inbound.signature-invalid")
