@@ -36,9 +36,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from exchange.cli import attribution, exchange_cmds, node, pki, policy
+    from exchange.cli import attribution, audit, exchange_cmds, node, pki, policy, trace
 
-    for module in (node, exchange_cmds, policy, attribution, pki):
+    for module in (node, exchange_cmds, policy, attribution, pki, audit, trace):
         for command in module.COMMANDS:
             main.add_command(command)
 

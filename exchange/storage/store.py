@@ -133,6 +133,7 @@ class AddResult:
     failures: list[dict] = field(default_factory=list)
     added: int = 0  # new rows actually written (re-posts of identical objects are successes, not rows)
     date_added: int | None = None
+    new: set[tuple[str, str]] = field(default_factory=set)  # (id, version) of the rows written: one audit entry per new version
 
 
 class Store:
@@ -512,6 +513,7 @@ class Store:
             return
         _write_versions(conn, existing, staged.rows)
         result.added = len(staged.rows)
+        result.new.update((r["stix_id"], r["version"]) for r in staged.rows.values())
         self._inserted_since_check += len(staged.rows)
 
     def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict]):  # type: ignore[no-untyped-def]
