@@ -40,8 +40,6 @@ EVENTS = frozenset(
 # and withdrawals (written by the lifecycle code; shown generically by ``audit show`` and ``trace``)
 EVENTS = EVENTS | {"receipt", "checkpoint-sent", "checkpoint-received", "sighting", "withdraw"}
 HEAD_KEY = "audit_head"
-# how far a row's date_added may run ahead of the audit stamp of its own transaction (rows get 1 µs steps)
-CLOCK_SLACK_US = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,8 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
     rows = []
     last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
     seq, prev = (last.seq, last.hash) if last is not None else (0, GENESIS)
-    stamp = at or now_us()
+    # never earlier than a row this transaction wrote: a signed head's time covers every audited row before it
+    stamp = max(at or now_us(), conn.info.get("cti_last_date_added", 0))
     for e in entries:
         if e.event not in EVENTS:
             raise ValueError(f"unknown audit event {e.event!r}")
@@ -283,7 +282,7 @@ def _head_problem(
             return f"the chain head (entry {head.seq}) is not signed with the node key"
         if not signature_ok(head, check):
             return f"the chain head (entry {head.seq}) signature does not verify with the node key (head rewritten)"
-    if newest is not None and newest[1] > head.at + CLOCK_SLACK_US:
+    if newest is not None and newest[1] > head.at:
         return (f"the signed head (entry {head.seq}) is older than the newest audited object row: "
                 "the entries after it were removed")
     return None

@@ -486,6 +486,8 @@ class Store:
         stamp = max(date_added or now_us(), (latest or 0) + 1)
         result.date_added = stamp
         self._add_locked(conn, collection_id, objs, stamp, result)
+        if result.added:  # the audit entries of this transaction are stamped no earlier (its signed head covers these rows)
+            conn.info["cti_last_date_added"] = max(conn.info.get("cti_last_date_added", 0), stamp + result.added - 1)
         return result
 
     # -- sync bookmarks -----------------------------------------------------------
