@@ -28,6 +28,7 @@ import orjson
 
 from exchange.config import collections_dir
 from exchange.demo.procs import NodeProcess
+from exchange.demo.sightings import sighting_round
 from exchange.errors import ConfigError, ExchangeError
 from exchange.node.ops import OpenNode, add_account, open_node
 from exchange.sharing.client import PartnerClient
@@ -508,17 +509,19 @@ def run_demo(keep: Path | None = None, *, plain_http: bool = False) -> dict[str,
             transfers = sync_both_ways(ex)
             # attribution proposals carry an IEP marking with encrypt_in_transit: must: over plain HTTP they stay home
             joint = attribution_rounds(ex) if ex.pki is not None else []
+            seen = sighting_round(ex, _jp_can_read)  # ROK's seeded sighting went back to the US only
             story = narrative(ex)
             check = leak_check(ex)
             urls = {name: h.url for name, h in ex.nodes.items()}
             transport = ex.transport
         return {
-            "ok": check["ok"] and all(r["ok"] for r in joint),
+            "ok": check["ok"] and all(r["ok"] for r in joint) and seen["ok"],
             "nodes": urls,
             "data_dir": str(workdir) if keep else None,
             "transfers": transfers,
             "decisions": story,
             "attribution": joint,
+            "sighting": seen,
             "leak_check": check,
             "seconds": round(time.monotonic() - started, 1),
             "transport": transport,

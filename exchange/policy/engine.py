@@ -672,7 +672,9 @@ def _sighting_to_producer(obj: dict, level: int, route: _Route, index: Mapping[s
     """Clause ``sighting-to-producer`` (CERT MOU, STIX 2.1 s4.10): a sighting at a listed level goes only to who produced what it sights.
 
     The producer is the sighted object's ``created_by_ref`` in the batch, else what the caller
-    knows (``producers``: the creator, or the partner whose inbox it came from); unknown: nobody.
+    knows (``producers``: the creator, or the partner whose inbox it came from).  Unknown: the
+    sender does not hold what it sights, and ``integrity-required-refs`` decides (it defers the
+    sighting until the recipient holds the sighted object; then its producer is known).
     """
     c = route.c_sighting
     if c is None or obj.get("type") not in route.sighting_types or level not in route.sighting_levels:
@@ -680,9 +682,9 @@ def _sighting_to_producer(obj: dict, level: int, route: _Route, index: Mapping[s
     target = obj.get("sighting_of_ref")
     sighted = index.get(target) if isinstance(target, str) else None
     producer = (sighted or {}).get("created_by_ref") or (producers.get(target) if isinstance(target, str) else None)
-    if producer is not None and producer in route.creators_of([route.recipient]):
+    if producer is None or producer in route.creators_of([route.recipient]):
         return None
-    who = route.identity_party.get(producer, producer) if producer else "unknown"
+    who = route.identity_party.get(producer, producer)
     return c, (f"a {mk.LEVEL_LABELS[level]} sighting of {target} goes only to its producer ({who}), "
                f"not to {route.recipient}")
 
