@@ -27,7 +27,8 @@ IDENTITIES_FILE = "identities.json"
 _IDENTITY_RE = re.compile(r"^identity--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
-Role = Literal["own", "partner-read", "partner-inbox"]
+# partner-receipts: receipts and audit checkpoints exchanged with that partner (exchange.node.receipts; issue 17)
+Role = Literal["own", "partner-read", "partner-inbox", "partner-receipts"]
 
 
 def collections_dir() -> Path:
@@ -115,6 +116,9 @@ class PartnerConfig(_Strict):
     # inbox on the partner's node to which it pushes (aliases there).
     pull_from: str | None = None
     push_to: str | None = None
+    # the partner's receipts collection for this node (alias there): where this node's agent sends its
+    # signed audit head and reads the partner's receipts and head (exchange.sharing.receipts)
+    receipts: str | None = None
     read_only: bool = False
 
 

@@ -36,9 +36,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from exchange.cli import attribution, exchange_cmds, importer, node, pki, policy, verify
+    from exchange.cli import attribution, audit, exchange_cmds, importer, node, pki, policy, trace, verify
 
-    for module in (node, exchange_cmds, policy, attribution, pki, importer, verify):
+    for module in (node, exchange_cmds, policy, attribution, pki, importer, verify, audit, trace):
         for command in module.COMMANDS:
             main.add_command(command)
 

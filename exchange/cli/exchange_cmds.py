@@ -205,28 +205,10 @@ def sync(
 
 @click.group()
 def audit() -> None:
-    """The node's hash-chained audit log."""
+    """The node's hash-chained, signed audit log."""
 
 
-@audit.command("verify")
-@DATA_DIR
-@DATABASE
-def audit_verify(data_dir: Path | None, database: str | None) -> None:
-    """Check the audit chain: any edited, removed or reordered entry is found."""
-    from exchange.storage import audit as audit_log
-    from exchange.storage.store import DB_FILE, Store
-
-    _need_store(data_dir, database)
-    if database is None and not (Path(data_dir) / DB_FILE).exists():  # type: ignore[arg-type]
-        raise ConfigError(f"{data_dir}: no node data here ({DB_FILE} is missing)")
-    store = Store.open(data_dir=data_dir, database=database)
-    try:
-        verdict = audit_log.verify(store)
-    finally:
-        store.close()
-    if not verdict.ok:
-        raise click.ClickException(f"audit chain BROKEN after {verdict.entries} good entries: {verdict.problem}")
-    click.echo(f"audit chain OK: {verdict.entries} entries")
+# audit verify | show | export: exchange/cli/audit.py
 
 
 COMMANDS = [load, release, sync, audit]

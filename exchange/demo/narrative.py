@@ -39,6 +39,7 @@ def print_narrative(result: dict[str, Any], *, json_mode: bool = False) -> None:
                 console.print(f"   - {ex['decision']}: {ex['type']} {ex['id']}{extra}: {ex['reason']}")
     _print_attribution(console, result.get("attribution"))
     _print_withdrawal(console, result.get("withdrawal"), result.get("withdrawn"))
+    _print_sighting(console, result.get("sighting"))
     console.print()
     for direction, summary in result["transfers"].items():
         console.print(f"  sync {direction}: {summary}")
@@ -100,3 +101,15 @@ def _print_attribution(console: Console, rounds: list[dict[str, Any]] | None) ->
         if not r["ok"]:
             line += " [bold red](unexpected)[/]"
         console.print(line)
+
+
+def _print_sighting(console: Console, seen: dict[str, Any] | None) -> None:
+    """The sighting round trip (CERT MOU feedback): ROK's sighting of a US TLP:AMBER indicator, back to the US only."""
+    if not seen:
+        return
+    console.print()
+    where = "reached the US (its producer)" if seen["reached_us"] else "[red]did NOT reach the US[/]"
+    jp = "[red]readable by Japan[/]" if seen["readable_by_jp"] else "not readable by Japan (TLP:AMBER, cert.sighting-to-producer)"
+    console.print(f"[bold]Sighting back to the producer[/bold]: ROK saw the US indicator {seen['of']} "
+                  f"(count {seen['count']}); its sighting {where}, {jp}. "
+                  f"`cti-exchange trace {seen['of']} --data-dir <us>` shows it.")

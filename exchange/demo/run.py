@@ -29,6 +29,7 @@ import orjson
 from exchange.config import collections_dir
 from exchange.demo.changes import cdn_withdrawal, withdrawal_leaks, withdrawn_counts
 from exchange.demo.procs import NodeProcess
+from exchange.demo.sightings import sighting_round
 from exchange.errors import ConfigError, ExchangeError
 from exchange.node.ops import OpenNode, add_account, open_node
 from exchange.sharing.client import PartnerClient
@@ -541,18 +542,20 @@ def run_demo(keep: Path | None = None, *, plain_http: bool = False) -> dict[str,
             # attribution proposals carry an IEP marking with encrypt_in_transit: must: over plain HTTP they stay home
             joint = attribution_rounds(ex) if ex.pki is not None else []
             withdrawal = cdn_withdrawal(ex, _cycle)  # an indicator found to be a CDN address is re-marked TLP:RED
+            seen = sighting_round(ex, _jp_can_read)  # ROK's seeded sighting went back to the US only
             story = narrative(ex)
             check = leak_check(ex)
             withdrawn = withdrawn_counts(ex)
             urls = {name: h.url for name, h in ex.nodes.items()}
             transport = ex.transport
         return {
-            "ok": check["ok"] and all(r["ok"] for r in joint) and withdrawal["ok"],
+            "ok": check["ok"] and all(r["ok"] for r in joint) and withdrawal["ok"] and seen["ok"],
             "nodes": urls,
             "data_dir": str(workdir) if keep else None,
             "transfers": transfers,
             "decisions": story,
             "attribution": joint,
+            "sighting": seen,
             "leak_check": check,
             "withdrawal": withdrawal,
             "withdrawn": withdrawn,

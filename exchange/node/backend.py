@@ -24,7 +24,7 @@ from medallion.exceptions import ProcessingError
 
 from exchange.config import CollectionConfig, LoadedNode
 from exchange.errors import BadRequest, ExchangeError
-from exchange.node import cursor
+from exchange.node import cursor, receipts
 from exchange.node.accounts import Account
 from exchange.node.ops import inbound_rules_for, inbound_signatures, local_copies
 from exchange.policy import current_policy
@@ -326,6 +326,10 @@ class ExchangeBackend(Backend):
             for i, reason in sorted(refused.items()):
                 failures.append(_failure(valid[i], reason))
             valid = [o for i, o in enumerate(valid) if i not in refused]
+        if coll.role == "partner-receipts":  # only the partner's own signed audit heads (exchange.node.receipts)
+            ident = self.config.partners[coll.partner].identity  # type: ignore[index]
+            failures += [_failure(o, why) for o in valid if (why := receipts.refusal(o, ident)) is not None]
+            valid = [o for o in valid if receipts.refusal(o, ident) is None]
         with self.store.transaction() as conn:  # objects, audit and status: one commit, one fsync
             # origin: what this node observed (a partner's push into its inbox, or a local account's write)
             origin = f"push:{coll.partner}" if coll.role == "partner-inbox" else f"local:{acct.name}"
@@ -339,6 +343,8 @@ class ExchangeBackend(Backend):
                                 {"reason": f["message"], "where": f"TAXII add to {coll.alias} by {acct.name}"})
                     for f in result.failures if f["message"].startswith("conflict:")
                 ])
+            if coll.role == "partner-receipts" and result.successes:  # answer with our receipts and our own signed head
+                receipts.on_partner_checkpoint(self.store, self.config, coll.partner, conn)  # type: ignore[arg-type]
             status = {
                 "id": str(uuid.uuid4()),
                 "status": "complete",
@@ -359,7 +365,9 @@ class ExchangeBackend(Backend):
 
     def delete_object(self, api_root: str, collection_id: str, object_id: str, filter_args: dict, allowed_filters: Sequence[str]) -> None:
         """Delete the selected versions of an object (s5.7); 404 if none matched."""
-        self._require(api_root, collection_id, "write")
+        coll = self._require(api_root, collection_id, "write")
+        if coll.role == "partner-receipts":
+            raise ProcessingError("receipts and audit checkpoints are append-only: nothing is deleted from this collection", 403)
         try:
             sel = parse_filters(collection_id, filter_args, allowed_filters)
         except ExchangeError as exc:
@@ -398,6 +406,8 @@ def _inbound_entries(partner: str, accepted: list[dict], failures: list[dict], r
         if obj["id"] in refused_ids:
             continue
         version = obj.get("modified") or obj.get("created")
+        if isinstance(version, str) and (obj["id"], version) not in result.new:
+            continue  # already stored (an earlier push or our pull): one accepted entry per version
         detail: dict[str, Any] = {"type": obj.get("type"), "tlp": tlp_name(obj)}
         if isinstance(version, str):
             detail["latency_s"] = round((now - parse_timestamp(version)) / 1e6, 3)

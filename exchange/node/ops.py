@@ -15,8 +15,10 @@ from typing import Any
 from exchange.config import LoadedNode, load_node, write_to_partner_read
 from exchange.errors import ConfigError, StorageError
 from exchange.node.accounts import Account, hash_password
+from exchange.node.audit_key import signer_for
 from exchange.policy.inbound import InboundRules
 from exchange.stix import object_version
+from exchange.storage import audit
 from exchange.storage.integrity import DatabaseRefused
 from exchange.storage.store import Login, Store
 
@@ -56,6 +58,7 @@ def open_node(name: str, data_dir: Path | None = None, database: str | None = No
             log.warning("database not reachable yet (%s); retrying", exc)
             time.sleep(1.0)
     store.bind_node(node.name)
+    audit.use_signer(store, signer_for(data_dir))  # every head this process writes is signed with the node key
     apply_config_accounts(node, store)
     return OpenNode(node=node, store=store)
 

@@ -163,6 +163,10 @@ class _Route:
         self.c_joint_rev = one("joint-revocation")
         self.c_ci = one("critical-infrastructure")
         self.c_cri = one("ransomware-onward")
+        self.c_sighting = one("sighting-to-producer")
+        if self.c_sighting is not None:
+            self.sighting_levels = frozenset(mk.parse_level(v) for v in self.c_sighting.rule.levels)
+            self.sighting_types = frozenset(self.c_sighting.rule.types)
 
     def _public_sources(self) -> None:
         """Clause ``public-source``: the identities and statement markings of known public sources, and their level."""
@@ -307,9 +311,11 @@ class _Marks:
 class _Ctx:
     """Per-call state: marking definitions known, caches, ``now``."""
 
-    def __init__(self, route: _Route, now: int, mdefs: dict[str, dict], plain: bool = False) -> None:
+    def __init__(self, route: _Route, now: int, mdefs: dict[str, dict], plain: bool = False,
+                 producers: Mapping[str, str] | None = None) -> None:
         self.route, self.now, self.mdefs = route, now, mdefs
         self.plain = plain  # the channel is not encrypted (plain HTTP)
+        self.producers = producers or {}  # sighted object id -> its producer's identity (clause sighting-to-producer)
         self.info_cache: dict[str, mk.MarkingInfo] = {}
         self.marks_cache: dict[Any, _Marks] = {}
         self.held: Collection[str] = frozenset()  # ids the recipient holds (evaluate(..., held=))
@@ -433,6 +439,9 @@ def _judge(w: _Work, ctx: _Ctx, index: Mapping[str, dict], concurred: Collection
         trace.append(f"release [{clause.id}]: {reason}")
     clauses = lead + (clause.id,) if clause.id not in lead else lead
     # 5. content rules
+    why = _sighting_to_producer(obj, level, route, index, ctx.producers)
+    if why is not None:
+        return _withhold(w, why[0], why[1], trace)
     public = bool(lead) and lead[0] == getattr(route.c_public, "id", None)
     why = _content_withhold(obj, obj.get("type"), creator, own, marks.iep, route, index, concurred, public)
     if why is not None and _joint_withdrawal(obj, creator, why[0], route, ctx.held):
@@ -661,6 +670,28 @@ def _content_withhold(obj: dict, stype: Any, creator: Any, own: bool, iep: mk.Ie
         return why
     return (_iep_permitted_actions(iep, route) or _iep_affected_party(iep, route)
             or _iep_unmodified_resale(iep, route) or _iep_encrypt_in_transit(iep, route))
+
+
+def _sighting_to_producer(obj: dict, level: int, route: _Route, index: Mapping[str, dict],
+                          producers: Mapping[str, str]) -> tuple[Clause, str] | None:
+    """Clause ``sighting-to-producer`` (CERT MOU, STIX 2.1 s4.10): a sighting at a listed level goes only to who produced what it sights.
+
+    The producer is the sighted object's ``created_by_ref`` in the batch, else what the caller
+    knows (``producers``: the creator, or the partner whose inbox it came from).  Unknown: the
+    sender does not hold what it sights, and ``integrity-required-refs`` decides (it defers the
+    sighting until the recipient holds the sighted object; then its producer is known).
+    """
+    c = route.c_sighting
+    if c is None or obj.get("type") not in route.sighting_types or level not in route.sighting_levels:
+        return None
+    target = obj.get("sighting_of_ref")
+    sighted = index.get(target) if isinstance(target, str) else None
+    producer = (sighted or {}).get("created_by_ref") or (producers.get(target) if isinstance(target, str) else None)
+    if producer is None or producer in route.creators_of([route.recipient]):
+        return None
+    who = route.identity_party.get(producer, producer)
+    return c, (f"a {mk.LEVEL_LABELS[level]} sighting of {target} goes only to its producer ({who}), "
+               f"not to {route.recipient}")
 
 
 def _attribution_relationship(obj: dict, stype: Any, creator: Any, route: _Route, concurred: Collection[str]) -> tuple[Clause, str] | None:
@@ -1156,7 +1187,8 @@ def _fix_refs(w: _Work, current: dict, bad: list[tuple[str, str]], route: _Route
 
 def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any, context: Iterable[dict],
          held: Collection[str], concurred: Collection[str], trace_id: str | None = None,
-         trace: list[str] | None = None, referenced: Collection[str] = (), transport: str | None = None) -> list[_Work]:
+         trace: list[str] | None = None, referenced: Collection[str] = (), transport: str | None = None,
+         producers: Mapping[str, str] | None = None) -> list[_Work]:
     route = _route(policy, sender, recipient)
     objs = objects if isinstance(objects, list) else list(objects)
     index: dict[str, dict] = {}
@@ -1176,7 +1208,7 @@ def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *
             mdefs[oid] = o
     if transport not in (None, "tls", "plain"):
         raise BadRequest(f"transport {transport!r}: expected 'tls' or 'plain'")
-    ctx = _Ctx(route, _now_micros(now), mdefs, plain=transport == "plain")
+    ctx = _Ctx(route, _now_micros(now), mdefs, plain=transport == "plain", producers=producers)
     held_set = held if isinstance(held, (set, frozenset, dict)) else frozenset(held)
     ctx.held = held_set
     works = []
@@ -1224,7 +1256,7 @@ def _decision(w: _Work) -> Decision:
 
 def evaluate(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any = None,
              context: Iterable[dict] = (), held: Collection[str] = (), concurred: Collection[str] = (),
-             transport: str | None = None) -> list[Decision]:
+             transport: str | None = None, producers: Mapping[str, str] | None = None) -> list[Decision]:
     """One ``Decision`` per input object, in input order.
 
     ``sender``/``recipient``: party names of the policy (``us``, ``rok``, ``jp``,
@@ -1237,7 +1269,9 @@ def evaluate(objects: Iterable[dict], policy: Policy, sender: str, recipient: st
     attribution objects with recorded joint concurrence (used only by SCCF clauses
     that set ``accept_recorded_concurrence``).  ``transport``: ``"plain"`` when the
     objects would travel over an unencrypted channel (IEP ``encrypt_in_transit: must``
-    objects are then withheld), ``"tls"`` or ``None`` otherwise.
+    objects are then withheld), ``"tls"`` or ``None`` otherwise.  ``producers``: for
+    sighted objects not in the batch, the identity of who produced each (clause
+    ``sighting-to-producer``).
     """
     # The engine allocates only acyclic objects; pausing the cyclic collector for the call
     # (restored afterwards) avoids full-heap scans that would otherwise halve throughput.
@@ -1245,7 +1279,7 @@ def evaluate(objects: Iterable[dict], policy: Policy, sender: str, recipient: st
     gc.disable()
     try:
         works = _run(objects, policy, sender, recipient, now=now, context=context, held=held, concurred=concurred,
-                     transport=transport)
+                     transport=transport, producers=producers)
         return [_decision(w) for w in works]
     finally:
         if was_enabled:

@@ -202,6 +202,12 @@ class UndisclosedVulnerability(_Rule):
     public_sources: tuple[NonEmpty, ...] = ("cve",)
 
 
+class SightingToProducer(_Rule):
+    kind: Literal["sighting-to-producer"]
+    levels: tuple[Level, ...] = Field(min_length=1)  # a sighting marked at one of these goes only to the producer
+    types: tuple[NonEmpty, ...] = ("sighting",)
+
+
 class FieldRedact(_Rule):
     kind: Literal["field-redact"]
     inside: Name  # recipients in this community (with the sender) get the fields
@@ -275,6 +281,7 @@ Rule = Annotated[
     UnmarkedDefault | UnknownMarkingDefault | NoReleaseDefault | PublicSource | OfficialMarkings | PartyIdentities
     | NeverAutomated | ReleaseAny | OwnRelease | OwnWithhold | OnwardCommunity | OnwardClients | Ransomware
     | CriticalInfrastructure | AttributionRelationship | AttributionProduct | JointRevocation | UndisclosedVulnerability | FieldRedact
+    | SightingToProducer
     | IepProviderAttribution | IepPermittedActions | IepAffectedParty | IepResale | IepEncrypt | IepEncryptedTransport
     | IepValidity | GranularRedact | RequiredRefs | OptionalRefs | ContainerRefs | Companions,
     Field(discriminator="kind"),
@@ -285,7 +292,7 @@ SINGLE_KINDS = (
     "party-identities", "never-automated", "granular-redact", "integrity-required-refs", "integrity-optional-refs",
     "integrity-containers", "companions", "iep-provider-attribution", "iep-permitted-actions", "iep-affected-party",
     "iep-unmodified-resale", "iep-encrypt-in-transit", "iep-encrypted-transport", "iep-validity", "undisclosed-vulnerability",
-    "attribution-relationship", "attribution-product", "critical-infrastructure",
+    "attribution-relationship", "attribution-product", "critical-infrastructure", "sighting-to-producer",
 )
 REQUIRED_KINDS = ("unmarked-default", "unknown-marking-default", "no-release-default")
 

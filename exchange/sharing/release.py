@@ -28,6 +28,7 @@ from exchange.policy import Policy, companions, current_policy, evaluate
 from exchange.policy.markings import OFFICIAL_OBJECTS, tlp_name
 from exchange.sharing import lifecycle
 from exchange.sharing.attribution import concurred_for
+from exchange.sharing.producers import producers_of
 from exchange.sharing.signatures import is_partner_origin, release_signatures, without_signatures
 from exchange.stix import object_version
 from exchange.storage import audit
@@ -212,7 +213,8 @@ def _judge_and_write(
     # marking definitions and identities are always needed to interpret the batch: from trusted sources only
     context = _context(opened, [r for r in outside if _is_context(r)], cache, src)
     # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
-    decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred)
+    decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred,
+                         producers=producers_of(opened, objs))  # CERT MOU: an AMBER sighting goes to its producer only
     travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
     if travel:  # a companion already released at this version need not travel (nor be audited) again
         present = {(o["id"], object_version(o)) for o in store.versions_of(target.id, [(o["id"], object_version(o)) for o in travel])}

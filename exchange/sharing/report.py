@@ -23,6 +23,7 @@ from typing import Any
 
 from exchange.errors import ConfigError
 from exchange.sharing.lifecycle import lifecycle_report
+from exchange.sharing.receipts import add_receipts, receipt_rows
 from exchange.storage import audit
 from exchange.storage.store import DB_FILE, Store
 
@@ -54,9 +55,10 @@ def build_report(logs: dict[str, list[dict]]) -> dict[str, Any]:
     """Counts and timings per direction (sender -> recipient) from audit entries."""
     directions: dict[str, dict[str, Any]] = {}
     released_at = _tally_decisions(logs, directions)
+    refused: set[tuple] = set()  # (sender, recipient, object, version): one refusal counts once, whoever logged it
     for node, entries in logs.items():
         _tally_arrivals(node, entries, directions, released_at)
-        _tally_rejections(node, entries, directions)
+        _tally_rejections(node, entries, directions, refused)
     out: dict[str, Any] = {"nodes": sorted(logs), "directions": {}}
     for name, d in sorted(directions.items()):
         out["directions"][name] = _summarise(d)
@@ -64,6 +66,7 @@ def build_report(logs: dict[str, list[dict]]) -> dict[str, Any]:
     for name, d in out["directions"].items():
         d["withdrawn"] = changes["withdrawn"].get(name, 0)
     out["conflicts"] = changes["conflicts"]
+    add_receipts(out, logs)  # what each partner said it did with what it received (exchange.sharing.receipts)
     return out
 
 
@@ -120,12 +123,17 @@ def _tally_arrivals(
         d["latency_basis"].add(basis)
 
 
-def _tally_rejections(node: str, entries: list[dict], directions: dict[str, dict[str, Any]]) -> None:
-    """Count the objects rejected on arrival, and those released but kept off plain HTTP, per direction."""
+def _tally_rejections(node: str, entries: list[dict], directions: dict[str, dict[str, Any]], refused: set[tuple]) -> None:
+    """Count the object versions rejected on arrival (once each: push, pull and the partner's receipt say the same),
+    and those released but kept off plain HTTP, per direction."""
     for e in entries:
-        if e["event"] in ("inbound-reject", "push-reject"):
+        if e["event"] in ("inbound-reject", "push-reject") or (e["event"] == "receipt" and e["decision"] == "refused"):
             sender = e["partner"] if e["event"] == "inbound-reject" else node
             recipient = node if e["event"] == "inbound-reject" else e["partner"]
+            key = (sender, recipient, e["object_id"], e["version"])
+            if e["object_id"] is not None and key in refused:
+                continue
+            refused.add(key)
             d = directions.setdefault(f"{sender}->{recipient}", _empty())
             d["rejected"][e["clauses"][0] if e["clauses"] else "?"] += 1
         elif e["event"] == "transport-withhold" and e["partner"]:
@@ -194,6 +202,13 @@ def render_terminal(report: dict[str, Any], console: Any = None) -> None:
     console.print(summary)
     console.print("withdrawn: " + (", ".join(f"{n} {d.get('withdrawn', 0)}" for n, d in report["directions"].items()) or "none")
                   + "; conflicts: " + (", ".join(f"{n} {c}" for n, c in report.get("conflicts", {}).items()) or "none"))
+    if receipt_rows(report):  # receipts hook (exchange.sharing.receipts)
+        t = Table(title="what each partner says it did with what it received (its receipts)")
+        for col in ("direction", "accepted", "refused", "withdrawn", "refused by rule"):
+            t.add_column(col)
+        for row in receipt_rows(report):
+            t.add_row(*row)
+        console.print(t)
     for name, d in report["directions"].items():
         if d["clauses"]:
             t = Table(title=f"{name}: what was withheld or redacted, and by which clause")
@@ -329,6 +344,9 @@ def render_html(report: dict[str, Any]) -> str:
         if d["latency"]:
             basis = ", ".join(d["latency_basis"])
             parts.append(f"<div class=chart>{_latency(d, f'{name}: time to arrival ({basis})')}</div>")
+        if d.get("receipts"):
+            r = d["receipts"]
+            parts.append(f"<p>The partner's receipts: {r['accepted']} accepted, {r['refused']} refused, {r['withdrawn']} withdrawn</p>")
         if d["rejected"]:
             parts.append("<p>Rejected on arrival: " + ", ".join(f"{e(k)}: {v}" for k, v in d["rejected"].items()) + "</p>")
         if d.get("withheld_in_transit"):

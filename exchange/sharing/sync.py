@@ -32,6 +32,7 @@ from exchange.policy.inbound import InboundRules
 from exchange.policy.markings import tlp_name
 from exchange.sharing.attribution import settle
 from exchange.sharing.client import PartnerClient
+from exchange.sharing.receipts import exchange_receipts
 from exchange.sharing.release import release_all
 from exchange.stix import check_object, object_version, parse_timestamp
 from exchange.storage import audit
@@ -163,11 +164,6 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
     )
     accepted = [o for i, o in enumerate(valid) if i not in refused]
     entries += [_reject(partner, valid[i], reason) for i, reason in refused.items()]
-    now = now_us()
-    for obj in accepted:
-        entries.append(
-            audit.Entry("pull", partner, obj["id"], object_version(obj), "accepted", (), _latency(obj, now))
-        )
     new_mark = {"added_after": mark.get("added_after"), "next": page.next}
     if not page.more:
         new_mark = {"added_after": page.date_added_last or mark.get("added_after"), "next": None}
@@ -181,7 +177,13 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
                     "inbound-reject", partner, f["id"], f.get("version"), "rejected", ("inbound.same-version-differs",), {"reason": f["message"]}
                 )
             )
-        audit.append(conn, [e for e in entries if not (e.event == "pull" and e.object_id in bad)])
+        # one accepted entry per version: a version the partner's push already delivered is not logged again
+        now = now_us()
+        entries += [
+            audit.Entry("pull", partner, obj["id"], object_version(obj), "accepted", (), _latency(obj, now))
+            for obj in accepted if obj["id"] not in bad and (obj["id"], object_version(obj)) in result.new
+        ]
+        audit.append(conn, entries)
         opened.store.set_state(conn, key, orjson.dumps(new_mark).decode())
     mark.clear()
     mark.update(new_mark)
@@ -207,6 +209,15 @@ def _latency(obj: dict, now_us: int) -> dict:
     except (ValueError, TypeError):
         return {}
     return {"latency_s": round((now_us - published) / 1e6, 3), "type": obj.get("type"), "tlp": tlp_name(obj)}
+
+
+def _push_latency(obj: dict, released_at: int | None, now_us: int) -> dict:
+    """Seconds from the version's release here (its row's ``date_added`` in the partner's read collection) to the partner's acknowledgement."""
+    out = {"type": obj.get("type"), "tlp": tlp_name(obj)} if obj else {}
+    if released_at is not None:
+        out["latency_s"] = round((now_us - released_at) / 1e6, 3)
+        out["latency_from"] = "release"
+    return out
 
 
 def push(
@@ -239,8 +250,10 @@ def push(
         transfer.rejected += status["failure_count"]
         now = now_us()
         by_id = {o["id"]: o for o in objs}
+        released = {(r.stix_id, r.version): r.date_added for r in rows}
         entries = [
-            audit.Entry("push", partner, s.get("id"), s.get("version"), "acknowledged", (), _latency(by_id.get(s.get("id"), {}), now))
+            audit.Entry("push", partner, s.get("id"), s.get("version"), "acknowledged", (),
+                        _push_latency(by_id.get(s.get("id"), {}), released.get((s.get("id"), s.get("version"))), now))
             for s in status["successes"]
         ]
         entries += [
@@ -321,6 +334,9 @@ def run_cycle(
             task = bar(f"push to {partner}")
             t = push(opened, partner, client, backoff=backoff, envelope_size=envelope_size, progress=task)
             summary["pushed"] = {"sent": t.received, "acknowledged": t.stored, "rejected": t.rejected, "retries": t.retries}
+        if direction == "both":  # receipts both ways and the signed audit heads (exchange.sharing.receipts)
+            summary["receipts"] = with_retries(f"receipts with {partner}", lambda: exchange_receipts(opened, partner, client), backoff,
+                                               Transfer("receipts", partner))
     return summary
 
 

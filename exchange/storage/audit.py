@@ -3,24 +3,32 @@
 Every release, redaction, withholding, inbound rejection and sync transfer is
 one entry (object id and version, partner, decision, clause ids, time).  Each
 entry's ``hash`` is SHA-256 over the previous entry's hash and the entry's
-canonical JSON, and the head (count, hash) is also kept in ``meta``: editing,
-deleting, reordering or truncating entries breaks the chain and ``verify``
-names the first bad entry.  Entries are appended inside the same transaction
-as the data they describe, so the log and the collections never disagree.
+canonical JSON, and the head (count, hash, time) is kept in ``meta``, *signed*
+with the node's private key (``HeadSigner``, injected: the key never lives in
+the database).  Editing, deleting, reordering or truncating entries breaks the
+chain or the signed head, and ``verify`` names the first bad entry; without
+the key nobody can make a shorter or rewritten chain verify.  Against the key
+holder itself, the heads it sent its partners (checkpoints, ``Checkpoint``)
+prove what the log already held: ``verify(..., checkpoints=...)`` fails unless
+the local chain extends each of them.  Entries are appended inside the same
+transaction as the data they describe, so the log and the collections never
+disagree.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import StorageError
-from exchange.storage.schema import audit, meta
+from exchange.storage.schema import audit, meta, objects
 from exchange.storage.store import Store, insert_rows, now_us
 
 GENESIS = "0" * 64
@@ -28,6 +36,99 @@ EVENTS = frozenset(
     {"share", "redact", "withhold", "inbound-accept", "inbound-reject", "push", "push-reject", "pull", "sync-error", "config",
      "transport-withhold", "withdraw", "conflict"}
 )
+# accountability (issue 17): receipts a partner sent about our objects, checkpoints exchanged, sightings made,
+# and withdrawals (written by the lifecycle code; shown generically by ``audit show`` and ``trace``)
+EVENTS = EVENTS | {"receipt", "checkpoint-sent", "checkpoint-received", "sighting", "withdraw"}
+HEAD_KEY = "audit_head"
+
+
+@dataclass(frozen=True)
+class HeadSigner:
+    """The node's head-signing key, injected by the node layer (``exchange.node.audit_key``).
+
+    ``sign(data) -> signature`` and ``verify(data, signature) -> bool``; ``key_id``
+    names the key in each signed head.  The private key never enters the database.
+    """
+
+    key_id: str
+    sign: Callable[[bytes], bytes]
+    verify: Callable[[bytes, bytes], bool]
+
+
+_signers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def use_signer(store: Store, signer: HeadSigner | None) -> None:
+    """Sign every head this store's appends write with ``signer`` (``None``: unsigned heads, which ``verify`` refuses)."""
+    if signer is None:
+        _signers.pop(store.engine, None)
+    else:
+        _signers[store.engine] = signer
+
+
+def signer_of(store: Store) -> HeadSigner | None:
+    """The signer ``use_signer`` installed for ``store``, if any."""
+    return _signers.get(store.engine)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A signed chain head: entries ``1..seq``, the last one's ``hash``, its time ``at`` (µs)."""
+
+    seq: int
+    hash: str
+    at: int
+    key_id: str = ""
+    sig: str = ""  # base64 of the signature over ``message()``
+
+    def message(self) -> bytes:
+        """The bytes the node key signs."""
+        return f"cti-exchange audit head v1|{self.seq}|{self.hash}|{self.at}|{self.key_id}".encode("ascii")
+
+    def encode(self) -> str:
+        return f"{self.seq}:{self.hash}:{self.at}:{self.key_id}:{self.sig}"
+
+    def as_json(self) -> dict:
+        return {"seq": self.seq, "hash": self.hash, "at": self.at, "key_id": self.key_id, "sig": self.sig}
+
+    @classmethod
+    def from_json(cls, value: object) -> Head:
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
+        seq, h, at = value.get("seq"), value.get("hash"), value.get("at")
+        if not (isinstance(seq, int) and isinstance(h, str) and isinstance(at, int)):
+            raise ValueError("seq, hash and at are required")
+        return cls(seq, h, at, str(value.get("key_id") or ""), str(value.get("sig") or ""))
+
+    @classmethod
+    def decode(cls, text: str) -> Head:
+        """Parse the ``meta`` record; ``ValueError`` if it is not ``seq:hash:at:key_id:sig``."""
+        parts = text.split(":", 3)
+        if len(parts) == 2:  # an unsigned head (written before heads were signed, or by hand)
+            parts += ["0", ":"]
+        if len(parts) == 4:  # key_id:sig (the key id may hold colons; base64 never does)
+            key_id, _, sig = parts.pop().rpartition(":")
+            parts += [key_id, sig]
+        if len(parts) != 5 or not parts[0].isascii() or not parts[0].isdigit() or not parts[2].isascii() or not parts[2].isdigit():
+            raise ValueError(text[:80])
+        return cls(int(parts[0]), parts[1], int(parts[2]), parts[3], parts[4])
+
+
+def sign_head(signer: HeadSigner, seq: int, digest: str, at: int) -> Head:
+    """A head for entries ``1..seq`` signed with the node key."""
+    unsigned = Head(seq, digest, at, signer.key_id)
+    return Head(seq, digest, at, signer.key_id, base64.b64encode(signer.sign(unsigned.message())).decode("ascii"))
+
+
+def signature_ok(head: Head, check: Callable[[bytes, bytes], bool]) -> bool:
+    """Whether ``head``'s signature verifies with ``check`` (the node key's ``verify``)."""
+    if not head.sig:
+        return False
+    try:
+        sig = base64.b64decode(head.sig, validate=True)
+    except ValueError:
+        return False
+    return bool(check(head.message(), sig))
 
 
 @dataclass(frozen=True)
@@ -56,7 +157,8 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
     rows = []
     last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
     seq, prev = (last.seq, last.hash) if last is not None else (0, GENESIS)
-    stamp = at or now_us()
+    # never earlier than a row this transaction wrote: a signed head's time covers every audited row before it
+    stamp = max(at or now_us(), conn.info.get("cti_last_date_added", 0))
     for e in entries:
         if e.event not in EVENTS:
             raise ValueError(f"unknown audit event {e.event!r}")
@@ -72,9 +174,22 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
         prev = h
     if rows:
         insert_rows(conn, audit, rows)
-        conn.execute(delete(meta).where(meta.c.key == "audit_head"))
-        conn.execute(insert(meta).values(key="audit_head", value=f"{seq}:{prev}"))
+        signer = _signers.get(conn.engine)
+        head = sign_head(signer, seq, prev, stamp) if signer is not None else Head(seq, prev, stamp)
+        conn.execute(delete(meta).where(meta.c.key == HEAD_KEY))
+        conn.execute(insert(meta).values(key=HEAD_KEY, value=head.encode()))
     return len(rows)
+
+
+def current_head(store: Store) -> Head | None:
+    """The head record as stored (signed or not), or ``None`` for an empty log."""
+    raw = store.get_meta(HEAD_KEY)
+    if raw is None:
+        return None
+    try:
+        return Head.decode(raw)
+    except ValueError:
+        return None
 
 
 def record(store: Store, entries: Iterable[Entry]) -> int:
@@ -88,56 +203,127 @@ class Verdict:
     ok: bool
     entries: int
     problem: str | None = None
+    checkpoints: int = 0  # partner checkpoints the chain was shown to extend
 
 
-def verify(store: Store) -> Verdict:
-    """Recompute the chain; the first broken link (or a truncated tail) is reported.
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed head of this node held by a partner (``holder``), as that partner returns it."""
 
-    A database that cannot be read (damaged pages, a missing table) is a ``StorageError``
-    with one line, never a traceback.
+    head: Head
+    holder: str
+    ref: str = ""  # where it came from (the STIX id of the object that carried it)
+
+
+def verify(
+    store: Store, *, check: Callable[[bytes, bytes], bool] | None = None, audited: Sequence[str] = (),
+    checkpoints: Sequence[Checkpoint] = (),
+) -> Verdict:
+    """Recompute the chain; the first broken link, a trimmed tail or a bad head or checkpoint is reported.
+
+    ``check``: the node key's ``verify``; with it the head must carry a valid signature
+    (without it the signature is not looked at).  ``audited``: collection ids whose
+    every row is written with its audit entries (the partner-read collections and
+    inboxes): a newest row later than the signed head, or any row under an empty
+    log, means entries were removed.  ``checkpoints``: heads a partner holds; the
+    chain must hold entry ``seq`` with that ``hash`` for each.  A database that
+    cannot be read is a ``StorageError`` with one line, never a traceback.
     """
+    wanted = {c.head.seq for c in checkpoints}
     try:
         with store.engine.connect() as conn:
-            head = conn.execute(select(meta.c.value).where(meta.c.key == "audit_head")).scalar()
-            verdict, count, prev = _walk(conn.execute(select(audit).order_by(audit.c.seq)))
+            raw = conn.execute(select(meta.c.value).where(meta.c.key == HEAD_KEY)).scalar()
+            verdict, count, prev, hashes = _walk(conn.execute(select(audit).order_by(audit.c.seq)), wanted)
+            newest = _newest_row(conn, audited)
     except SQLAlchemyError as exc:
         first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).splitlines()[0][:200]
         raise StorageError(f"cannot read the audit log: {exc.__class__.__name__}: {first}") from exc
     if verdict is not None:
         return verdict
-    if head is None:
+    problem = _head_problem(raw, count, prev, check, newest)
+    if problem is not None:
+        return Verdict(False, count, problem)
+    for cp in sorted(checkpoints, key=lambda c: c.head.seq):
+        problem = _checkpoint_problem(cp, count, hashes, check)
+        if problem is not None:
+            return Verdict(False, count, problem)
+    return Verdict(True, count, checkpoints=len(checkpoints))
+
+
+def _newest_row(conn: Connection, audited: Sequence[str]) -> tuple[int, int] | None:
+    """``(rows, newest date_added)`` over the audited collections, or ``None`` if they are empty."""
+    if not audited:
+        return None
+    n, newest = conn.execute(
+        select(func.count(), func.max(objects.c.date_added)).where(objects.c.collection_id.in_(list(audited)))
+    ).one()
+    return (int(n), int(newest)) if n else None
+
+
+def _head_problem(
+    raw: str | None, count: int, prev: str, check: Callable[[bytes, bytes], bool] | None, newest: tuple[int, int] | None,
+) -> str | None:
+    """What is wrong with the head record against the walked chain (``None``: nothing)."""
+    if raw is None:
         if count:
-            return Verdict(False, count, "the chain head record is missing")
-        return Verdict(True, 0)
-    head_seq, _, head_hash = head.partition(":")
-    if not head_seq.isascii() or not head_seq.isdigit():
-        return Verdict(False, count, f"the chain head record is unreadable ({head[:80]!r})")
-    if int(head_seq) != count or head_hash != prev:
-        return Verdict(False, count, f"the log ends at entry {count} but its head says {head_seq} (entries removed)")
-    return Verdict(True, count)
+            return "the chain head record is missing"
+        if newest is not None:
+            return (f"the log is empty but the database holds {newest[0]} released or received object versions "
+                    "(entries removed)")
+        return None
+    try:
+        head = Head.decode(raw)
+    except ValueError:
+        return f"the chain head record is unreadable ({raw[:80]!r})"
+    if head.seq != count or head.hash != prev:
+        return f"the log ends at entry {count} but its head says {head.seq} (entries removed)"
+    if check is not None:
+        if not head.sig:
+            return f"the chain head (entry {head.seq}) is not signed with the node key"
+        if not signature_ok(head, check):
+            return f"the chain head (entry {head.seq}) signature does not verify with the node key (head rewritten)"
+    if newest is not None and newest[1] > head.at:
+        return (f"the signed head (entry {head.seq}) is older than the newest audited object row: "
+                "the entries after it were removed")
+    return None
 
 
-def _walk(rows: Iterable) -> tuple[Verdict | None, int, str]:
-    """``(the first problem or None, entries walked, the last hash)`` over the audit rows in ``seq`` order."""
+def _checkpoint_problem(cp: Checkpoint, count: int, hashes: dict[int, str], check: Callable[[bytes, bytes], bool] | None) -> str | None:
+    """Whether the local chain extends one checkpoint a partner holds."""
+    where = f"checkpoint at entry {cp.head.seq} held by {cp.holder}" + (f" ({cp.ref})" if cp.ref else "")
+    if check is not None and not signature_ok(cp.head, check):
+        return f"{where}: its signature does not verify with the node key"
+    if cp.head.seq > count:
+        return f"{where}: the log has only {count} entries (history trimmed after the checkpoint was sent)"
+    if cp.head.seq > 0 and hashes.get(cp.head.seq) != cp.head.hash:
+        return f"{where}: local entry {cp.head.seq} has another hash (history rewritten after the checkpoint was sent)"
+    return None
+
+
+def _walk(rows: Iterable, wanted: set[int] | frozenset[int] = frozenset()) -> tuple[Verdict | None, int, str, dict[int, str]]:
+    """``(the first problem or None, entries walked, the last hash, {seq: hash} for ``wanted``)`` over the rows in ``seq`` order."""
     prev = GENESIS
     expected_seq = 0
+    hashes: dict[int, str] = {}
     for row in rows:
         expected_seq += 1
         if row.seq != expected_seq:
-            return Verdict(False, expected_seq - 1, f"entry {expected_seq} is missing (next is {row.seq})"), expected_seq - 1, prev
+            return Verdict(False, expected_seq - 1, f"entry {expected_seq} is missing (next is {row.seq})"), expected_seq - 1, prev, hashes
         if row.prev != prev:
-            return Verdict(False, expected_seq - 1, f"entry {row.seq}: does not follow entry {row.seq - 1}"), expected_seq - 1, prev
+            return Verdict(False, expected_seq - 1, f"entry {row.seq}: does not follow entry {row.seq - 1}"), expected_seq - 1, prev, hashes
         try:
             e = Entry(
                 event=row.event, partner=row.partner, object_id=row.object_id, version=row.version,
                 decision=row.decision, clauses=tuple(orjson.loads(row.clauses)), detail=orjson.loads(row.detail),
             )
         except (orjson.JSONDecodeError, TypeError):
-            return Verdict(False, expected_seq - 1, f"entry {row.seq}: unreadable"), expected_seq - 1, prev
+            return Verdict(False, expected_seq - 1, f"entry {row.seq}: unreadable"), expected_seq - 1, prev, hashes
         if _digest(prev, row.seq, row.at, e) != row.hash:
-            return Verdict(False, expected_seq - 1, f"entry {row.seq}: content does not match its hash (edited)"), expected_seq - 1, prev
+            return Verdict(False, expected_seq - 1, f"entry {row.seq}: content does not match its hash (edited)"), expected_seq - 1, prev, hashes
         prev = row.hash
-    return None, expected_seq, prev
+        if row.seq in wanted:
+            hashes[row.seq] = row.hash
+    return None, expected_seq, prev, hashes
 
 
 def entries(store: Store) -> Iterator[dict]:
@@ -147,5 +333,28 @@ def entries(store: Store) -> Iterator[dict]:
             yield {
                 "seq": row.seq, "at": row.at, "event": row.event, "partner": row.partner, "object_id": row.object_id,
                 "version": row.version, "decision": row.decision, "clauses": orjson.loads(row.clauses),
-                "detail": orjson.loads(row.detail),
+                "detail": orjson.loads(row.detail), "hash": row.hash,
+            }
+
+
+def select_entries(
+    store: Store, *, since: int | None = None, event: Sequence[str] = (), object_id: str | None = None,
+    partner: str | None = None, after_seq: int = 0,
+) -> Iterator[dict]:
+    """Entries matching every filter given, in ``seq`` order (``since``: µs, inclusive; ``object_id``: indexed)."""
+    stmt = select(audit).where(audit.c.seq > after_seq).order_by(audit.c.seq)
+    if since is not None:
+        stmt = stmt.where(audit.c.at >= since)
+    if event:
+        stmt = stmt.where(audit.c.event.in_(list(event)))
+    if object_id is not None:
+        stmt = stmt.where(audit.c.object_id == object_id)
+    if partner is not None:
+        stmt = stmt.where(audit.c.partner == partner)
+    with store.engine.connect() as conn:
+        for row in conn.execute(stmt):
+            yield {
+                "seq": row.seq, "at": row.at, "event": row.event, "partner": row.partner, "object_id": row.object_id,
+                "version": row.version, "decision": row.decision, "clauses": orjson.loads(row.clauses),
+                "detail": orjson.loads(row.detail), "hash": row.hash,
             }

@@ -134,6 +134,7 @@ class AddResult:
     failures: list[dict] = field(default_factory=list)
     added: int = 0  # new rows actually written (re-posts of identical objects are successes, not rows)
     date_added: int | None = None
+    new: set[tuple[str, str]] = field(default_factory=set)  # (id, version) of the rows written: one audit entry per new version
 
 
 class Store:
@@ -491,6 +492,8 @@ class Store:
         stamp = max(date_added or now_us(), (latest or 0) + 1)
         result.date_added = stamp
         self._add_locked(conn, collection_id, objs, stamp, result, origin)
+        if result.added:  # the audit entries of this transaction are stamped no earlier (its signed head covers these rows)
+            conn.info["cti_last_date_added"] = max(conn.info.get("cti_last_date_added", 0), stamp + result.added - 1)
         return result
 
     # -- sync bookmarks -----------------------------------------------------------
@@ -520,6 +523,7 @@ class Store:
             return
         _write_versions(conn, existing, staged.rows)
         result.added = len(staged.rows)
+        result.new.update((r["stix_id"], r["version"]) for r in staged.rows.values())
         self._inserted_since_check += len(staged.rows)
 
     def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict]):  # type: ignore[no-untyped-def]

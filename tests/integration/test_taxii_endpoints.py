@@ -41,7 +41,7 @@ def test_collections_list_only_what_the_account_may_see(us_node):
     assert sorted(c.alias for c in analyst.collections) == ["jp-read", "rok-inbox", "rok-read", "us-intel"]
     rok = ApiRoot(us_node.url, user="rok", password=PASSWORDS["rok"])
     seen = {c.alias: (c.can_read, c.can_write) for c in rok.collections}
-    assert seen == {"rok-read": (True, False), "rok-inbox": (False, True)}
+    assert seen == {"rok-read": (True, False), "rok-inbox": (False, True), "rok-receipts": (True, True)}
 
 
 def test_add_then_get_objects_round_trip(us_node):

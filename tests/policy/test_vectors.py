@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from exchange.policy import evaluate, load_policy
-from tests.policy.vectorlib import expand, load_vectors
+from tests.policy.vectorlib import PARTY_IDS, expand, load_vectors
 
 POLICY = load_policy()
 VECTORS = load_vectors()
@@ -36,8 +36,10 @@ def test_vector(name, vector):
     before = copy.deepcopy(objects)
     # ``concurred``: ids (or ``@alias``) of attribution objects with recorded joint concurrence
     concurred = [ids[c[1:]] if c.startswith("@") else c for c in vector.get("concurred", ())]
+    # ``producers``: {sighted id or @alias: party} known to the releasing node (clause sighting-to-producer)
+    producers = {(ids[k[1:]] if k.startswith("@") else k): PARTY_IDS.get(v, v) for k, v in (vector.get("producers") or {}).items()}
     decisions = evaluate(objects, POLICY, vector["from"], vector["to"], now=vector.get("now", NOW),
-                         held=vector.get("held", ()), concurred=concurred, transport=vector.get("transport"))
+                         held=vector.get("held", ()), concurred=concurred, transport=vector.get("transport"), producers=producers)
     assert objects == before, "evaluate mutated its input"
     aliases = [spec.get("alias") for spec in vector["objects"]]
     by_alias = dict(zip(aliases, decisions, strict=True))

@@ -63,10 +63,11 @@ def test_collections_json_lists_who_may_read_and_write():
     result = CliRunner().invoke(main, ["collections", "us", "--json"])
     assert result.exit_code == 0
     rows = {r["alias"]: r for r in json.loads(result.output)}
-    assert set(rows) == {"us-intel", "rok-read", "rok-inbox", "jp-read"}
+    assert set(rows) == {"us-intel", "rok-read", "rok-inbox", "jp-read", "rok-receipts"}
     assert set(rows["rok-read"]) == {"id", "alias", "title", "role", "partner", "read", "write"}
     assert rows["rok-read"]["read"] == ["analyst", "rok"] and rows["rok-read"]["write"] == []
     assert rows["rok-inbox"]["write"] == ["rok"]
+    assert rows["rok-receipts"]["read"] == ["rok"] and rows["rok-receipts"]["write"] == ["rok"]
     assert "rok" not in rows["us-intel"]["read"] and "jp" not in rows["us-intel"]["read"]
 
 

@@ -19,7 +19,7 @@ def test_shipped_nodes_load(node):
     cfg = loaded.config
     assert loaded.identity["type"] == "identity"
     roles = {c.role for c in cfg.collections}
-    assert roles == {"own", "partner-read", "partner-inbox"}
+    assert roles == {"own", "partner-read", "partner-inbox", "partner-receipts"}
     for partner in cfg.partners:
         cfg.partner_collection(partner, "partner-read")  # one read collection per partner
         if not cfg.partners[partner].read_only:
@@ -40,7 +40,7 @@ def _bad(tmp_path: Path, old: str, new: str) -> Path:
     "old,new,expected",
     [
         ("max_page_size: 1000", "max_page_sze: 1000", r"node.yaml:\d+: max_page_sze: unknown key"),
-        ("read: [rok-read]", "read: [rok-reed]", r"node.yaml:\d+: accounts.0.read.0: unknown collection 'rok-reed'"),
+        ("read: [rok-read, rok-receipts]", "read: [rok-reed, rok-receipts]", r"node.yaml:\d+: accounts.0.read.0: unknown collection 'rok-reed'"),
         ("    role: own", "    role: owner", r"node.yaml:\d+: collections.0.role: "),
         ("id: e3a18dc0-a9f3-466f-95d9-d848c4da8e7f", "id: not-a-uuid", r"collections.0.id: .*UUID"),
         (
