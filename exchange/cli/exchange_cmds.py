@@ -282,16 +282,18 @@ COMMANDS.append(demo)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 def report(data_dirs: tuple[Path, ...], html_path: Path | None, as_json: bool) -> None:
     """Summarise the commitment in practice from the nodes' audit logs."""
-    from exchange.sharing.report import build_report, read_logs, render_html, render_terminal
+    from exchange.sharing.report import build_tally, read_logs, render_terminal
+    from exchange.sharing.ui.render import render_report
 
-    built = build_report(read_logs(data_dirs))
+    tally = build_tally(read_logs(data_dirs))
+    built = tally.summary()
     if as_json:
         click.echo(orjson.dumps(built, option=orjson.OPT_INDENT_2).decode())
     else:
         render_terminal(built)
     if html_path is not None:
         tmp = html_path.with_name(html_path.name + ".tmp")
-        tmp.write_text(render_html(built), encoding="utf-8")
+        tmp.write_text(render_report(built, tally.timeline_rows()), encoding="utf-8")
         tmp.replace(html_path)  # never a half-written page
         if not as_json:
             click.echo(f"HTML report written to {html_path}")
