@@ -72,8 +72,8 @@ def read_logs(data_dirs: Iterable[Path]) -> dict[str, list[dict]]:
     return logs
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
+def _pct(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values (nearest rank)."""
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
 
@@ -81,7 +81,10 @@ class Tally:
     """Audit entries folded into counts; ``add`` one entry at a time, ``summary()`` at any point.
 
     Keys are ``(node, partner, object id, version)``: a node's *latest* decision on each version
-    for each partner counts (a version deferred, then released, counts as released once).
+    for each partner counts (a version deferred, then released, counts as released once). The
+    per-direction counts are kept up to date as entries arrive (a changed decision moves its
+    version from one count to another), so ``summary()`` costs the size of the tables it returns,
+    not the length of the log.
     """
 
     def __init__(self, public_clauses: Iterable[str] | None = None) -> None:
@@ -89,17 +92,13 @@ class Tally:
         self.latest: dict[tuple, tuple[str, str, str, tuple[str, ...]]] = {}  # -> (decision, tlp label, type, clauses)
         self.newest: dict[tuple, tuple[str, str]] = {}  # (node, partner, object id) -> (newest decided version, its decision)
         self.released_at: dict[tuple, int] = {}
-        self.arrivals: dict[tuple, tuple[int, str, float | None]] = {}  # (sender, node, id, version) -> (at, tlp, latency_s)
-        self.rejected: dict[str, Counter] = defaultdict(Counter)
-        self.in_transit: dict[str, set] = defaultdict(set)
-        self.withdrawn: dict[str, set] = defaultdict(set)
+        self.arrivals: set[tuple] = set()  # (sender, node, id, version) that arrived
+        self.directions: dict[str, dict[str, Any]] = defaultdict(_empty)
         self.events: Counter = Counter()  # (node, event, partner) -> entries: every event type, known or not
         self.last_at: dict[tuple, int] = {}  # (node, event, partner) -> newest entry time
         self.timeline: Counter = Counter()  # (hour, series) -> object versions
         self.nodes: set[str] = set()
         self.entries = 0
-        self.first_at: int | None = None
-        self.last_entry_at: int | None = None
 
     def tlp_label(self, tlp: str | None, clauses: Iterable[str]) -> str:
         """The TLP level; unmarked content released as a public source is labelled so, with its clause."""
@@ -113,10 +112,10 @@ class Tally:
         self.nodes.add(node)
         self.entries += 1
         event, partner, at = e["event"], e["partner"], e["at"]
-        self.first_at = at if self.first_at is None else min(self.first_at, at)
-        self.last_entry_at = at if self.last_entry_at is None else max(self.last_entry_at, at)
-        self.events[(node, event, partner)] += 1
-        self.last_at[(node, event, partner)] = max(self.last_at.get((node, event, partner), 0), at)
+        key = (node, event, partner)
+        self.events[key] += 1
+        if at > self.last_at.get(key, 0):
+            self.last_at[key] = at
         if event in DECISIONS:
             self._decision(node, e)
         elif event in ARRIVALS:
@@ -124,75 +123,70 @@ class Tally:
         elif event in ("inbound-reject", "push-reject"):
             sender = partner if event == "inbound-reject" else node
             recipient = node if event == "inbound-reject" else partner
-            self.rejected[f"{sender}->{recipient}"][e["clauses"][0] if e["clauses"] else "?"] += 1
+            self.directions[f"{sender}->{recipient}"]["rejected"][e["clauses"][0] if e["clauses"] else "?"] += 1
             self.timeline[(at // HOUR_US, "refused on arrival")] += 1
         elif event == "transport-withhold" and partner:
             # released, but not served or pushed to the partner over plain HTTP (IEP encrypt_in_transit 'must')
-            self.in_transit[f"{node}->{partner}"].add((e["object_id"], e["version"]))
+            self.directions[f"{node}->{partner}"]["in_transit"].add((e["object_id"], e["version"]))
         elif event == WITHDRAW:
-            self.withdrawn[f"{node}->{partner}" if partner else f"{node}->*"].add((e["object_id"], e["version"]))
+            self.directions[f"{node}->{partner}" if partner else f"{node}->*"]["withdrawn"].add((e["object_id"], e["version"]))
             self.timeline[(at // HOUR_US, "withdrawn")] += 1
 
     def _decision(self, node: str, e: dict) -> None:
-        key = (node, e["partner"], e["object_id"], e["version"])
+        partner = e["partner"]
+        key = (node, partner, e["object_id"], e["version"])
         clauses = tuple(e["clauses"])
         detail = e["detail"]
         decision = e["decision"] or e["event"]
-        self.latest[key] = (decision, self.tlp_label(detail.get("tlp"), clauses), detail.get("type", "?"), clauses)
-        okey = (node, e["partner"], e["object_id"])
+        now = (decision, self.tlp_label(detail.get("tlp"), clauses), detail.get("type", "?"), clauses)
+        d = self.directions[f"{node}->{partner}"]
+        old = self.latest.get(key)
+        if old is not None:
+            _count(d, old, -1)
+        _count(d, now, +1)
+        self.latest[key] = now
+        okey = (node, partner, e["object_id"])
         version = e["version"] or ""
         held = self.newest.get(okey)
         if held is None or version >= held[0]:
+            if held is not None:
+                d["objects"][held[1]] -= 1
+            d["objects"][decision] += 1
             self.newest[okey] = (version, decision)
-        if decision != "withhold":
-            if key not in self.released_at:
-                self.timeline[(e["at"] // HOUR_US, "released")] += 1
-            self.released_at.setdefault(key, e["at"])
+        if decision != "withhold" and key not in self.released_at:
+            self.timeline[(e["at"] // HOUR_US, "released")] += 1
+            self.released_at[key] = e["at"]
 
     def _arrival(self, node: str, e: dict) -> None:
-        """What ``node`` accepted from a partner (pulled, or pushed into its inbox); a version that came both ways counts once."""
+        """What ``node`` accepted from a partner (pulled, or pushed into its inbox); a version that came both ways counts once.
+
+        Timed from the sender's release when its log was folded before (``build_report`` folds every
+        log's decisions first), else from the version's publication (``latency_s``).
+        """
         key = (e["partner"], node, e["object_id"], e["version"])
         if key in self.arrivals:
             return
-        self.arrivals[key] = (e["at"], e["detail"].get("tlp", "none"), e["detail"].get("latency_s"))
+        self.arrivals.add(key)
         self.timeline[(e["at"] // HOUR_US, "arrived")] += 1
+        d = self.directions[f"{e['partner']}->{node}"]
+        d["arrived"] += 1
+        released = self.released_at.get(key)
+        if released is not None:
+            seconds, basis = (e["at"] - released) / 1e6, "release-to-arrival"
+        elif "latency_s" in e["detail"]:
+            seconds, basis = e["detail"]["latency_s"], "publication-to-arrival"
+        else:
+            return
+        d["latency"][e["detail"].get("tlp", "none")].append(max(seconds, 0.0))
+        d["latency_basis"].add(basis)
 
     # -- the summary ---------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
         """The report: ``{"nodes", "directions": {"us->rok": {...}}, "clauses_note"}``."""
-        directions: dict[str, dict[str, Any]] = defaultdict(_empty)
-        for (node, partner, _oid, _v), (decision, tlp, typ, clauses) in self.latest.items():
-            d = directions[f"{node}->{partner}"]
-            d["versions"][decision] += 1
-            d["by_tlp"][tlp][decision] += 1
-            d["by_type"][typ][decision] += 1
-            d["clauses"][f"{decision}: {clauses[0] if clauses else '?'}"] += 1
-            for c in clauses[1:]:
-                d["also_applied"][f"{decision}: {c}"] += 1
-        for (node, partner, _oid), (_v, decision) in self.newest.items():
-            directions[f"{node}->{partner}"]["objects"][decision] += 1
-        for (sender, node, oid, version), (at, tlp, latency) in self.arrivals.items():
-            d = directions[f"{sender}->{node}"]
-            d["arrived"] += 1
-            released = self.released_at.get((sender, node, oid, version))
-            if released is not None:
-                seconds, basis = (at - released) / 1e6, "release-to-arrival"
-            elif latency is not None:
-                seconds, basis = latency, "publication-to-arrival"
-            else:
-                continue
-            d["latency"][tlp].append(max(seconds, 0.0))
-            d["latency_basis"].add(basis)
-        for name, counts in self.rejected.items():
-            directions[name]["rejected"].update(counts)
-        for name, keys in self.in_transit.items():
-            directions[name]["in_transit"] |= keys
-        for name, keys in self.withdrawn.items():
-            directions[name]["withdrawn"] |= keys
         return {
             "nodes": sorted(self.nodes),
-            "directions": {name: _summarise(d) for name, d in sorted(directions.items())},
+            "directions": {name: _summarise(d) for name, d in sorted(self.directions.items())},
             "clauses_note": CLAUSES_NOTE,
         }
 
@@ -210,6 +204,17 @@ class Tally:
         if (last - first) // step > 400:  # a very long history: the newest 400 buckets
             first = last - 400 * step
         return unit, [(b * HOUR_US, dict(buckets.get(b, {}))) for b in range(first, last + 1, step)]
+
+
+def _count(d: dict[str, Any], decided: tuple[str, str, str, tuple[str, ...]], n: int) -> None:
+    """Add (``n`` = 1) or take back (-1) one version's decision in a direction's counts."""
+    decision, tlp, typ, clauses = decided
+    d["versions"][decision] += n
+    d["by_tlp"][tlp][decision] += n
+    d["by_type"][typ][decision] += n
+    d["clauses"][f"{decision}: {clauses[0] if clauses else '?'}"] += n
+    for c in clauses[1:]:
+        d["also_applied"][f"{decision}: {c}"] += n
 
 
 def build_report(logs: dict[str, list[dict]], public_clauses: Iterable[str] | None = None) -> dict[str, Any]:
@@ -232,28 +237,35 @@ def build_tally(logs: dict[str, list[dict]], public_clauses: Iterable[str] | Non
     return tally
 
 
+def _positive(counts: Counter) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v > 0}
+
+
 def _summarise(d: dict[str, Any]) -> dict[str, Any]:
     """One direction's tallies as the report shows them (TLP levels in TLP order, clauses most common first)."""
     lat = {}
     for tlp, values in d["latency"].items():
+        ordered = sorted(values)
         lat[tlp] = {
-            "count": len(values),
-            "median_s": round(statistics.median(values), 3),
-            "p90_s": round(_pct(values, 0.9), 3),
-            "p95_s": round(_pct(values, 0.95), 3),
-            "max_s": round(max(values), 3),
+            "count": len(ordered),
+            "median_s": round(statistics.median(ordered), 3),
+            "p90_s": round(_pct(ordered, 0.9), 3),
+            "p95_s": round(_pct(ordered, 0.95), 3),
+            "max_s": round(ordered[-1], 3),
         }
-    every = [v for values in d["latency"].values() for v in values]
+    every = sorted(v for values in d["latency"].values() for v in values)
     versions = {k: d["versions"].get(k, 0) for k in DECISIONS}
+    by_tlp = {k: c for k, v in d["by_tlp"].items() if (c := _positive(v))}
+    by_type = {k: c for k, v in d["by_type"].items() if (c := _positive(v))}
     return {
         "decisions": versions,  # object versions (as before; also under "versions")
         "versions": versions,
         "objects": {k: d["objects"].get(k, 0) for k in DECISIONS},
         "withdrawn": {"objects": len({oid for oid, _v in d["withdrawn"]}), "versions": len(d["withdrawn"])},
-        "by_tlp": {k: dict(v) for k, v in sorted(d["by_tlp"].items(), key=lambda kv: _tlp_rank(kv[0]))},
-        "by_type": {k: dict(v) for k, v in sorted(d["by_type"].items())},
-        "clauses": dict(d["clauses"].most_common()),
-        "also_applied": dict(d["also_applied"].most_common()),
+        "by_tlp": dict(sorted(by_tlp.items(), key=lambda kv: _tlp_rank(kv[0]))),
+        "by_type": dict(sorted(by_type.items())),
+        "clauses": dict(Counter(_positive(d["clauses"])).most_common()),
+        "also_applied": dict(Counter(_positive(d["also_applied"])).most_common()),
         "arrived": d["arrived"],
         "rejected": dict(d["rejected"]),
         "withheld_in_transit": len(d["in_transit"]),

@@ -36,6 +36,15 @@ class ChainStatus:
     checked_at: int = 0
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    seq: int
+    report: dict[str, Any]
+    events: dict[tuple, int]
+    last_at: dict[tuple, int]
+    timeline: tuple[str, list]
+
+
 class AuditView:
     """The node's audit log as the page shows it: one ``Tally`` per process, caught up at each look."""
 
@@ -47,48 +56,59 @@ class AuditView:
         self._seq = 0
         self._prev = audit_log.GENESIS
         self._problem: str | None = None
-        self._summary: tuple[int, dict[str, Any]] | None = None
+        self._snapshot: Snapshot | None = None
 
     def refresh(self, batch: int = 20_000) -> None:
         """Fold the entries appended since the last look, checking their hash chain."""
+        cols = (audit.c.seq, audit.c.at, audit.c.event, audit.c.partner, audit.c.object_id, audit.c.version, audit.c.decision,
+                audit.c.clauses, audit.c.detail, audit.c.prev, audit.c.hash)
         with self._lock:
             while self._problem is None:
                 with self.store.engine.connect() as conn:
-                    rows = conn.execute(select(audit).where(audit.c.seq > self._seq).order_by(audit.c.seq).limit(batch)).all()
+                    rows = conn.execute(select(*cols).where(audit.c.seq > self._seq).order_by(audit.c.seq).limit(batch)).all()
                 for row in rows:
-                    if not self._fold(row):
+                    if not self._fold(*row):
                         break
                 if len(rows) < batch:
                     break
 
-    def _fold(self, row: Any) -> bool:
-        if row.seq != self._seq + 1:
-            self._problem = f"entry {self._seq + 1} is missing (next is {row.seq})"
+    def _fold(self, seq: int, at: int, event: str, partner: str | None, object_id: str | None, version: str | None,
+              decision: str | None, clauses_text: str, detail_text: str, prev: str, digest: str) -> bool:
+        """Check one entry's link in the chain (as ``audit.verify``) and fold it into the tally."""
+        if seq != self._seq + 1:
+            self._problem = f"entry {self._seq + 1} is missing (next is {seq})"
             return False
-        if row.prev != self._prev:
-            self._problem = f"entry {row.seq}: does not follow entry {self._seq}"
+        if prev != self._prev:
+            self._problem = f"entry {seq}: does not follow entry {self._seq}"
             return False
         try:
-            clauses, detail = orjson.loads(row.clauses), orjson.loads(row.detail)
+            clauses, detail = orjson.loads(clauses_text), orjson.loads(detail_text)
         except orjson.JSONDecodeError:
-            self._problem = f"entry {row.seq}: unreadable"
+            self._problem = f"entry {seq}: unreadable"
             return False
-        e = audit_log.Entry(row.event, row.partner, row.object_id, row.version, row.decision, tuple(clauses), detail)
-        if audit_log._digest(self._prev, row.seq, row.at, e) != row.hash:
-            self._problem = f"entry {row.seq}: content does not match its hash (edited)"
+        if audit_log._digest(prev, seq, at, audit_log.Entry(event, partner, object_id, version, decision, tuple(clauses), detail)) != digest:
+            self._problem = f"entry {seq}: content does not match its hash (edited)"
             return False
-        self._seq, self._prev = row.seq, row.hash
-        self.tally.add(self.node, {"seq": row.seq, "at": row.at, "event": row.event, "partner": row.partner, "object_id": row.object_id,
-                                   "version": row.version, "decision": row.decision, "clauses": clauses, "detail": detail})
+        self._seq, self._prev = seq, digest
+        self.tally.add(self.node, {"seq": seq, "at": at, "event": event, "partner": partner, "object_id": object_id, "version": version,
+                                   "decision": decision, "clauses": clauses, "detail": detail})
         return True
 
-    def summary(self) -> dict[str, Any]:
-        """``Tally.summary()``, recomputed only when new entries arrived."""
+    def snapshot(self) -> Snapshot:
+        """The summary and the tally's other tables, consistent with each other (recomputed only when entries arrived)."""
         self.refresh()
         with self._lock:
-            if self._summary is None or self._summary[0] != self._seq:
-                self._summary = (self._seq, self.tally.summary())
-            return self._summary[1]
+            if self._snapshot is None or self._snapshot.seq != self._seq:
+                t = self.tally
+                self._snapshot = Snapshot(self._seq, t.summary(), dict(t.events), dict(t.last_at), t.timeline_rows())
+            return self._snapshot
+
+    def summary(self) -> dict[str, Any]:
+        """``Tally.summary()`` of the log so far."""
+        return self.snapshot().report
+
+    def tlp_label(self, tlp: str | None, clauses: list[str]) -> str:
+        return self.tally.tlp_label(tlp, clauses)
 
     def chain(self) -> ChainStatus:
         """Verified (every entry's link up to the stored head), length, head and any checkpoint records."""

@@ -147,22 +147,22 @@ def _routes(bp: Blueprint, ui: UI) -> None:
 
 def overview_context(ui: UI) -> dict[str, Any]:
     """Per partner: what was decided (objects and versions), what arrived, timing, sync; the timeline; the chain."""
-    report = ui.audit.summary()
-    tally = ui.audit.tally
+    snap = ui.audit.snapshot()
+    report = snap.report
     me = ui.node.name
     now = now_us()
     partners = []
     for p in ui.node.config.partners:
         out = report["directions"].get(f"{me}->{p}")
         inc = report["directions"].get(f"{p}->{me}")
-        last_ok = max((tally.last_at.get((me, ev, p), 0) for ev in (*ARRIVALS, "push")), default=0) or None
-        last_err = tally.last_at.get((me, "sync-error", p))
+        last_ok = max((snap.last_at.get((me, ev, p), 0) for ev in (*ARRIVALS, "push")), default=0) or None
+        last_err = snap.last_at.get((me, "sync-error", p))
         partners.append({"name": p, "out": out, "in": inc, "last_ok": last_ok, "lag_s": (now - last_ok) / 1e6 if last_ok else None,
                          "last_error": last_err if last_err and (not last_ok or last_err > last_ok) else None})
     events: dict[str, dict[str, int]] = {}
-    for (_node, event, partner), n in sorted(tally.events.items(), key=lambda kv: (kv[0][1], kv[0][2] or "")):
+    for (_node, event, partner), n in sorted(snap.events.items(), key=lambda kv: (kv[0][1], kv[0][2] or "")):
         events.setdefault(event, {})[partner or "-"] = n
-    unit, buckets = timeline_buckets(tally.timeline_rows())
+    unit, buckets = timeline_buckets(snap.timeline)
     return {"report": report, "partners": partners, "events": events, "unit": unit, "buckets": buckets, "chain": ui.audit.chain()}
 
 
@@ -196,16 +196,15 @@ def decisions_context(ui: UI) -> dict[str, Any]:
         page = 1
     rows, total = data.decisions_page(ui.store, flt, page, PER_PAGE)
     report = ui.audit.summary()
-    tally = ui.audit.tally
     options = {
         "partner": sorted(ui.node.config.partners),
         "decision": list(DECISIONS),
         "clause": sorted({k.split(": ", 1)[1] for d in report["directions"].values() for k in (*d["clauses"], *d["also_applied"])}),
-        "tlp": sorted({(e[1] if e[1].startswith("TLP:") else "none") for e in tally.latest.values()}),
+        "tlp": sorted({(t if t.startswith("TLP:") else "none") for d in report["directions"].values() for t in d["by_tlp"]}),
         "type": sorted({t for d in report["directions"].values() for t in d["by_type"]}),
     }
     for r in rows:
-        r["tlp_label"] = tally.tlp_label(r["detail"].get("tlp"), r["clauses"])
+        r["tlp_label"] = ui.audit.tlp_label(r["detail"].get("tlp"), r["clauses"])
     pages = max(1, -(-total // PER_PAGE))
     query = {k: v for k, v in args.items() if k != "page" and v}
     return {"rows": rows, "total": total, "page": page, "pages": pages, "options": options, "args": args, "query": query,
@@ -275,11 +274,11 @@ def partners_context(ui: UI) -> dict[str, Any]:
          "read": sorted(ui.aliases.get(c, c) for c in read), "write": sorted(ui.aliases.get(c, c) for c in write)}
         for name, has_pw, partner, read, write in ui.store.accounts()
     ]
-    tally = ui.audit.summary() and ui.audit.tally
+    last_at = ui.audit.snapshot().last_at
     me = ui.node.name
     sync = []
     for p in cfg.partners:
-        last = {ev: tally.last_at.get((me, ev, p)) for ev in ("pull", "push", "inbound-accept", "inbound-reject", "sync-error")}
+        last = {ev: last_at.get((me, ev, p)) for ev in ("pull", "push", "inbound-accept", "inbound-reject", "sync-error")}
         sync.append({"partner": p, "config": cfg.partners[p], "last": last,
                      "states": [(k, v) for k, v in data.sync_states(ui.store) if k.split(":")[1:2] == [p]]})
     certs = data.certificates(ui.certfile, "this node's server certificate") + data.certificates(ui.client_ca, "client CA (mutual TLS)")
