@@ -28,8 +28,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     CTI_EXCHANGE_COLLECTIONS=/app/collections \
-    CTI_EXCHANGE_POLICIES=/app/policies \
-    MPLCONFIGDIR=/tmp/matplotlib
+    CTI_EXCHANGE_POLICIES=/app/policies
 
 WORKDIR /app
 # dependencies first (cached while only the code changes)

@@ -229,10 +229,11 @@ COMMANDS = [load, release, sync, audit]
 @click.option("--us-database", help="--remote: the US node's database URL, if not the SQLite file in --us-data.")
 @click.option("--rok-database", help="--remote: the ROK node's database URL, if not the SQLite file in --rok-data.")
 @click.option("--plain-http", is_flag=True, help="Run the local nodes over plain HTTP instead of HTTPS with mutual TLS (a demo PKI in the work dir).")
+@click.option("--keep-running", is_flag=True, help="Keep both nodes up after the demo (until Ctrl-C) and print their /ui/ web pages.")
 def demo(
     keep: Path | None, as_json: bool, remote: bool, us_url: str | None, rok_url: str | None, secrets_dir: Path | None,
     us_data: Path | None, rok_data: Path | None, timeout: float, us_database: str | None, rok_database: str | None,
-    plain_http: bool,
+    plain_http: bool, keep_running: bool,
 ) -> None:
     """Run the demo exchange: US and ROK nodes, seeded, syncing under policy, then a leak check.
 
@@ -253,8 +254,11 @@ def demo(
             databases={"us": us_database or None, "rok": rok_database or None},
         )
     else:
-        result = run_demo(keep, plain_http=plain_http)
-    print_narrative(result, json_mode=as_json)
+        from exchange.demo.hold import hold_nodes
+
+        result = run_demo(keep, plain_http=plain_http, hold=(lambda r: hold_nodes(r, json_mode=as_json)) if keep_running else None)
+    if not keep_running or remote:
+        print_narrative(result, json_mode=as_json)
     if as_json:
         click.echo(summary_json(result))
     if not result["ok"]:
@@ -284,16 +288,18 @@ COMMANDS.append(demo)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 def report(data_dirs: tuple[Path, ...], html_path: Path | None, as_json: bool) -> None:
     """Summarise the commitment in practice from the nodes' audit logs."""
-    from exchange.sharing.report import build_report, read_logs, render_html, render_terminal
+    from exchange.sharing.report import build_tally, read_logs, render_terminal
+    from exchange.sharing.ui.render import render_report
 
-    built = build_report(read_logs(data_dirs))
+    tally = build_tally(read_logs(data_dirs))
+    built = tally.summary()
     if as_json:
         click.echo(orjson.dumps(built, option=orjson.OPT_INDENT_2).decode())
     else:
         render_terminal(built)
     if html_path is not None:
         tmp = html_path.with_name(html_path.name + ".tmp")
-        tmp.write_text(render_html(built), encoding="utf-8")
+        tmp.write_text(render_report(built, tally.timeline_rows()), encoding="utf-8")
         tmp.replace(html_path)  # never a half-written page
         if not as_json:
             click.echo(f"HTML report written to {html_path}")

@@ -98,7 +98,7 @@ def serve(
     opened.close()
     factory = data_dir_factory(
         node, data_dir, database, strict_validation=strict_validation, tls=certfile is not None, client_certificates=client_ca is not None,
-        public_url=public_url,
+        public_url=public_url, certfile=str(certfile) if certfile else None, client_ca=str(client_ca) if client_ca else None,
     )
     run(
         factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root,

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -529,8 +529,14 @@ def _jp_can_read(ex: Exchange, object_id: str, node: str | None = None) -> bool:
     return False
 
 
-def run_demo(keep: Path | None = None, *, plain_http: bool = False) -> dict[str, Any]:
-    """The whole demo (HTTPS with mutual TLS unless ``plain_http``); returns the machine-readable summary."""
+def run_demo(
+    keep: Path | None = None, *, plain_http: bool = False, hold: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """The whole demo (HTTPS with mutual TLS unless ``plain_http``); returns the machine-readable summary.
+
+    ``hold(summary)``: called with the summary while both nodes still run (``demo --keep-running``:
+    it tells where their ``/ui/`` pages are and waits); the nodes stop when it returns.
+    """
     started = time.monotonic()
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="cti-exchange-demo-"))
     if keep and workdir.exists() and any(workdir.iterdir()):
@@ -546,25 +552,32 @@ def run_demo(keep: Path | None = None, *, plain_http: bool = False) -> dict[str,
             story = narrative(ex)
             check = leak_check(ex)
             withdrawn = withdrawn_counts(ex)
-            urls = {name: h.url for name, h in ex.nodes.items()}
-            transport = ex.transport
-        return {
-            "ok": check["ok"] and all(r["ok"] for r in joint) and withdrawal["ok"] and seen["ok"],
-            "nodes": urls,
-            "data_dir": str(workdir) if keep else None,
-            "transfers": transfers,
-            "decisions": story,
-            "attribution": joint,
-            "sighting": seen,
-            "leak_check": check,
-            "withdrawal": withdrawal,
-            "withdrawn": withdrawn,
-            "seconds": round(time.monotonic() - started, 1),
-            "transport": transport,
-        }
+            result = {
+                "ok": check["ok"] and all(r["ok"] for r in joint) and withdrawal["ok"] and seen["ok"],
+                "nodes": {name: h.url for name, h in ex.nodes.items()},
+                "ui": ui_urls(ex),
+                "data_dir": str(workdir) if keep else None,
+                "transfers": transfers,
+                "decisions": story,
+                "attribution": joint,
+                "sighting": seen,
+                "leak_check": check,
+                "withdrawal": withdrawal,
+                "withdrawn": withdrawn,
+                "seconds": round(time.monotonic() - started, 1),
+                "transport": ex.transport,
+            }
+            if hold is not None:
+                hold(result | {"analyst_passwords": {n: h.passwords.get("analyst", "") for n, h in ex.nodes.items()}})
+        return result
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ui_urls(ex: Exchange) -> dict[str, str]:
+    """Each node's web page for its analysts (``/ui/`` on the node's own port)."""
+    return {name: h.url.rstrip("/").rsplit("/", 1)[0] + "/ui/" for name, h in ex.nodes.items()}
 
 
 def run_remote_demo(

@@ -130,12 +130,21 @@ class BackgroundReleaser:
                 log.exception("background release failed")
 
 
-def data_dir_factory(node_name: str, data_dir: Path | None, database: str | None, **kwargs: Any) -> Callable[[], Flask]:
-    """A zero-argument factory (runs in each worker) building the node's app."""
+def data_dir_factory(
+    node_name: str, data_dir: Path | None, database: str | None, *, certfile: str | None = None, client_ca: str | None = None, **kwargs: Any
+) -> Callable[[], Flask]:
+    """A zero-argument factory (runs in each worker) building the node's app, with its analysts' web page at ``/ui/``.
+
+    ``certfile``/``client_ca``: the files the node serves TLS with, shown (subject, expiry) on the page.
+    """
 
     def factory() -> Flask:
+        from exchange.sharing.ui import register_ui
+
         opened = open_node(node_name, data_dir=data_dir, database=database)
         releaser = BackgroundReleaser(opened)
-        return create_app(opened.node, opened.store, after_write=releaser.notify, write_activity=releaser.activity, **kwargs)
+        app = create_app(opened.node, opened.store, after_write=releaser.notify, write_activity=releaser.activity, **kwargs)
+        register_ui(app, opened, tls=bool(kwargs.get("tls")), certfile=certfile, client_ca=client_ca)
+        return app
 
     return factory
