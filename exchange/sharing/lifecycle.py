@@ -114,16 +114,22 @@ def _ours(opened: OpenNode, obj: Mapping[str, Any]) -> bool:
 
 def _withdraw(
     opened: OpenNode, conn: Any, partner: str, target_id: str, held: dict, after: str | None, reason: str,
-    clauses: tuple[str, ...], policy: Policy, *, trigger: str,
+    clauses: tuple[str, ...], policy: Policy, *, trigger: str, pending: list[dict] | None = None,
 ) -> audit.Entry | None:
-    """Apply ``due`` for one held object inside ``conn``: write the withdrawal or remove the object; its audit entry."""
+    """Apply ``due`` for one held object inside ``conn``: write the withdrawal or remove the object; its audit entry.
+
+    ``pending``: collect the withdrawal there (the caller writes a batch's withdrawals in one add) instead of writing it.
+    """
     action = due(held, False, _ours(opened, held))
     if action == "none":
         return None
     detail: dict[str, Any] = {"type": held.get("type"), "reason": reason, "trigger": trigger, "withdrawn_version": object_version(held)}
     if action == "revoke":
         w = withdrawal_of(held, after, _keep(policy))
-        opened.store.add_in(conn, target_id, [w])
+        if pending is None:
+            opened.store.add_in(conn, target_id, [w])
+        else:
+            pending.append(w)
         version = w["modified"]
         detail["action"] = "revoked-version"
     else:
@@ -190,15 +196,17 @@ def after_judging(
     if not held:
         return entries
     newest = opened.store.latest_in(conn, src.id, held)
+    writes: list[dict] = []
     for oid, h in held.items():
         obj, d = withheld[oid]
         top = newest.get(oid)
         if top is None or object_version(top) != object_version(obj):
             continue  # a newer version follows: judged on its own
         e = _withdraw(opened, conn, partner, target_id, h, object_version(obj), f"its newest version is withheld: {d.reason}",
-                      tuple(d.clauses), policy, trigger="withheld")
+                      tuple(d.clauses), policy, trigger="withheld", pending=writes)
         if e is not None:
             entries.append(e)
+    opened.store.add_in(conn, target_id, writes)  # one write for the batch's withdrawals
     return entries
 
 
