@@ -223,11 +223,13 @@ def _onward_notes(opened: OpenNode, conn: Any, partner: str, target_id: str, src
         return []
     own = opened.node.config.own_collection.id
     mine = set(opened.store.latest_in(conn, own, refs))
+    clause = policy.one("no-release-default")
+    clauses = (clause.id,) if clause is not None else ()
     out = []
     for h in opened.store.latest_in(conn, target_id, refs - mine).values():
         if _ours(opened, h):
             continue
-        e = _withdraw(opened, conn, partner, target_id, h, None, f"withdrawn by {src.partner}, its source here", (), policy,
+        e = _withdraw(opened, conn, partner, target_id, h, None, f"withdrawn by {src.partner}, its source here", clauses, policy,
                       trigger="relayed")
         if e is not None:
             out.append(e)
@@ -351,7 +353,12 @@ def withdraw_joint(opened: OpenNode, policy: Policy | None = None) -> dict[str, 
     if not ids:
         return {}
     expected = expected_products(objs, parties)
+    # which party may trigger it (sccf.joint-revocation ``dissent_by``; empty: every member): a dissent by
+    # another party keeps the released products; a revision or revoked proposal is the proposer's own act
+    may_dissent = set(clause.rule.dissent_by) or {name for name, _ in parties.members}  # type: ignore[union-attr]
     states = {a.id: a.state for a in assess_all(objs, parties)}
+    not_triggering = {a.id for a in assess_all(objs, parties)
+              if a.state == "dissent" and not any(s.dissents and s.party in may_dissent for s in a.stances)}
     latest_rel = {o["id"]: o for o in objs if o.get("type") == "relationship" and o["id"] in {r["id"] for r in ids.values()}}
     counts: Counter[str] = Counter()
     store = opened.store
@@ -364,6 +371,8 @@ def withdraw_joint(opened: OpenNode, policy: Policy | None = None) -> dict[str, 
                 if h.get("created_by_ref") != parties.joint or is_withdrawal(h) or (oid, version_of(h)) in expected:
                     continue
                 rel = latest_rel.get(ids[oid]["id"], ids[oid])
+                if rel["id"] in not_triggering:
+                    continue
                 e = _withdraw(opened, conn, coll.partner, coll.id, h, None, _why_ended(rel, states.get(rel["id"]), parties),
                               (clause.id,), policy, trigger="joint-revocation")
                 if e is not None:
