@@ -300,8 +300,8 @@ def _after_deletion(
             "type": held.get("type"), "trigger": "deleted", "action": "reissued", "withdrawn_version": hv,
             "reason": f"the version the partner held was deleted by an analyst; version {object_version(current)} is current again",
         })
-    if is_withdrawal(held):
-        return None
+    if is_withdrawal(held) or released:
+        return None  # released: another creator's object; its remaining version is the newest here again
     reason = "deleted by an analyst" if current is None else "the version the partner held was deleted by an analyst"
     return _withdraw(opened, conn, partner, target, held, format_timestamp(after - 1), reason, clauses, policy, trigger="deleted")
 
