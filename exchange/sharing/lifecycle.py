@@ -114,16 +114,22 @@ def _ours(opened: OpenNode, obj: Mapping[str, Any]) -> bool:
 
 def _withdraw(
     opened: OpenNode, conn: Any, partner: str, target_id: str, held: dict, after: str | None, reason: str,
-    clauses: tuple[str, ...], policy: Policy, *, trigger: str,
+    clauses: tuple[str, ...], policy: Policy, *, trigger: str, pending: list[dict] | None = None,
 ) -> audit.Entry | None:
-    """Apply ``due`` for one held object inside ``conn``: write the withdrawal or remove the object; its audit entry."""
+    """Apply ``due`` for one held object inside ``conn``: write the withdrawal or remove the object; its audit entry.
+
+    ``pending``: collect the withdrawal there (the caller writes a batch's withdrawals in one add) instead of writing it.
+    """
     action = due(held, False, _ours(opened, held))
     if action == "none":
         return None
     detail: dict[str, Any] = {"type": held.get("type"), "reason": reason, "trigger": trigger, "withdrawn_version": object_version(held)}
     if action == "revoke":
         w = withdrawal_of(held, after, _keep(policy))
-        opened.store.add_in(conn, target_id, [w])
+        if pending is None:
+            opened.store.add_in(conn, target_id, [w])
+        else:
+            pending.append(w)
         version = w["modified"]
         detail["action"] = "revoked-version"
     else:
@@ -190,15 +196,17 @@ def after_judging(
     if not held:
         return entries
     newest = opened.store.latest_in(conn, src.id, held)
+    writes: list[dict] = []
     for oid, h in held.items():
         obj, d = withheld[oid]
         top = newest.get(oid)
         if top is None or object_version(top) != object_version(obj):
             continue  # a newer version follows: judged on its own
         e = _withdraw(opened, conn, partner, target_id, h, object_version(obj), f"its newest version is withheld: {d.reason}",
-                      tuple(d.clauses), policy, trigger="withheld")
+                      tuple(d.clauses), policy, trigger="withheld", pending=writes)
         if e is not None:
             entries.append(e)
+    opened.store.add_in(conn, target_id, writes)  # one write for the batch's withdrawals
     return entries
 
 
@@ -215,11 +223,13 @@ def _onward_notes(opened: OpenNode, conn: Any, partner: str, target_id: str, src
         return []
     own = opened.node.config.own_collection.id
     mine = set(opened.store.latest_in(conn, own, refs))
+    clause = policy.one("no-release-default")
+    clauses = (clause.id,) if clause is not None else ()
     out = []
     for h in opened.store.latest_in(conn, target_id, refs - mine).values():
         if _ours(opened, h):
             continue
-        e = _withdraw(opened, conn, partner, target_id, h, None, f"withdrawn by {src.partner}, its source here", (), policy,
+        e = _withdraw(opened, conn, partner, target_id, h, None, f"withdrawn by {src.partner}, its source here", clauses, policy,
                       trigger="relayed")
         if e is not None:
             out.append(e)
@@ -290,8 +300,8 @@ def _after_deletion(
             "type": held.get("type"), "trigger": "deleted", "action": "reissued", "withdrawn_version": hv,
             "reason": f"the version the partner held was deleted by an analyst; version {object_version(current)} is current again",
         })
-    if is_withdrawal(held):
-        return None
+    if is_withdrawal(held) or released:
+        return None  # released: another creator's object; its remaining version is the newest here again
     reason = "deleted by an analyst" if current is None else "the version the partner held was deleted by an analyst"
     return _withdraw(opened, conn, partner, target, held, format_timestamp(after - 1), reason, clauses, policy, trigger="deleted")
 
@@ -343,7 +353,12 @@ def withdraw_joint(opened: OpenNode, policy: Policy | None = None) -> dict[str, 
     if not ids:
         return {}
     expected = expected_products(objs, parties)
+    # which party may trigger it (sccf.joint-revocation ``dissent_by``; empty: every member): a dissent by
+    # another party keeps the released products; a revision or revoked proposal is the proposer's own act
+    may_dissent = set(clause.rule.dissent_by) or {name for name, _ in parties.members}  # type: ignore[union-attr]
     states = {a.id: a.state for a in assess_all(objs, parties)}
+    not_triggering = {a.id for a in assess_all(objs, parties)
+              if a.state == "dissent" and not any(s.dissents and s.party in may_dissent for s in a.stances)}
     latest_rel = {o["id"]: o for o in objs if o.get("type") == "relationship" and o["id"] in {r["id"] for r in ids.values()}}
     counts: Counter[str] = Counter()
     store = opened.store
@@ -356,6 +371,8 @@ def withdraw_joint(opened: OpenNode, policy: Policy | None = None) -> dict[str, 
                 if h.get("created_by_ref") != parties.joint or is_withdrawal(h) or (oid, version_of(h)) in expected:
                     continue
                 rel = latest_rel.get(ids[oid]["id"], ids[oid])
+                if rel["id"] in not_triggering:
+                    continue
                 e = _withdraw(opened, conn, coll.partner, coll.id, h, None, _why_ended(rel, states.get(rel["id"]), parties),
                               (clause.id,), policy, trigger="joint-revocation")
                 if e is not None:

@@ -17,6 +17,7 @@ import pytest
 from exchange.node.ops import open_node
 from exchange.policy import evaluate, load_policy
 from exchange.sharing import attribution as attr
+from exchange.stix import parse_timestamp
 from tests.e2e.conftest import Pair, _pair
 
 US = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
@@ -220,6 +221,7 @@ def test_a_revised_proposal_resets_concurrence(nodes):
         assert st["version"] == v2_version and st["state"] == "pending" and st["superseded_opinions"] >= 1
         assert {s["party"]: s["opinion"] for s in st["stances"]} == {"us": "agree", "rok": None}
         assert own_objects(nodes, node, report_v2) == []
+        assert "jp" in st["joint_withdrawn_from"]  # and the partner, which received it too
     assert_never_outside(nodes, report_v2)
 
     # ROK concurs with the revision: a new joint report, and a new version of the joint attribution
@@ -230,7 +232,9 @@ def test_a_revised_proposal_resets_concurrence(nodes):
         st = status_of(nodes, node, rel_id)
         assert st["state"] == "joint" and st["combined_confidence"] == 75 and st["joint_report"] == report_v2
         assert [o["type"] for o in jp_objects(nodes, node, report_v2)] == ["report"]
-        assert sorted(o["confidence"] for o in jp_objects(nodes, node, jrel_id)) == [50, 75]
+        # the revision withdrew the first joint attribution (sccf.joint-revocation) before the second was made
+        versions = sorted(jp_objects(nodes, node, jrel_id), key=lambda o: parse_timestamp(o["modified"]))
+        assert [o.get("confidence", "revoked" if o.get("revoked") else None) for o in versions] == [50, "revoked", 75]
 
 
 def test_bad_requests_are_one_line_errors(nodes):

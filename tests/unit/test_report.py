@@ -32,7 +32,7 @@ def _attack_sample() -> list[dict]:
 def _load(tmp_path, objs, name):
     path = tmp_path / name
     path.write_bytes(orjson.dumps({"type": "bundle", "id": "bundle--6b1b4d8e-27a0-4c2c-a5e4-0f1d7c3b2a10", "objects": objs}))
-    result = CliRunner().invoke(main, ["load", "us", str(path), "--data-dir", str(tmp_path / "us")])
+    result = CliRunner().invoke(main, ["load", "us", str(path), "--data-dir", str(tmp_path / "us"), "--init"])
     assert result.exit_code == 0, result.output
 
 
