@@ -453,12 +453,11 @@ def batch_states(verifier: Verifier | None, objs: Sequence[dict], stored: Lookup
         version = object_version(o) if isinstance(o, dict) and not is_signature(o) else None
         if version is None or not isinstance(o.get("id"), str):
             continue
-        have = {s.get("id") for s in index.get((o["id"], version), ())}
+        if (o["id"], version) in index:
+            continue  # signed in this batch (a signature is sent just before what it signs): no lookup
         for who in dict.fromkeys([*signers, o.get("created_by_ref")]):
             if isinstance(who, str):
-                sid = signature_id(o["id"], version, who)
-                if sid not in have:
-                    wanted.append(sid)
+                wanted.append(signature_id(o["id"], version, who))
     if wanted:
         for sig, key in ((s, (s.get("object_ref"), s.get("object_modified"))) for s in stored(wanted)):
             ids = {x.get("id") for x in index.get(key, ())}  # type: ignore[arg-type]

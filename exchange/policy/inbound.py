@@ -50,6 +50,13 @@ from exchange.config import InboundConfig
 from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, SIGNATURE_TYPE, classify_marking_definition
 from exchange.stix import SCO_TYPES, object_version
 
+#: The rule ids this module refuses with; each is a clause of ``policies/inbound.yaml`` (kind ``inbound``, vectors in
+#: ``tests/policy/vectors/inbound.yaml``).
+RULE_IDS = (
+    "inbound.identity-not-partner", "inbound.official-definition", "inbound.creator-is-partner", "inbound.tlp-required",
+    "inbound.signature-invalid", "inbound.signature-required",
+)
+
 Resolve = Callable[[str], "dict | None"]
 #: Whether this exact version of an object is already held from a local load (not from any partner).
 HeldLocally = Callable[[dict], bool]

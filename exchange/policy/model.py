@@ -277,13 +277,22 @@ class Companions(_Rule):
     kind: Literal["companions"]
 
 
+class Inbound(_Rule):
+    """What a node accepts from a partner (``exchange.policy.inbound``; the rule id is the clause id)."""
+
+    kind: Literal["inbound"]
+    check: Literal[
+        "identity-not-partner", "official-definition", "creator-is-partner", "tlp-required", "signature-invalid", "signature-required",
+    ]
+
+
 Rule = Annotated[
     UnmarkedDefault | UnknownMarkingDefault | NoReleaseDefault | PublicSource | OfficialMarkings | PartyIdentities
     | NeverAutomated | ReleaseAny | OwnRelease | OwnWithhold | OnwardCommunity | OnwardClients | Ransomware
     | CriticalInfrastructure | AttributionRelationship | AttributionProduct | JointRevocation | UndisclosedVulnerability | FieldRedact
     | SightingToProducer
     | IepProviderAttribution | IepPermittedActions | IepAffectedParty | IepResale | IepEncrypt | IepEncryptedTransport
-    | IepValidity | GranularRedact | RequiredRefs | OptionalRefs | ContainerRefs | Companions,
+    | IepValidity | GranularRedact | RequiredRefs | OptionalRefs | ContainerRefs | Companions | Inbound,
     Field(discriminator="kind"),
 ]
 

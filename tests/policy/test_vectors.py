@@ -30,8 +30,43 @@ def test_every_clause_decides_at_least_one_vector_outcome():
     assert set(POLICY.clause_ids) <= deciding, sorted(set(POLICY.clause_ids) - deciding)
 
 
+def test_every_inbound_rule_id_is_an_inbound_clause():
+    from exchange.policy.inbound import RULE_IDS
+
+    assert set(RULE_IDS) == {c.id for c in POLICY.clauses_of("inbound")}
+    assert all(c.id == f"inbound.{c.rule.check}" for c in POLICY.clauses_of("inbound"))
+
+
+def _inbound_vector(vector: dict) -> None:
+    """An inbound vector: the node's ``InboundRules`` for that partner judge the objects (accept / reject)."""
+    from dataclasses import replace
+
+    from exchange.config import load_node
+    from exchange.node.ops import inbound_rules_for
+    from exchange.policy.inbound import SignatureState
+    from tests.policy.vectorlib import PARTY_IDS
+
+    objects, ids = expand(vector["objects"])
+    cfg = load_node(vector["inbound"]["node"]).config
+    signing = frozenset(p.identity for p in cfg.partners.values() if not p.read_only) if vector.get("signing") else frozenset()
+    rules = replace(inbound_rules_for(cfg, vector["inbound"]["partner"]), signing_parties=signing)
+    states = {ids[a]: SignatureState(s["status"], PARTY_IDS[s["signer"]]) for a, s in (vector.get("signatures") or {}).items()}
+    before = copy.deepcopy(objects)
+    refused = rules.judge(objects, signatures=lambda o: states.get(o["id"], SignatureState("unsigned")))
+    assert objects == before, "judge mutated its input"
+    for i, spec in enumerate(vector["objects"]):
+        exp = vector["expect"].get(spec["alias"])
+        if exp is None:
+            continue
+        got = {"decision": "reject", "clauses": [refused[i].split(":", 1)[0]]} if i in refused else {"decision": "accept", "clauses": []}
+        assert got == {"decision": exp["decision"], "clauses": exp["clauses"]}, f"{spec['alias']}: {refused.get(i)}"
+
+
 @pytest.mark.parametrize("name,vector", VECTORS, ids=[n for n, _ in VECTORS])
 def test_vector(name, vector):
+    if "inbound" in vector:
+        _inbound_vector(vector)
+        return
     objects, ids = expand(vector["objects"])
     before = copy.deepcopy(objects)
     # ``concurred``: ids (or ``@alias``) of attribution objects with recorded joint concurrence

@@ -73,7 +73,8 @@ def test_lint_lists_the_clauses(tmp_path):
     result = run("policy", "lint", str(REPO / "policies"))
     assert result.exit_code == 0, result.output
     assert "sccf.attribution-relationships" in result.output
-    assert "ok: 8 files" in result.output
+    assert "inbound.signature-invalid" in result.output
+    assert "ok: 9 files" in result.output
 
 
 @pytest.mark.parametrize("content,needle", [

@@ -31,7 +31,7 @@ def _replace(path: Path, old: str, new: str) -> int:
 
 def test_repository_policies_load_with_every_framework():
     policy = load_policy()
-    assert set(policy.frameworks) == {"scf", "sccf", "mdt", "cri", "tri", "cert", "supply"}
+    assert set(policy.frameworks) == {"scf", "sccf", "mdt", "cri", "tri", "cert", "supply", "inbound"}
     assert {"us", "rok", "jp", "joint", "public", "cri"} <= set(policy.parties)
     assert policy.parties["us"].identity == "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
     assert policy.parties["rok"].identity == "identity--99da2a3b-3031-468d-b273-2f29aec7f816"
