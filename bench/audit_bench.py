@@ -106,6 +106,34 @@ def one_round(source: Path, n: int, envelope: int, seed: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_path(n: int, envelope: int, signed: bool, seed: int) -> float:
+    """In process, same code both ways: a push's write transaction per envelope (rows, inbound-accept
+    entries, chain, head; durable commit), with the node's signer installed or not.  Objects/s."""
+    from exchange.node.audit_key import signer_for
+    from exchange.node.backend import _inbound_entries
+    from exchange.node.ops import open_node
+    from exchange.storage import audit
+
+    objs = nb.make_indicators(n, seed)
+    for o in objs:
+        o["created_by_ref"] = ROK
+    work = Path(tempfile.mkdtemp(prefix="audit-bench-wp-"))
+    opened = open_node("us", data_dir=work)
+    try:
+        audit.use_signer(opened.store, signer_for(work) if signed else None)
+        inbox = opened.node.config.collection("rok-inbox").id
+        t0 = time.perf_counter()
+        for i in range(0, n, envelope):
+            batch = objs[i:i + envelope]
+            with opened.store.transaction() as conn:
+                result = opened.store.add_in(conn, inbox, batch)
+                audit.append(conn, _inbound_entries("rok", batch, list(result.failures), result))
+        return n / (time.perf_counter() - t0)
+    finally:
+        opened.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10_000, help="objects per round")
@@ -113,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--envelope", type=int, default=500)
     p.add_argument("--ref-rev", default="650024d", help="today's chain: this revision, as a clean git archive")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--write-rounds", type=int, default=10, help="in-process write-path rounds per kind (0: skip)")
     args = p.parse_args(argv)
     ref_src, ref_info = nb.prepare_source(args.ref_rev, keep=False)
     head = nb._git("rev-parse", "HEAD").strip()
@@ -137,9 +166,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {'signed Ed25519' if kind == 'keyed' else 'unsigned'} | {len(vals)} | {args.n:,} | "
               f"{med[kind]:,.0f} | {min(vals):,.0f} | {max(vals):,.0f} |")
     print(f"\nkeyed / today = {ratio:.3f} (target: within 5%, i.e. >= 0.95): {'met' if ratio >= 0.95 else 'MISSED'}")
+    wp: dict[str, list[float]] = {"signed": [], "unsigned": []}
+    for r in range(args.write_rounds):
+        for kind in (("signed", "unsigned") if r % 2 == 0 else ("unsigned", "signed")):
+            wp[kind].append(write_path(args.n, args.envelope, kind == "signed", seed=2000 + r))
+    wp_ratio = None
+    if args.write_rounds:
+        wmed = {k: statistics.median(v) for k, v in wp.items()}
+        wp_ratio = wmed["signed"] / wmed["unsigned"]
+        print(f"\nwrite path in process (same code, signer on/off, {args.write_rounds} interleaved rounds of {args.n:,}): "
+              f"signed {wmed['signed']:,.0f} obj/s, unsigned {wmed['unsigned']:,.0f} obj/s, ratio {wp_ratio:.3f}")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "median_per_s": med, "ratio": ratio, "head": head, "ref": ref_info,
-                                         "n": args.n, "envelope": args.envelope}, indent=2))
+                                         "n": args.n, "envelope": args.envelope, "write_path": wp, "write_path_ratio": wp_ratio},
+                                        indent=2))
     return 0
 
 
