@@ -6,7 +6,12 @@ into STIX 2.1 ``indicator`` objects, one per value, with deterministic ids
 where the value was read in the ``description``, TLP:CLEAR (the advisories
 are public), and an ``indicates`` relationship to the ATT&CK malware of the
 same name where the bundle has one.  The output is committed under
-``collections/<node>/seed/``; a test checks it still matches the CSV.
+``collections/<node>/seed/`` (``advisory-indicators.json``) and kept as it is for the demo.
+
+Retired for new content: ``cti-exchange import`` (``exchange.sharing.importer``) makes valid STIX 2.1
+from the same CSV (creator identity in the bundle, ``valid_until``, a report, ``indicates``
+relationships, wallets as ``user-account`` patterns instead of the undefined
+``cryptocurrency-wallet`` type this helper writes).
 """
 
 from __future__ import annotations
