@@ -11,20 +11,17 @@ from pathlib import Path
 import click
 import orjson
 
-from exchange.cli.node import DATA_DIR, DATABASE, INIT, WAIT_DB, _need_store
+from exchange.cli.node import DATA_DIR, DATABASE, INIT, LOG_FORMAT, WAIT_DB, _need_store
 from exchange.errors import BadRequest, ConfigError, PartnerAuthError, PartnerError, PartnerTLSError, PartnerUnavailable
 from exchange.stix import read_bundle
 
 log = logging.getLogger("exchange.cli")
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _configure_logging(verbose: bool, fmt: str = "text") -> None:
+    from exchange.node.observe import configure_logging
+
+    configure_logging(fmt, logging.DEBUG if verbose else logging.INFO)
 
 
 @click.command()
@@ -141,11 +138,12 @@ class _Stopped(click.ClickException):
 @DATABASE
 @WAIT_DB
 @INIT
+@LOG_FORMAT
 def sync(
     node: str, partner: str, partner_url: str, user: str | None, password_file: Path | None, password_stdin: bool,
     mode: str, interval: float | None, direction: str, envelope_size: int, page_size: int, ca_file: Path | None,
     cert_file: Path | None, key_file: Path | None, retries: int, verbose: bool, data_dir: Path | None, database: str | None,
-    wait_db: float, init: bool,
+    wait_db: float, init: bool, log_format: str,
 ) -> None:
     """Pull from and push to PARTNER under policy, incrementally and resumably.
 
@@ -156,9 +154,9 @@ def sync(
     """
     from exchange.node.ops import open_node
     from exchange.sharing.client import PartnerClient
-    from exchange.sharing.sync import Backoff, describe_cycle, interrupted, run_cycle
+    from exchange.sharing.sync import Backoff, describe_cycle, interrupted, record_cycle, run_cycle
 
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     _need_store(data_dir, database, init=init)
     if key_file is not None and cert_file is None:
         raise click.UsageError("--key-file needs --cert-file")
@@ -174,6 +172,7 @@ def sync(
             try:
                 summary = run_cycle(opened, partner, client, direction=direction, backoff=backoff,
                                     envelope_size=envelope_size, page_size=page_size, show_progress=sys.stderr.isatty())
+                record_cycle(opened, partner)  # the node's /metrics reports the time since (sync lag)
                 said = describe_cycle(summary)
                 if interval is None or said != "nothing new":  # --once always says what it did; a repeating agent, when it did something
                     click.echo(f"sync {node}<->{partner}: {said}")

@@ -30,6 +30,12 @@ INIT = click.option(
 )
 
 
+LOG_FORMAT = click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", envvar="CTI_EXCHANGE_LOG_FORMAT", show_default=True,
+    help="Log lines on stderr as text or as JSON lines (one object a line; env CTI_EXCHANGE_LOG_FORMAT).",
+)
+
+
 def _need_store(data_dir: Path | None, database: str | None, *, init: bool = False, create: bool = False) -> None:
     """A store is named; a ``--data-dir`` that does not exist is refused unless ``--init`` (or ``create``: ``account add``)."""
     if data_dir is None and database is None:
@@ -67,18 +73,20 @@ def _need_store(data_dir: Path | None, database: str | None, *, init: bool = Fal
 @click.option("--public-url", metavar="URL", envvar="CTI_EXCHANGE_PUBLIC_URL", callback=lambda _ctx, _param, value: _public_url(value),
               help="The base URL partners reach this node at, named in discovery (overrides node.yaml's public_url; "
                    "default: the address the server is bound to; env CTI_EXCHANGE_PUBLIC_URL).")
+@LOG_FORMAT
 @WAIT_DB
 @INIT
 def serve(
     node: str, data_dir: Path | None, database: str | None, host: str, port: int, workers: int, threads: int,
     strict_validation: bool, accounts_from: Path | None, certfile: Path | None, keyfile: Path | None,
-    client_ca: Path | None, wait_db: float, request_timeout: float, public_url: str | None, init: bool,
+    client_ca: Path | None, wait_db: float, request_timeout: float, public_url: str | None, init: bool, log_format: str,
 ) -> None:
     """Run NODE's TAXII 2.1 server (gunicorn); prints the API root URL.
 
     Without --certfile the node speaks plain HTTP and withholds every object whose
     IEP marking says encrypt_in_transit: must from all read endpoints.
     """
+    from exchange.node.observe import configure_logging
     from exchange.node.ops import add_account, open_node
     from exchange.node.server import serve as run
     from exchange.node.tls import check_files
@@ -88,6 +96,7 @@ def serve(
     if certfile is None and (keyfile is not None or client_ca is not None):
         raise click.UsageError("--keyfile and --client-ca need --certfile (TLS)")
     check_files(certfile, keyfile, ca=client_ca)
+    configure_logging(log_format)  # before gunicorn forks: every worker logs the same way (access lines at INFO)
     opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db, init=init)  # fail fast, before forking workers
     if accounts_from is not None:
         for acct in opened.node.config.accounts:

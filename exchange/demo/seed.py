@@ -9,7 +9,12 @@ same name where the bundle has one.  A corrected row is a new version of
 its indicator (STIX 2.1 s3.6: same id, later ``modified``): give the row a
 ``modified`` column (a date or a STIX timestamp), or pass ``modified=`` for
 every row; ``created`` stays the advisory date.  The output is committed under
-``collections/<node>/seed/``; a test checks it still matches the CSV.
+``collections/<node>/seed/`` (``advisory-indicators.json``); a test checks it still matches the CSV.
+
+Retired for new content: ``cti-exchange import`` (``exchange.sharing.importer``) makes valid STIX 2.1
+from the same CSV (creator identity in the bundle, ``valid_until``, a report, ``indicates``
+relationships, wallets as ``user-account`` patterns instead of the undefined
+``cryptocurrency-wallet`` type this helper writes).
 """
 
 from __future__ import annotations

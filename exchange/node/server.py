@@ -130,6 +130,9 @@ def create_app(
     _guard(app, node)
     if write_activity is not None:
         _track_writes(app, write_activity)
+    from exchange.node.observe import instrument
+
+    instrument(app, node, store)  # access log, counters, GET /metrics
     return app
 
 
@@ -664,6 +667,9 @@ def serve(
             print(f"Discovery: {scheme}://{h}:{p}/taxii2/", file=out, flush=True)
 
     listener = _listening_socket(host, port)  # a port in use: one line, exit 1 (not gunicorn's retries)
+    from exchange.node.observe import prepare_multiprocess
+
+    prepare_multiprocess()  # every worker's counters in one folder: /metrics adds them up, whichever worker answers
     options = {
         "bind": f"fd://{listener.detach()}",  # gunicorn takes the descriptor over
         "workers": workers,

@@ -361,6 +361,12 @@ def describe_cycle(summary: dict) -> str:
     return text + (f" ({retries} retries)" if retries else "")
 
 
+def record_cycle(opened: OpenNode, partner: str) -> None:
+    """Note that a sync cycle with ``partner`` completed now (``sync-cycle:<partner>``; the node's ``/metrics`` shows the lag)."""
+    with opened.store.transaction(durable=False) as conn:
+        opened.store.set_state(conn, f"sync-cycle:{partner}", orjson.dumps({"at": time.time()}).decode())
+
+
 def interrupted(opened: OpenNode, partner: str) -> str:
     """What a stopped agent tells (Ctrl-C): where the next run resumes, from the bookmarks it committed."""
     from sqlalchemy import func, select, tuple_
@@ -405,4 +411,4 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], Progress | None]]:
         yield make
 
 
-__all__ = ["Backoff", "Transfer", "describe_cycle", "interrupted", "pull", "push", "run_cycle", "with_retries"]
+__all__ = ["Backoff", "Transfer", "describe_cycle", "interrupted", "pull", "record_cycle", "push", "run_cycle", "with_retries"]

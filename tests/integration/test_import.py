@@ -20,6 +20,7 @@ from exchange.cli import main
 from exchange.node.ops import open_node
 from exchange.policy.markings import TLP2_IDS
 from exchange.storage.store import Selection
+from tests.conftest import new_indicator
 
 ADVISORY = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "advisory-iocs.csv"  # ../shared beside the repository
 ATTACK = Path(__file__).resolve().parents[2] / "collections" / "attack-dprk" / "attack-dprk.json"
@@ -299,3 +300,23 @@ def test_imported_indicators_leave_only_as_the_policy_releases_them(attack_node,
     finally:
         opened.close()
     assert [o["pattern"] for o in shared] == ["[ipv4-addr:value = '198.51.100.8']"]
+
+
+def test_a_bundle_of_indicators_from_elsewhere_is_reimported_under_this_node(attack_node, tmp_path):
+    data = _node(tmp_path, attack_node)
+    theirs = {"type": "bundle", "id": "bundle--6b1b4d8e-27a0-4c2c-a5e4-0f1d7c3b2a12", "objects": [
+        dict(new_indicator(1), pattern="[domain-name:value = 'login-verify.info']"),
+        dict(new_indicator(2), pattern="[ipv4-addr:value = '198.51.100.44' OR ipv4-addr:value = '198.51.100.45']"),
+        {"type": "identity", "spec_version": "2.1", "id": "identity--6b1b4d8e-27a0-4c2c-a5e4-0f1d7c3b2a13",
+         "created": "2024-01-01T00:00:00.000Z", "modified": "2024-01-01T00:00:00.000Z", "name": "a sender"},
+    ]}
+    src = tmp_path / "partner.json"
+    src.write_bytes(orjson.dumps(theirs))
+    out = tmp_path / "ours.json"
+    code, stdout, stderr = _cli("import", "us", str(src), "--data-dir", str(data), "--tlp", "amber", "--output", str(out), "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert (summary["indicators"], summary["created"]) == (1, 1)
+    assert [r["line"] for r in summary["refused"]] == [2]  # a compound pattern is not one indicator
+    (ind,) = [o for o in orjson.loads(out.read_bytes())["objects"] if o["type"] == "indicator"]
+    assert ind["pattern"] == "[domain-name:value = 'login-verify.info']" and ind["created_by_ref"] == US_ID
