@@ -213,6 +213,9 @@ class ExchangeBackend(Backend):
         return rows, more, headers
 
     def _envelope(self, key: str, items: list, rows: list[Row], more: bool, req: PageRequest) -> dict:
+        from flask import g
+
+        g.cti_exchange_served = len(items)  # for the served-objects counter (exchange.node.observe), without re-parsing the page
         if not items:
             return {}
         out: dict[str, Any] = {"more": more}

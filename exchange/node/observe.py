@@ -131,10 +131,14 @@ def _finished(response: Response) -> Response:
 
 
 def _count_objects(m: _Metrics, endpoint: str, response: Response) -> None:
-    """Objects added (a POST's status ``success_count``) and served (a page's ``objects`` / ``versions`` / manifest entries)."""
+    """Objects added (a POST's status ``success_count``, a small body) and served (the page size the backend noted)."""
     args = request.view_args or {}
     coll = args.get("collection_id")
     if coll is None or not endpoint.startswith(("objects.", "manifest.")):
+        return
+    if request.method == "GET":  # the backend noted the page's size: no need to parse what it serves
+        if g.get("cti_exchange_served") is not None:
+            m.served.labels(_alias(coll), endpoint.split(".", 1)[1]).inc(g.cti_exchange_served)
         return
     try:
         body = orjson.loads(response.get_data())
@@ -142,14 +146,8 @@ def _count_objects(m: _Metrics, endpoint: str, response: Response) -> None:
         return
     if not isinstance(body, dict):
         return
-    alias = _alias(coll)
     if request.method == "POST":
-        m.added.labels(alias).inc(int(body.get("success_count", 0) or 0))
-        return
-    for key in ("objects", "versions"):
-        if isinstance(body.get(key), list):
-            m.served.labels(alias, endpoint.split(".", 1)[1]).inc(len(body[key]))
-            return
+        m.added.labels(_alias(coll)).inc(int(body.get("success_count", 0) or 0))
 
 
 def _alias(collection_id: str) -> str:
