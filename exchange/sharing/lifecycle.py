@@ -289,8 +289,8 @@ def _after_deletion(
                                                           clauses, policy, trigger="deleted")
     if current is not None and object_version(current) == hv:
         return None  # the partner's newest is still the origin's newest
-    if parse_timestamp(hv) not in keys and not is_withdrawal(held):
-        return None  # only older versions went: the partner's newest stands
+    if not is_withdrawal(held) and parse_timestamp(hv) not in keys and _at_origin(opened, held["id"], hv):
+        return None  # only older versions went: the partner's newest stands (a re-issued copy is no origin version)
     after = max([parse_timestamp(hv), *keys]) + 1
     released = opened.store.versions_of(target, [(current["id"], object_version(current))]) if current is not None else []
     if released and _ours(opened, held):
@@ -304,6 +304,11 @@ def _after_deletion(
         return None  # released: another creator's object; its remaining version is the newest here again
     reason = "deleted by an analyst" if current is None else "the version the partner held was deleted by an analyst"
     return _withdraw(opened, conn, partner, target, held, format_timestamp(after - 1), reason, clauses, policy, trigger="deleted")
+
+
+def _at_origin(opened: OpenNode, oid: str, version: str) -> bool:
+    """Whether ``version`` of ``oid`` is still in the own collection (a copy re-issued after a deletion never is)."""
+    return bool(opened.store.versions_of(opened.node.config.own_collection.id, [(oid, version)]))
 
 
 def deletions_pending(opened: OpenNode) -> bool:
