@@ -131,35 +131,3 @@ def held_by_partner(opened: OpenNode, partner: str, client: PartnerClient) -> li
             if head is not None:
                 out.append(audit.Checkpoint(head, partner, obj["id"]))
     return out
-
-
-def add_receipts(report: dict, logs: dict[str, list[dict]]) -> None:
-    """Report hook: per direction ``sender->partner``, the receipts the sender holds (counts by decision, refusals by rule)."""
-    for node, entries in logs.items():
-        seen: set[tuple] = set()
-        for e in entries:
-            if e["event"] != "receipt":
-                continue
-            key = (e["object_id"], e["version"], e["decision"])
-            if key in seen:
-                continue
-            seen.add(key)
-            d = report["directions"].get(f"{node}->{e['partner']}")
-            if d is None:  # a receipt for something this node's log does not show it released: not counted
-                continue
-            r = d.setdefault("receipts", {"accepted": 0, "refused": 0, "withdrawn": 0, "refused_by_rule": {}})
-            r[e["decision"]] = r.get(e["decision"], 0) + 1
-            if e["decision"] == "refused":
-                rule = e["clauses"][0] if e["clauses"] else "?"
-                r["refused_by_rule"][rule] = r["refused_by_rule"].get(rule, 0) + 1
-
-
-def receipt_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
-    """Rows ``(direction, accepted, refused, withdrawn, refused by rule)`` for the report's receipts table."""
-    rows = []
-    for name, d in report["directions"].items():
-        r = d.get("receipts")
-        if r:
-            rules = ", ".join(f"{k}: {v}" for k, v in sorted(r["refused_by_rule"].items()))
-            rows.append((name, str(r["accepted"]), str(r["refused"]), str(r["withdrawn"]), rules))
-    return rows
