@@ -50,6 +50,7 @@ from exchange.sharing.attribution import (
     parties_of,
     version_of,
 )
+from exchange.sharing.signatures import signed
 from exchange.stix import REQUIRED, format_timestamp, object_version, parse_timestamp
 from exchange.storage import audit
 
@@ -127,7 +128,7 @@ def _withdraw(
     if action == "revoke":
         w = withdrawal_of(held, after, _keep(policy))
         if pending is None:
-            opened.store.add_in(conn, target_id, [w])
+            opened.store.add_in(conn, target_id, signed(opened, target_id, [w]))
         else:
             pending.append(w)
         version = w["modified"]
@@ -135,7 +136,7 @@ def _withdraw(
     else:
         opened.store.remove_in(conn, target_id, held["id"])
         note = withdrawal_note(opened.node.config.identity, opened.node.config.title, held, trigger)
-        opened.store.add_in(conn, target_id, [note])
+        opened.store.add_in(conn, target_id, signed(opened, target_id, [note]))
         version = object_version(held)
         detail["action"] = "removed"
         detail["note"] = note["id"]
@@ -206,7 +207,7 @@ def after_judging(
                       tuple(d.clauses), policy, trigger="withheld", pending=writes)
         if e is not None:
             entries.append(e)
-    opened.store.add_in(conn, target_id, writes)  # one write for the batch's withdrawals
+    opened.store.add_in(conn, target_id, signed(opened, target_id, writes))  # one write for the batch's withdrawals
     return entries
 
 
@@ -295,7 +296,7 @@ def _after_deletion(
     released = opened.store.versions_of(target, [(current["id"], object_version(current))]) if current is not None else []
     if released and _ours(opened, held):
         again = {**released[0], "modified": format_timestamp(after)}
-        opened.store.add_in(conn, target, [again])
+        opened.store.add_in(conn, target, signed(opened, target, [again]))
         return audit.Entry(WITHDRAW, partner, held["id"], again["modified"], WITHDRAW, clauses, {
             "type": held.get("type"), "trigger": "deleted", "action": "reissued", "withdrawn_version": hv,
             "reason": f"the version the partner held was deleted by an analyst; version {object_version(current)} is current again",

@@ -109,3 +109,25 @@ def _extension_present(store: Store, target_id: str) -> bool:
         _has_extension.add(key)
         return True
     return False
+
+
+def own_signatures(opened: Any, target_id: str, objs: Sequence[dict]) -> list[dict]:
+    """Signatures by this node over versions it writes itself outside a release decision (withdrawals,
+    withdrawal notes, re-issued copies: ``exchange.sharing.lifecycle``), with the extension definition the first time."""
+    signer = load_node_signer(opened.node.config)
+    if signer is None:
+        return []
+    out: list[dict] = []
+    for obj in objs:
+        if object_version(obj) is None:
+            continue
+        with suppress(ValueError, TypeError):  # not canonicalisable (RFC 8785): stays unsigned
+            out.append(signer.sign_object(obj))
+    if out and not _extension_present(opened.store, target_id):
+        out.insert(0, extension_definition())
+    return out
+
+
+def signed(opened: Any, target_id: str, objs: Sequence[dict]) -> list[dict]:
+    """``objs`` preceded by this node's signatures over them (what ``own_signatures`` makes): ready for one add."""
+    return [*own_signatures(opened, target_id, objs), *objs]
