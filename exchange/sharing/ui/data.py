@@ -120,11 +120,16 @@ class AuditView:
             problem = self._problem
             seq, prev = self._seq, self._prev
         if problem is None and head is not None:
-            head_seq, _, head_hash = head.partition(":")
-            if head_seq.isdigit() and int(head_seq) == seq and head_hash != prev:
+            try:
+                signed = audit_log.Head.decode(head)  # seq:hash:at:key_id:sig (exchange.storage.audit)
+            except (ValueError, TypeError):
+                signed = None
+            if signed is None:
+                problem = "the chain head record cannot be read"
+            elif signed.seq == seq and signed.hash != prev:
                 problem = "the chain head record does not match the last entry"
-            elif head_seq.isdigit() and int(head_seq) < seq:
-                problem = f"the log holds {seq} entries but its head says {head_seq}"
+            elif signed.seq < seq:
+                problem = f"the log holds {seq} entries but its head says {signed.seq}"
         elif problem is None and seq:
             problem = "the chain head record is missing"
         return ChainStatus(problem is None, seq, head, problem, [(k, v[:120]) for k, v in marks], now_us())
