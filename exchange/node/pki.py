@@ -28,6 +28,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -107,21 +108,7 @@ def issue(
     if not usages:
         raise BadRequest("a certificate needs server names or client use")
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name.from_rfc4514_string(subject))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=True, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        _leaf(ca, x509.Name.from_rfc4514_string(subject), key, start, end, key_agreement=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
     )
@@ -136,6 +123,27 @@ def issue(
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 
+def _leaf(ca: Issued, subject: x509.Name, key: Any, start: dt.datetime, end: dt.datetime, *, key_agreement: bool) -> x509.CertificateBuilder:
+    """An end-entity certificate issued by ``ca``: not a CA, keyUsage digitalSignature (critical), key agreement for TLS."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=key_agreement, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+
+
 def issue_signing(
     ca: Issued, node: str, identity: str, *, days: int = DEFAULT_DAYS, not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
@@ -147,23 +155,10 @@ def issue_signing(
     key = ed25519.Ed25519PrivateKey.generate()
     start = not_before or (_now() - _SKEW)
     end = not_after or (start + dt.timedelta(days=days))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{node} origin signing"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cti-exchange")])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{node} origin signing"),
-                                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cti-exchange")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        _leaf(ca, subject, key, start, end, key_agreement=False)
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity_uri(identity))]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)  # type: ignore[arg-type]
         .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]

@@ -27,9 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from exchange.errors import ConfigError
 from exchange.storage import audit
-from exchange.storage.store import DB_FILE, Store
+from exchange.storage.store import node_data
 
 DECISIONS = ("share", "redact", "withhold")
 TLP_ORDER = ("TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED")
@@ -61,14 +60,8 @@ def read_logs(data_dirs: Iterable[Path]) -> dict[str, list[dict]]:
     """``{node name: audit entries}`` for each data dir."""
     logs: dict[str, list[dict]] = {}
     for d in data_dirs:
-        if not (Path(d) / DB_FILE).exists():
-            raise ConfigError(f"{d}: no node data here ({DB_FILE} is missing)")
-        store = Store.open(data_dir=Path(d))
-        try:
-            node = store.get_meta("node") or Path(d).name
-            logs[node] = list(audit.entries(store))
-        finally:
-            store.close()
+        with node_data(d) as (store, node):
+            logs[node or Path(d).name] = list(audit.entries(store))
     return logs
 
 

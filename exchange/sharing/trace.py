@@ -22,10 +22,10 @@ from typing import Any
 import orjson
 
 from exchange.config import load_node
-from exchange.errors import BadRequest, ConfigError
+from exchange.errors import BadRequest
 from exchange.stix import format_timestamp, is_identifier, parse_timestamp
 from exchange.storage import audit
-from exchange.storage.store import DB_FILE, Selection, Store
+from exchange.storage.store import Selection, Store, node_data
 
 
 def _event(at: int, node: str, event: str, partner: str | None, decision: str | None, clauses: Iterable[str], detail: dict) -> dict:
@@ -110,13 +110,7 @@ def trace_dirs(object_id: str, data_dirs: Iterable[Path]) -> dict[str, Any]:
     """The trace of ``object_id`` from each node data folder (one: its records and receipts; two: joined)."""
     per_node = []
     for d in data_dirs:
-        if not (Path(d) / DB_FILE).exists():
-            raise ConfigError(f"{d}: no node data here ({DB_FILE} is missing)")
-        store = Store.open(data_dir=Path(d))
-        try:
-            node = store.get_meta("node") or Path(d).name
-            cfg = load_node(node).config if store.get_meta("node") else None
-            per_node.append(node_events(store, node, cfg, object_id))
-        finally:
-            store.close()
+        with node_data(d) as (store, name):
+            cfg = load_node(name).config if name else None
+            per_node.append(node_events(store, name or Path(d).name, cfg, object_id))
     return build_trace(object_id, per_node)

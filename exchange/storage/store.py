@@ -1015,3 +1015,17 @@ def _configure_sqlite(engine: Engine) -> None:
         if immediate:  # WAL: NORMAL commits are atomic and survive kill -9; FULL also survives power loss
             conn.exec_driver_sql("PRAGMA synchronous=" + ("FULL" if options.get("cti_durable", True) else "NORMAL"))
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def node_data(data_dir: Path) -> Iterator[tuple[Store, str | None]]:
+    """An existing node data folder's store and node name (``meta``), closed after; ``ConfigError`` if none is there."""
+    from exchange.errors import ConfigError
+
+    if not (Path(data_dir) / DB_FILE).exists():
+        raise ConfigError(f"{data_dir}: no node data here ({DB_FILE} is missing)")
+    store = Store.open(data_dir=Path(data_dir))
+    try:
+        yield store, store.get_meta("node")
+    finally:
+        store.close()
