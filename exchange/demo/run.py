@@ -267,6 +267,7 @@ def wait_for_agents(ex: Exchange, *, timeout: float = 180.0, settle: float = 3.0
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     stable_since = None
+    missing: dict[str, list[str]] = {}
     while time.monotonic() < deadline:
         state = {}
         for name in NODES:
@@ -274,13 +275,18 @@ def wait_for_agents(ex: Exchange, *, timeout: float = 180.0, settle: float = 3.0
             offered = _manifest_keys(ex, name, partner, f"{partner}-read")
             arrived = _manifest_keys(ex, partner, "analyst", f"{name}-inbox")
             state[f"{name}->{partner}"] = {"offered": len(offered), "arrived": len(arrived & offered)}
+            missing[f"{name}->{partner}"] = sorted(i for i, _v in offered - arrived)[:5]
         done = all(v["offered"] and v["arrived"] == v["offered"] for v in state.values())
         if state != last:
             stable_since, last = time.monotonic(), state
         if done and stable_since is not None and time.monotonic() - stable_since >= settle:
             return state
         time.sleep(1.0)
-    raise ExchangeError(f"the sync agents did not deliver everything within {timeout:.0f}s: {last}")
+    lost = {k: v for k, v in missing.items() if v}
+    raise ExchangeError(
+        f"the sync agents did not deliver everything within {timeout:.0f}s: {last}; not arrived (first ids): {lost}"
+        " (the receiving node's `cti-exchange audit show --event inbound-reject` tells whether its policy refused them)"
+    )
 
 
 def _manifest_keys(ex: Exchange, node: str, account: str, alias: str) -> set[tuple[str, str]]:

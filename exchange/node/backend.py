@@ -323,7 +323,7 @@ class ExchangeBackend(Backend):
                 failures.append(_failure(obj, f"inbound.stix-valid: {problem}"))
         if coll.role == "partner-inbox" and valid:
             refused = self._rules[coll.partner].judge(  # type: ignore[index]
-                valid, self.store.resolver(coll.id), local_copies(self.store, self.config, valid),
+                valid, self.store.resolver(coll.id), local_copies(self.store, self.config, valid, self.node.identities),
                 inbound_signatures(self.store, self.config, coll.id, valid),
             )
             for i, reason in sorted(refused.items()):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,10 +136,13 @@ def inbound_signatures(store: Store, config: Any, inbox_id: str, objs: list[dict
     return batch_states(node_verifier(config), objs, stored, known_signers(config))
 
 
-def local_copies(store: Store, config: Any, objs: list[dict]) -> Callable[[dict], bool]:
-    """``held_locally`` for ``InboundRules.judge``: whether a public source's object or an identity is exactly a version loaded here.
+def local_copies(store: Store, config: Any, objs: list[dict], declared: Mapping[str, dict] | None = None) -> Callable[[dict], bool]:
+    """``held_locally`` for ``InboundRules.judge``: whether a public source's object or an identity is exactly a version held here.
 
-    Looks only in the node's own collections (what its analysts loaded), never in an inbox: one query per batch.
+    Held here: loaded into one of the node's own collections (what its analysts loaded; never an inbox:
+    one query per batch), or ``declared``: the identities of the node's configuration
+    (``identities.json``, held by every party), so an exact copy a partner relays is accepted whether
+    or not this node's analysts loaded it yet.
     """
     public = set(config.inbound.public_sources)
     keys = [
@@ -148,7 +151,9 @@ def local_copies(store: Store, config: Any, objs: list[dict]) -> Callable[[dict]
     ]
     if not keys:
         return lambda _obj: False
-    held: dict[tuple[str, str | None], dict] = {}
+    held: dict[tuple[str, str | None], dict] = {
+        (o["id"], object_version(o)): o for o in (declared or {}).values() if isinstance(o.get("id"), str)
+    }
     for coll in config.collections:
         if coll.role == "own":
             held.update({(o["id"], object_version(o)): o for o in store.versions_of(coll.id, keys)})

@@ -160,7 +160,8 @@ def _store_page(opened: OpenNode, partner: str, inbox_id: str, rules: InboundRul
             entries.append(_reject(partner, obj, f"inbound.stix-valid: {problem}"))
     cfg = opened.node.config
     refused = rules.judge(
-        valid, opened.store.resolver(inbox_id), local_copies(opened.store, cfg, valid), inbound_signatures(opened.store, cfg, inbox_id, valid)
+        valid, opened.store.resolver(inbox_id), local_copies(opened.store, cfg, valid, opened.node.identities),
+        inbound_signatures(opened.store, cfg, inbox_id, valid),
     )
     accepted = [o for i, o in enumerate(valid) if i not in refused]
     entries += [_reject(partner, valid[i], reason) for i, reason in refused.items()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import orjson
 import requests
@@ -27,6 +28,7 @@ GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
 CLEAR = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487"
 AMBER_STRICT = "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003"
 TAXII = "application/taxii+json;version=2.1"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _indicator(name: str, creator: str | None, markings: list[str] | None, **extra) -> dict:
@@ -102,6 +104,21 @@ def test_forged_identity_never_reaches_japan(bare_pair):
         assert not [o for o in served if o.get("name") == "FORGED BY ROK"], alias
         identities = [o for o in served if o["type"] == "identity" and o["id"] == US_ID]
         assert identities and all(o["name"] != "FORGED BY ROK" for o in identities)
+
+
+def test_an_exact_copy_of_a_declared_identity_is_accepted_before_the_node_loads_it(bare_pair):
+    """identities.json is held by every party: a partner relaying an exact copy rewrites nothing.
+
+    Seen in the compose demo under load: the US's sync agent delivered ROK's own identity (seeded at
+    the US) before ROK's analyst had loaded it, ROK refused it for good, and the demo waited in vain.
+    """
+    declared = {o["id"]: o for o in orjson.loads((REPO / "collections" / "identities.json").read_bytes())["objects"]}
+    exact = [declared[i] for i in (US_ID, JP_ID, JOINT_ID)]
+    altered = dict(declared[JP_ID], modified="2031-01-01T00:00:00.000Z", name="Japan (as ROK says)")
+    status = _push_as_rok(bare_pair, [*exact, altered])
+    assert _failures(status) == {JP_ID: _failures(status)[JP_ID]}, status
+    assert _failures(status)[JP_ID].startswith("inbound.identity-not-partner"), status
+    assert status["success_count"] == 3, status
 
 
 def test_partner_cannot_version_an_official_marking_definition(bare_pair):
