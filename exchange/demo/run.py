@@ -37,7 +37,7 @@ from exchange.sharing.release import release_all
 from exchange.sharing.sync import run_cycle
 from exchange.stix import SCO_TYPES
 from exchange.storage import audit
-from exchange.storage.store import Store
+from exchange.storage.store import DB_FILE, Store
 
 NODES = ("us", "rok")
 PARTNER_OF = {"us": "rok", "rok": "us"}
@@ -50,10 +50,13 @@ def seed_files(node: str) -> list[Path]:
     public source's object is accepted only as an exact copy of a version the node loaded
     (``inbound.creator-is-partner``), so nobody can pass off text as MITRE's.
     """
+    return shared_seed_files() + sorted((collections_dir() / node / "seed").glob("*.json"))
+
+
+def shared_seed_files() -> list[Path]:
+    """The bundles every node loads alike: the parties' identities and MITRE ATT&CK (a public source)."""
     base = collections_dir()
-    files = [base / "identities.json", base / "attack-dprk" / "attack-dprk.json"]
-    files += sorted((base / node / "seed").glob("*.json"))
-    return files
+    return [base / "identities.json", base / "attack-dprk" / "attack-dprk.json"]
 
 
 def load_bundle_file(opened: OpenNode, path: Path) -> int:
@@ -240,30 +243,39 @@ def remote_exchange(
 
 
 def seed_over_taxii(ex: Exchange, *, envelope: int = 500) -> dict[str, int]:
-    """Post each node's seed bundles to its own collection as its analyst (the node releases them)."""
+    """Post each node's seed bundles to its own collection as its analyst (the node releases them).
+
+    What every node loads alike (identities, ATT&CK) goes to every node first: a partner's copy of
+    it is accepted only once the receiving node holds the same version itself, so the sync agents,
+    already running, would otherwise deliver some of it before the receiver loaded it (refused:
+    ``inbound.creator-is-partner``; ``wait_for_agents`` counts such refusals).
+    """
     from exchange.stix import read_bundle
 
-    counts = {}
-    for name in NODES:
-        client = ex.client(name, "analyst")
-        own = f"{name}-intel"
-        try:
-            sent = 0
-            for path in seed_files(name):
-                objects = read_bundle(path)
-                for i in range(0, len(objects), envelope):
-                    status = client.push(own, objects[i : i + envelope])
-                    if status["failure_count"]:
-                        raise ExchangeError(f"seeding {name} from {path.name}: {status['failures'][0]}")
-                    sent += len(objects[i : i + envelope])
-            counts[name] = sent
-        finally:
+    counts = dict.fromkeys(NODES, 0)
+    plan = [(name, path) for name in NODES for path in shared_seed_files()]
+    plan += [(name, path) for name in NODES for path in seed_files(name) if path not in shared_seed_files()]
+    clients = {name: ex.client(name, "analyst") for name in NODES}
+    try:
+        for name, path in plan:
+            objects = read_bundle(path)
+            for i in range(0, len(objects), envelope):
+                status = clients[name].push(f"{name}-intel", objects[i : i + envelope])
+                if status["failure_count"]:
+                    raise ExchangeError(f"seeding {name} from {path.name}: {status['failures'][0]}")
+                counts[name] += len(objects[i : i + envelope])
+    finally:
+        for client in clients.values():
             client.close()
     return counts
 
 
 def wait_for_agents(ex: Exchange, *, timeout: float = 180.0, settle: float = 3.0) -> dict[str, Any]:
-    """Wait until each node's inbox holds everything the partner's read collection offers it."""
+    """Wait until each node's inbox holds everything the partner's read collection offers it.
+
+    An offered version the receiving node's inbound policy refused (its audit's ``inbound-reject``,
+    read where the demo can open that node's data) counts as settled and is reported as ``refused``.
+    """
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     stable_since = None
@@ -273,10 +285,11 @@ def wait_for_agents(ex: Exchange, *, timeout: float = 180.0, settle: float = 3.0
         for name in NODES:
             partner = PARTNER_OF[name]
             offered = _manifest_keys(ex, name, partner, f"{partner}-read")
-            arrived = _manifest_keys(ex, partner, "analyst", f"{name}-inbox")
-            state[f"{name}->{partner}"] = {"offered": len(offered), "arrived": len(arrived & offered)}
-            missing[f"{name}->{partner}"] = sorted(i for i, _v in offered - arrived)[:5]
-        done = all(v["offered"] and v["arrived"] == v["offered"] for v in state.values())
+            arrived = _manifest_keys(ex, partner, "analyst", f"{name}-inbox") & offered
+            refused = (_refused_keys(ex.nodes[partner], name) & offered) - arrived
+            state[f"{name}->{partner}"] = {"offered": len(offered), "arrived": len(arrived)} | ({"refused": len(refused)} if refused else {})
+            missing[f"{name}->{partner}"] = sorted(i for i, _v in offered - arrived - refused)[:5]
+        done = all(v["offered"] and v["arrived"] + v.get("refused", 0) == v["offered"] for v in state.values())
         if state != last:
             stable_since, last = time.monotonic(), state
         if done and stable_since is not None and time.monotonic() - stable_since >= settle:
@@ -287,6 +300,20 @@ def wait_for_agents(ex: Exchange, *, timeout: float = 180.0, settle: float = 3.0
         f"the sync agents did not deliver everything within {timeout:.0f}s: {last}; not arrived (first ids): {lost}"
         " (the receiving node's `cti-exchange audit show --event inbound-reject` tells whether its policy refused them)"
     )
+
+
+def _refused_keys(receiver: NodeHandle, sender: str) -> set[tuple[str, str | None]]:
+    """The object versions ``receiver``'s inbound policy refused from ``sender`` (empty where its data cannot be opened here)."""
+    if receiver.database is None and (receiver.data_dir is None or not (Path(receiver.data_dir) / DB_FILE).exists()):
+        return set()
+    store = Store.open(data_dir=receiver.data_dir, database=receiver.database)
+    try:
+        return {
+            (e["object_id"], None if e["object_id"].split("--")[0] in SCO_TYPES else e["version"])
+            for e in audit.select_entries(store, event=("inbound-reject",), partner=sender) if isinstance(e["object_id"], str)
+        }
+    finally:
+        store.close()
 
 
 def _manifest_keys(ex: Exchange, node: str, account: str, alias: str) -> set[tuple[str, str]]:
