@@ -41,10 +41,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import coinaddrvalidator
-import ioc_fanger
-from ioc_finder import find_iocs
-
 from exchange.errors import BadRequest, NotFound
 from exchange.node.ops import OpenNode
 from exchange.policy.markings import OFFICIAL_OBJECTS, TLP2_EXTENSION_ID, TLP2_IDS, parse_level
@@ -262,12 +258,16 @@ def _wallet(value: str, kind: str) -> bool:
     if currency == "eth" and not value.startswith("0x"):
         return False  # 40 hex digits alone are a SHA-1 hash; an Ethereum address is written with 0x
     try:
+        import coinaddrvalidator  # imported when used: every CLI command would pay for it at start
+
         return bool(coinaddrvalidator.validate(currency, value.encode("ascii")).valid)
     except (UnicodeEncodeError, ValueError, TypeError):
         return False
 
 
 def _finder(value: str) -> dict[str, list[str]]:
+    from ioc_finder import find_iocs  # ~1 s of grammar building at import: only when importing
+
     return find_iocs(value)
 
 
@@ -296,6 +296,8 @@ def detect(value: str, declared: str | None = None) -> Detected:
             return Detected(kind, raw)
     if _SHAPES["eth_wallet"].fullmatch(raw):
         raise ValueError("an Ethereum address whose mixed case fails its EIP-55 checksum")
+    import ioc_fanger
+
     fanged = ioc_fanger.fang(raw).strip()
     found = _finder(fanged)
     whole = [(kind, v) for kind, key in _FINDER_KEYS for v in found.get(key, ()) if v.lower() == fanged.lower()]
@@ -322,6 +324,8 @@ def _check_declared(raw: str, kind: str) -> Detected:
         if any(c in raw for c in "/\\\n\r\x00"):
             raise ValueError("a file name has no path separators")
         return Detected(kind, raw)
+    import ioc_fanger
+
     fanged = ioc_fanger.fang(raw).strip()
     found = _finder(fanged).get(_FINDER_KEY[kind], ())
     match = next((v for v in found if v.lower() == fanged.lower()), None)
