@@ -11,7 +11,6 @@ paging in ``date_added`` order always holds a signature when the object arrives.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from typing import Any
 
 from exchange.node.signing import extension_definition, is_signature, known_signers, load_node_signer, signature_id
@@ -56,23 +55,18 @@ def release_signatures(
     signer = load_node_signer(cfg)
     if signer is None:
         return []
-    out: list[dict] = []
+    mine: list[tuple[dict, dict | None]] = []  # signed together: one Ed25519 signature over the batch's Merkle root
     relay: list[dict] = []
-
-    def sign(obj: dict, derived_from: dict | None = None) -> None:
-        with suppress(ValueError, TypeError):  # not canonicalisable (RFC 8785: e.g. an integer beyond 2**53): stays unsigned
-            out.append(signer.sign_object(obj, derived_from=derived_from))
-
     for d in decisions:
         obj = d.shared
         if obj is None or object_version(obj) is None:
             continue
         if d.decision == "redact":
-            sign(obj, {"id": d.id, "modified": d.version})
+            mine.append((obj, {"id": d.id, "modified": d.version}))
         elif relayed(d.id, d.version):
             relay.append(obj)
         else:
-            sign(obj)
+            mine.append((obj, None))
     for obj in travel:
         if obj["id"] in OFFICIAL_OBJECTS or object_version(obj) is None:
             continue
@@ -80,7 +74,9 @@ def release_signatures(
         if source.role == "partner-inbox" and not ours:
             relay.append(obj)  # a companion of relayed content comes from that partner's inbox: keep its origin's word
         else:
-            sign(obj)
+            mine.append((obj, None))
+    # not canonicalisable (RFC 8785: e.g. an integer beyond 2**53): left unsigned by sign_batch
+    out: list[dict] = signer.sign_batch(mine) if mine else []
     if relay:
         out += origin_signatures(opened.store, source.id, relay, known_signers(cfg))
     if out and not _extension_present(opened.store, target_id):
@@ -117,12 +113,8 @@ def own_signatures(opened: Any, target_id: str, objs: Sequence[dict]) -> list[di
     signer = load_node_signer(opened.node.config)
     if signer is None:
         return []
-    out: list[dict] = []
-    for obj in objs:
-        if object_version(obj) is None:
-            continue
-        with suppress(ValueError, TypeError):  # not canonicalisable (RFC 8785): stays unsigned
-            out.append(signer.sign_object(obj))
+    # one signature for the write (a Merkle root); what RFC 8785 cannot canonicalise stays unsigned
+    out = signer.sign_batch([(obj, None) for obj in objs if object_version(obj) is not None])
     if out and not _extension_present(opened.store, target_id):
         out.insert(0, extension_definition())
     return out
