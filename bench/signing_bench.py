@@ -3,9 +3,11 @@
 
 Not a test.  In one run, on the same data:
 
-  A. in process: the policy engine alone (``evaluate`` US -> ROK), signing alone (``NodeSigner.sign_object``
-     of each shared copy: RFC 8785 canonical JSON + Ed25519), policy + signing, and verification alone
-     (``Verifier.check``: certificate cached per key id, canonical JSON + Ed25519 verify), in objects/s;
+  A. in process: the policy engine alone (``evaluate`` US -> ROK), signing alone (``NodeSigner.sign_batch``
+     of the shared copies in batches of 2,000 as a release does: per version RFC 8785 canonical JSON + a Merkle
+     leaf, one Ed25519 signature per batch), policy + signing, and verification alone (``Verifier.check`` with a
+     fresh verifier: certificate cached per key id, per version canonical JSON + the Merkle path, one Ed25519
+     verify per batch), in objects/s;
   B. end to end with signatures off and on (``CTI_EXCHANGE_SIGNING=off`` / the demo PKI): a fresh pair of
      node processes each time, N indicators loaded into the US node, then timed: the policy release
      (in process) and the US sync agent pushing everything to the ROK node's inbox (a subprocess; the ROK
@@ -40,6 +42,7 @@ from exchange.node.signing import PKI_ENV, SWITCH_ENV, Verifier, load_node_signe
 from exchange.policy import current_policy, evaluate  # noqa: E402
 from exchange.sharing.release import release_all  # noqa: E402
 
+RELEASE_BATCH = 2000  # exchange.sharing.release._BATCH: the rows a release judges and signs together
 MIX = {"CLEAR": 0.3, "GREEN": 0.4, "AMBER": 0.2, "AMBER+STRICT": 0.05, "RED": 0.05}
 TARGET_RATIO = 0.85
 assert PASSWORDS  # the accounts provision() sets
@@ -65,8 +68,8 @@ def in_process(n: int, pki: Path) -> dict[str, float]:
     decisions = evaluate(objs, policy, "us", "rok")
     t_policy = time.perf_counter() - t
     shared = [d.shared for d in decisions if d.shared is not None]
-    t = time.perf_counter()
-    sigs = [signer.sign_object(o) for o in shared]
+    t = time.perf_counter()  # as a release signs: one batch (one Ed25519 signature over a Merkle root) per release batch
+    sigs = [s for i in range(0, len(shared), RELEASE_BATCH) for s in signer.sign_batch([(o, None) for o in shared[i:i + RELEASE_BATCH]])]
     t_sign = time.perf_counter() - t
     t = time.perf_counter()
     states = [verifier.check(o, s) for o, s in zip(shared, sigs, strict=True)]

@@ -37,6 +37,7 @@ on or after the key's revocation (the CA's CRL, ``ca.crl``) is invalid.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import os
@@ -176,15 +177,21 @@ def _fold(leaf: bytes, path: Any) -> bytes | None:
     """The root that ``path`` leads to from ``leaf``; ``None`` if the path is malformed."""
     if not isinstance(path, list) or len(path) > 64:
         return None
-    node = leaf
+    node, sha = leaf, hashlib.sha256
     for step in path:
-        if not isinstance(step, str) or len(step) != 45 or step[0] not in "LR":
+        if type(step) is not str or len(step) != 45:
             return None
         try:
-            sibling = base64.b64decode(step[1:], validate=True)
-        except ValueError:
+            sibling = binascii.a2b_base64(step[1:], strict_mode=True)
+        except (ValueError, binascii.Error):
             return None
-        node = hashlib.sha256(_NODE + sibling + node if step[0] == "L" else _NODE + node + sibling).digest()
+        side = step[0]
+        if side == "L":
+            node = sha(_NODE + sibling + node).digest()
+        elif side == "R":
+            node = sha(_NODE + node + sibling).digest()
+        else:
+            return None
     return node
 
 
@@ -372,17 +379,14 @@ class Verifier:
             return SignatureState("invalid", signer, key.problem, derived_from)
         if key.identity != signer:
             return SignatureState("invalid", signer, f"the signing certificate is {key.identity or 'no identity'}'s, not {signer}'s", derived_from)
-        when = _when(sig["created"], key.cert)  # type: ignore[arg-type]
-        if when is not None:
-            return SignatureState("invalid", signer, when, derived_from)
-        revoked = self._revoked(key.cert, sig["created"])  # type: ignore[arg-type]
-        if revoked is not None:
-            return SignatureState("invalid", signer, revoked, derived_from)
         if "merkle_root" in sig:
             problem = self._batch(obj, sig, key, derived)
             if problem is not None:
                 return SignatureState("invalid", signer, problem, derived_from)
             return SignatureState("valid", signer, "", derived_from)
+        problem = self._dated(sig, key)
+        if problem is not None:
+            return SignatureState("invalid", signer, problem, derived_from)
         try:  # a per-version signature (the format before batches)
             raw = base64.b64decode(sig["signature"], validate=True)
             key.public.verify(raw, _payload(sig, obj))  # type: ignore[union-attr]
@@ -390,15 +394,19 @@ class Verifier:
             return SignatureState("invalid", signer, _CHANGED, derived_from)
         return SignatureState("valid", signer, "", derived_from)
 
+    def _dated(self, sig: dict, key: _KeyCheck) -> str | None:
+        """Why the signature's ``created`` cannot be its key's (outside the certificate's validity, after its revocation)."""
+        return _when(sig["created"], key.cert) or self._revoked(key.cert, sig["created"])  # type: ignore[arg-type]
+
     def _batch(self, obj: dict, sig: dict, key: _KeyCheck, derived: Any) -> str | None:
-        """Why a batch-format companion does not sign ``obj`` (its leaf, its path to the root, the root's signature)."""
+        """Why a batch-format companion does not sign ``obj``: its leaf and path must lead to its root, and the batch
+        statement (root, signer, key, time) must be validly signed; that last part is checked once per batch."""
         if not isinstance(sig.get("merkle_root"), str) or sig.get("canonicalization") != CANONICALIZATION:
             return "malformed batch signature (merkle_root, canonicalization)"
-        if sig.get("id") != signature_id(sig["object_ref"], sig["object_modified"], sig["created_by_ref"]) or sig.get("modified") != sig["created"]:
-            return "the signature object's id or modified is not the one its signer gives it"
+        if sig.get("modified") != sig["created"]:
+            return "the signature object's modified is not its created"
         try:
             leaf = _leaf(obj, derived)
-            statement = _statement(sig)
         except (ValueError, TypeError, rfc8785.CanonicalizationError):
             return _CHANGED
         root = _fold(leaf, sig.get("merkle_path"))
@@ -406,14 +414,18 @@ class Verifier:
             return "malformed merkle_path"
         if _b64(root) != sig["merkle_root"]:
             return _CHANGED
-        memo = (statement, sig["signature"])
+        try:
+            memo = (_statement(sig), sig["signature"])
+        except (ValueError, TypeError, rfc8785.CanonicalizationError):
+            return _CHANGED
         if memo in self._statements:
             return self._statements[memo]
-        try:
-            key.public.verify(base64.b64decode(sig["signature"], validate=True), statement)  # type: ignore[union-attr]
-            problem = None
-        except (ValueError, TypeError, InvalidSignature):
-            problem = _CHANGED
+        problem = self._dated(sig, key)
+        if problem is None:
+            try:
+                key.public.verify(base64.b64decode(sig["signature"], validate=True), memo[0])  # type: ignore[union-attr]
+            except (ValueError, TypeError, InvalidSignature):
+                problem = _CHANGED
         if len(self._statements) >= 50_000:
             self._statements.clear()
         self._statements[memo] = problem
