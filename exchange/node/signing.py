@@ -311,7 +311,7 @@ class Verifier:
         self.crls = [c for c in crls if any(_crl_signed_by(c, a) for a in self.anchors)]
         self._keys: dict[str, _KeyCheck] = {}
         #: batch statements already checked: (statement, signature) -> problem or None (one Ed25519 verify per batch)
-        self._statements: dict[tuple[bytes, str], str | None] = {}
+        self._statements: dict[tuple[Any, ...], str | None] = {}
 
     @classmethod
     def from_files(cls, ca_file: Path | str, crl_files: Iterable[Path | str] = ()) -> Verifier:
@@ -401,8 +401,8 @@ class Verifier:
     def _batch(self, obj: dict, sig: dict, key: _KeyCheck, derived: Any) -> str | None:
         """Why a batch-format companion does not sign ``obj``: its leaf and path must lead to its root, and the batch
         statement (root, signer, key, time) must be validly signed; that last part is checked once per batch."""
-        if not isinstance(sig.get("merkle_root"), str) or sig.get("canonicalization") != CANONICALIZATION:
-            return "malformed batch signature (merkle_root, canonicalization)"
+        if sig.get("type") != SIGNATURE_TYPE or not isinstance(sig.get("merkle_root"), str) or sig.get("canonicalization") != CANONICALIZATION:
+            return "malformed batch signature (type, merkle_root, canonicalization)"
         if sig.get("modified") != sig["created"]:
             return "the signature object's modified is not its created"
         try:
@@ -414,17 +414,14 @@ class Verifier:
             return "malformed merkle_path"
         if _b64(root) != sig["merkle_root"]:
             return _CHANGED
-        try:
-            memo = (_statement(sig), sig["signature"])
-        except (ValueError, TypeError, rfc8785.CanonicalizationError):
-            return _CHANGED
+        memo = (*(sig.get(k) for k in _STATEMENT), sig["signature"])  # the statement and its signature
         if memo in self._statements:
             return self._statements[memo]
         problem = self._dated(sig, key)
         if problem is None:
             try:
-                key.public.verify(base64.b64decode(sig["signature"], validate=True), memo[0])  # type: ignore[union-attr]
-            except (ValueError, TypeError, InvalidSignature):
+                key.public.verify(base64.b64decode(sig["signature"], validate=True), _statement(sig))  # type: ignore[union-attr]
+            except (ValueError, TypeError, InvalidSignature, rfc8785.CanonicalizationError):
                 problem = _CHANGED
         if len(self._statements) >= 50_000:
             self._statements.clear()

@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
+
 from exchange.node.signing import extension_definition, is_signature, known_signers, load_node_signer, signature_id
-from exchange.policy.markings import OFFICIAL_OBJECTS, SIGNATURE_EXTENSION_ID
+from exchange.policy.markings import OFFICIAL_OBJECTS, SIGNATURE_EXTENSION_ID, SIGNATURE_TYPE
 from exchange.stix import object_version
 from exchange.storage.store import Store
 
-__all__ = ["is_partner_origin", "release_signatures", "without_signatures"]
+__all__ = ["is_partner_origin", "release_signatures", "without_signature_rows", "without_signatures"]
 
 _PARTNER_KINDS = frozenset({"push", "pull", "partner"})
 _has_extension: set[tuple[str, str]] = set()
@@ -38,6 +40,16 @@ def without_signatures(rows: Sequence[Any], objs: Sequence[dict]) -> tuple[list[
         return list(rows), list(objs)
     kept = [(r, o) for r, o in zip(rows, objs, strict=True) if not _infrastructure(o)]
     return [r for r, _ in kept], [o for _, o in kept]
+
+
+def without_signature_rows(rows: Sequence[Any]) -> tuple[list[Any], list[dict]]:
+    """``without_signatures`` on stored rows, deciding by the row's id (a STIX id names its type), so the signature
+    rows of a batch are never parsed: the rows and parsed objects the policy judges."""
+    kept = [r for r in rows if not r.stix_id.startswith(_SIGNATURE_PREFIX) and r.stix_id != SIGNATURE_EXTENSION_ID]
+    return without_signatures(kept, [orjson.loads(r.body) for r in kept])
+
+
+_SIGNATURE_PREFIX = SIGNATURE_TYPE + "--"
 
 
 def _infrastructure(obj: dict) -> bool:
