@@ -111,9 +111,19 @@ def identity_uri(identity: str) -> str:
     return f"urn:stix:{identity}"
 
 
+_NS_BYTES = _NS.bytes
+
+
 def signature_id(object_id: str, version: str, signer: str) -> str:
-    """The id of ``signer``'s signature on one object version (deterministic: found without a scan)."""
-    return f"{SIGNATURE_TYPE}--{uuid.uuid5(_NS, f'{object_id}|{version}|{signer}')}"
+    """The id of ``signer``'s signature on one object version (deterministic: found without a scan).
+
+    ``uuid.uuid5(_NS, "<id>|<version>|<signer>")`` (RFC 4122 name-based, SHA-1), computed directly: it is
+    computed for every version a node relays or receives."""
+    raw = bytearray(hashlib.sha1(_NS_BYTES + f"{object_id}|{version}|{signer}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{SIGNATURE_TYPE}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_signature(obj: Any) -> bool:

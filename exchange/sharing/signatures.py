@@ -4,8 +4,9 @@ A version this node originates (its row's origin is local) or redacts is signed 
 (``exchange.node.signing``); a redacted copy names the version it came from (``derived_from``).
 Content that arrived from a partner (its row's origin is that partner's push or our pull) is
 relayed with the signature its origin gave it, found in the inbox it came through, never
-re-signed as ours.  Signatures are written before the objects they sign, so a recipient
-paging in ``date_added`` order always holds a signature when the object arrives.
+re-signed as ours.  Signatures are written just before the objects they sign (``interleaved``), so a
+recipient paging in ``date_added`` order always holds a signature when the object arrives, mostly in
+the same page or envelope (no lookup of stored signatures).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from exchange.policy.markings import OFFICIAL_OBJECTS, SIGNATURE_EXTENSION_ID, S
 from exchange.stix import object_version
 from exchange.storage.store import Store
 
-__all__ = ["is_partner_origin", "release_signatures", "without_signature_rows", "without_signatures"]
+__all__ = ["interleaved", "is_partner_origin", "is_signature_row", "release_signatures", "without_signature_rows", "without_signatures"]
 
 _PARTNER_KINDS = frozenset({"push", "pull", "partner"})
 _has_extension: set[tuple[str, str]] = set()
@@ -45,11 +46,34 @@ def without_signatures(rows: Sequence[Any], objs: Sequence[dict]) -> tuple[list[
 def without_signature_rows(rows: Sequence[Any]) -> tuple[list[Any], list[dict]]:
     """``without_signatures`` on stored rows, deciding by the row's id (a STIX id names its type), so the signature
     rows of a batch are never parsed: the rows and parsed objects the policy judges."""
-    kept = [r for r in rows if not r.stix_id.startswith(_SIGNATURE_PREFIX) and r.stix_id != SIGNATURE_EXTENSION_ID]
+    kept = [r for r in rows if not is_signature_row(r.stix_id)]
     return without_signatures(kept, [orjson.loads(r.body) for r in kept])
 
 
 _SIGNATURE_PREFIX = SIGNATURE_TYPE + "--"
+
+
+def interleaved(signatures: Sequence[dict], objs: Sequence[dict]) -> list[dict]:
+    """``objs`` in order, each just after the signatures of its version (and the extension definition first): one write
+    in which a recipient paging in ``date_added`` order, or an envelope cut anywhere, finds a version's signature in
+    the same page as the version or in an earlier one."""
+    by_version: dict[tuple[Any, Any], list[dict]] = {}
+    head: list[dict] = []
+    for sig in signatures:
+        if is_signature(sig):
+            by_version.setdefault((sig.get("object_ref"), sig.get("object_modified")), []).append(sig)
+        else:
+            head.append(sig)  # the extension definition
+    out = head
+    for obj in objs:
+        out += by_version.pop((obj.get("id"), object_version(obj)), ())
+        out.append(obj)
+    return [*(s for sigs in by_version.values() for s in sigs), *out] if by_version else out
+
+
+def is_signature_row(stix_id: str) -> bool:
+    """Whether a stored row is a signature or the signature extension definition (by its id: a STIX id names its type)."""
+    return stix_id.startswith(_SIGNATURE_PREFIX) or stix_id == SIGNATURE_EXTENSION_ID
 
 
 def _infrastructure(obj: dict) -> bool:

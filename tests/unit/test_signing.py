@@ -384,3 +384,13 @@ def test_the_former_signature_extension_definition_is_still_official():
     assert former["modified"] < SIGNATURE_EXTENSION_DEFINITION["modified"] and former["version"] == "1.0.0"
     assert _official(former) is None and _official(SIGNATURE_EXTENSION_DEFINITION) is None
     assert _official(dict(former, name="x")) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=30), st.text(min_size=1, max_size=60))
+def test_signature_ids_are_the_rfc4122_name_based_uuids_they_always_were(object_id, version, signer):
+    import uuid
+
+    from exchange.node.signing import _NS, signature_id
+
+    assert signature_id(object_id, version, signer) == f"{SIGNATURE_TYPE}--{uuid.uuid5(_NS, f'{object_id}|{version}|{signer}')}"
