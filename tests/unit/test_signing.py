@@ -394,3 +394,20 @@ def test_signature_ids_are_the_rfc4122_name_based_uuids_they_always_were(object_
     from exchange.node.signing import _NS, signature_id
 
     assert signature_id(object_id, version, signer) == f"{SIGNATURE_TYPE}--{uuid.uuid5(_NS, f'{object_id}|{version}|{signer}')}"
+
+
+def test_signatures_are_written_just_before_what_they_sign_and_envelopes_count_content(signer):
+    from collections import namedtuple
+
+    from exchange.sharing.signatures import extension_definition, interleaved
+    from exchange.sharing.sync import _envelope_rows
+
+    objs = [new_indicator(i, created_by_ref=US.identity) for i in range(5)]
+    sigs = signer.sign_batch([(o, None) for o in objs[:4]])  # the last one unsigned
+    out = interleaved([extension_definition(), *sigs], objs)
+    pairs = [x for s, o in zip(sigs, objs, strict=False) for x in (s["id"], o["id"])]
+    assert [o["id"] for o in out] == [SIGNATURE_EXTENSION_ID, *pairs, objs[4]["id"]]
+    Row = namedtuple("Row", "stix_id")
+    rows = [Row(o["id"]) for o in out]
+    assert _envelope_rows(rows, 2) == rows[:5]  # the extension definition, sig, obj, sig, obj: two objects
+    assert _envelope_rows(rows, 5) == rows and _envelope_rows(rows, 50) == rows
