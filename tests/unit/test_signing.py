@@ -411,3 +411,13 @@ def test_signatures_are_written_just_before_what_they_sign_and_envelopes_count_c
     rows = [Row(o["id"]) for o in out]
     assert _envelope_rows(rows, 2) == rows[:5]  # the extension definition, sig, obj, sig, obj: two objects
     assert _envelope_rows(rows, 5) == rows and _envelope_rows(rows, 50) == rows
+
+
+def test_a_large_batch_is_signed_as_trees_of_bounded_size(signer, pki):
+    from exchange.node.signing import TREE_LEAVES
+
+    objs = [new_indicator(i, created_by_ref=US.identity) for i in range(2 * TREE_LEAVES + 3)]
+    sigs = signer.sign_batch([(o, None) for o in objs])
+    assert len({s["merkle_root"] for s in sigs}) == 3 and max(len(s["merkle_path"]) for s in sigs) <= (TREE_LEAVES - 1).bit_length()
+    v = _verifier(pki)
+    assert all(v.check(o, s).status == "valid" for o, s in zip(objs, sigs, strict=True)) and len(v._statements) == 3
