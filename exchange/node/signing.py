@@ -8,8 +8,8 @@ algorithm (Ed25519), the signer (``created_by_ref``: the node's identity), the k
 the signing certificate's DER), the certificate itself, the signature and, for a redacted copy,
 ``derived_from`` (the id and version it was made from).
 
-What is signed (batch format, ``merkle_root`` present): one Ed25519 signature covers every version a node
-signs together (a release batch to one recipient, a lifecycle write).  Each version is a leaf of a Merkle
+What is signed (batch format, ``merkle_root`` present): one Ed25519 signature covers up to ``TREE_LEAVES``
+versions a node signs together (a release batch to one recipient, a lifecycle write).  Each version is a leaf of a Merkle
 tree (SHA-256, leaves ``0x00 || JCS({object_ref, object_modified, derived_from?, signed_object})``, inner
 nodes ``0x01 || left || right``, an odd last node carried up unchanged); the signature is over the RFC 8785
 canonical JSON (JCS) of the *statement* ``{type, created, created_by_ref, key_id, algorithm,
