@@ -124,7 +124,8 @@ class _Stopped(click.ClickException):
 @click.option("--once", "mode", flag_value="once", default=True, help="One cycle, then exit (default).")
 @click.option("--interval", type=click.FloatRange(0.1, 86400), help="Repeat every SECONDS until stopped.")
 @click.option("--direction", type=click.Choice(["both", "pull", "push"]), default="both", show_default=True)
-@click.option("--envelope-size", type=click.IntRange(1, 10000), default=500, show_default=True, help="Objects per pushed envelope.")
+@click.option("--envelope-size", type=click.IntRange(1, 10000), default=500, show_default=True,
+              help="Objects per pushed envelope (their origin signatures ride along, not counted).")
 @click.option("--page-size", type=click.IntRange(1, 10000), default=1000, show_default=True, help="Objects per pulled page.")
 @click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), envvar="CTI_EXCHANGE_CA_FILE",
               help="CA bundle to verify the partner's certificate (https:// URLs; default: the system's; env CTI_EXCHANGE_CA_FILE).")

@@ -8,10 +8,21 @@ algorithm (Ed25519), the signer (``created_by_ref``: the node's identity), the k
 the signing certificate's DER), the certificate itself, the signature and, for a redacted copy,
 ``derived_from`` (the id and version it was made from).
 
-What is signed: the RFC 8785 canonical JSON (JCS) of the signature object without its ``signature``
-property and with the signed object, exactly as stored, as the extra member ``signed_object``.  So the
-signature covers the exact version and also who signed it, when, with which key and, for a redaction,
-from what.
+What is signed (batch format, ``merkle_root`` present): one Ed25519 signature covers up to ``TREE_LEAVES``
+versions a node signs together (a release batch to one recipient, a lifecycle write).  Each version is a leaf of a Merkle
+tree (SHA-256, leaves ``0x00 || JCS({object_ref, object_modified, derived_from?, signed_object})``, inner
+nodes ``0x01 || left || right``, an odd last node carried up unchanged); the signature is over the RFC 8785
+canonical JSON (JCS) of the *statement* ``{type, created, created_by_ref, key_id, algorithm,
+canonicalization, merkle_root}``.  Each version still has its own companion object carrying the statement's
+fields, the signature and its leaf's ``merkle_path`` (the sibling hashes, each prefixed ``L``/``R``), so it
+verifies with only that object present: after relay, in any subset, however a partner pages.  A verifier
+checks one Ed25519 signature per batch (``Verifier`` caches the statement's result) and per version only a
+canonical JSON, a hash and the path.  So the signature covers the exact version and also who signed it,
+when, with which key and, for a redaction, from what.
+
+Older companions (no ``merkle_root``; before the batch format) still verify: the Ed25519 signature is over
+the JCS of the signature object without its ``signature`` property and with the signed object as the extra
+member ``signed_object``.
 
 Keys: ``cti-exchange pki init`` gives each node an Ed25519 signing key and certificate
 (``<node>-signing.key``/``.crt``), issued by the node's CA with keyUsage digitalSignature only and the
@@ -26,6 +37,7 @@ on or after the key's revocation (the CA's CRL, ``ca.crl``) is invalid.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import os
@@ -49,7 +61,7 @@ from exchange.policy.markings import SIGNATURE_EXTENSION_DEFINITION, SIGNATURE_E
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 
 __all__ = [
-    "ALGORITHM", "NodeSigner", "SIGNATURE_TYPE", "Verifier", "canonical", "identity_uri", "is_signature",
+    "ALGORITHM", "NodeSigner", "merkle_tree", "SIGNATURE_TYPE", "Verifier", "canonical", "identity_uri", "is_signature",
     "load_node_signer", "node_verifier", "signature_id", "signature_index", "signing_dir", "signing_parties",
 ]
 
@@ -99,9 +111,19 @@ def identity_uri(identity: str) -> str:
     return f"urn:stix:{identity}"
 
 
+_NS_BYTES = _NS.bytes
+
+
 def signature_id(object_id: str, version: str, signer: str) -> str:
-    """The id of ``signer``'s signature on one object version (deterministic: found without a scan)."""
-    return f"{SIGNATURE_TYPE}--{uuid.uuid5(_NS, f'{object_id}|{version}|{signer}')}"
+    """The id of ``signer``'s signature on one object version (deterministic: found without a scan).
+
+    ``uuid.uuid5(_NS, "<id>|<version>|<signer>")`` (RFC 4122 name-based, SHA-1), computed directly: it is
+    computed for every version a node relays or receives."""
+    raw = bytearray(hashlib.sha1(_NS_BYTES + f"{object_id}|{version}|{signer}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{SIGNATURE_TYPE}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_signature(obj: Any) -> bool:
@@ -109,9 +131,82 @@ def is_signature(obj: Any) -> bool:
 
 
 def _payload(sig: dict, obj: dict) -> bytes:
+    """What a per-version signature (the format before batches: no ``merkle_root``) signs."""
     body = {k: v for k, v in sig.items() if k != "signature"}
     body["signed_object"] = obj
     return canonical(body)
+
+
+#: versions per Merkle tree: a path of at most 7 hashes (~340 bytes per companion) for 32 Ed25519 operations per
+#: 4,000 versions (a tree of 2,000 would need 11 hashes per companion for 2)
+TREE_LEAVES = 128
+
+#: the batch statement: what the one Ed25519 signature of a batch covers (besides the Merkle root)
+_STATEMENT = ("type", "created", "created_by_ref", "key_id", "algorithm", "canonicalization", "merkle_root")
+_LEAF, _NODE = b"\x00", b"\x01"
+
+
+def _statement(sig: dict) -> bytes:
+    return canonical({k: sig[k] for k in _STATEMENT})
+
+
+def _leaf(obj: dict, derived_from: Any = None) -> bytes:
+    """The Merkle leaf of one signed version (its companion's per-version fields and the object itself)."""
+    body: dict[str, Any] = {"object_ref": obj.get("id"), "object_modified": object_version(obj), "signed_object": obj}
+    if derived_from is not None:
+        body["derived_from"] = derived_from
+    return hashlib.sha256(_LEAF + canonical(body)).digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def merkle_tree(leaves: Sequence[bytes]) -> tuple[bytes, list[list[str]]]:
+    """The root over ``leaves`` and each leaf's path (sibling hashes, base64, prefixed ``L``/``R`` by the sibling's side)."""
+    if not leaves:
+        raise ValueError("no leaves")
+    paths: list[list[str]] = [[] for _ in leaves]
+    level = list(leaves)
+    members: list[list[int]] = [[i] for i in range(len(leaves))]  # the leaves under each node of the level
+    while len(level) > 1:
+        nxt, nxt_members = [], []
+        for i in range(0, len(level) - 1, 2):
+            left, right = level[i], level[i + 1]
+            lb, rb = _b64(left), _b64(right)
+            for leaf in members[i]:
+                paths[leaf].append("R" + rb)
+            for leaf in members[i + 1]:
+                paths[leaf].append("L" + lb)
+            nxt.append(hashlib.sha256(_NODE + left + right).digest())
+            nxt_members.append(members[i] + members[i + 1])
+        if len(level) % 2:
+            nxt.append(level[-1])
+            nxt_members.append(members[-1])
+        level, members = nxt, nxt_members
+    return level[0], paths
+
+
+def _fold(leaf: bytes, path: Any) -> bytes | None:
+    """The root that ``path`` leads to from ``leaf``; ``None`` if the path is malformed."""
+    if not isinstance(path, list) or len(path) > 64:
+        return None
+    node, sha = leaf, hashlib.sha256
+    for step in path:
+        if type(step) is not str or len(step) != 45:
+            return None
+        try:
+            sibling = binascii.a2b_base64(step[1:], strict_mode=True)
+        except (ValueError, binascii.Error):
+            return None
+        side = step[0]
+        if side == "L":
+            node = sha(_NODE + sibling + node).digest()
+        elif side == "R":
+            node = sha(_NODE + node + sibling).digest()
+        else:
+            return None
+    return node
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -155,21 +250,53 @@ class NodeSigner:
 
     def sign_object(self, obj: dict, *, derived_from: dict | None = None, created: str | None = None) -> dict:
         """The ``x-cti-signature`` object signing exactly ``obj`` (``derived_from``: the source version of a redacted copy)."""
-        version = object_version(obj)
-        if version is None:
+        if object_version(obj) is None:
             raise ValueError(f"{obj.get('id')}: an object without created/modified has no version to sign")
+        return self.sign_batch([(obj, derived_from)], created=created, strict=True)[0]
+
+    def sign_batch(
+        self, items: Sequence[tuple[dict, dict | None]], *, created: str | None = None, strict: bool = False,
+    ) -> list[dict]:
+        """One ``x-cti-signature`` companion per ``(object, derived_from)``, all under one Ed25519 signature (a Merkle root).
+
+        An object without a version, or that RFC 8785 cannot canonicalise (e.g. an integer beyond 2**53), is left
+        unsigned (``strict``: ``ValueError`` instead).
+        """
         stamp = created or format_timestamp(_now_us())
-        sig: dict[str, Any] = {
-            "type": SIGNATURE_TYPE, "spec_version": "2.1", "id": signature_id(obj["id"], version, self.signer),
-            "created": stamp, "modified": stamp, "created_by_ref": self.signer,
-            "object_ref": obj["id"], "object_modified": version,
-            "algorithm": ALGORITHM, "canonicalization": CANONICALIZATION, "key_id": self.key_id, "certificate": self.certificate,
-            "extensions": {SIGNATURE_EXTENSION_ID: {"extension_type": "new-sdo"}},
-        }
-        if derived_from is not None:
-            sig["derived_from"] = {"id": derived_from["id"], "modified": derived_from["modified"]}
-        sig["signature"] = base64.b64encode(self.sign(_payload(sig, obj))).decode("ascii")
-        return sig
+        sigs: list[dict] = []
+        leaves: list[bytes] = []
+        for obj, derived_from in items:
+            version = object_version(obj)
+            try:
+                if version is None:
+                    raise ValueError(f"{obj.get('id')}: an object without created/modified has no version to sign")
+                derived = {"id": derived_from["id"], "modified": derived_from["modified"]} if derived_from is not None else None
+                leaves.append(_leaf(obj, derived))
+            except (ValueError, TypeError, rfc8785.CanonicalizationError):
+                if strict:
+                    raise
+                continue
+            sig: dict[str, Any] = {
+                "type": SIGNATURE_TYPE, "spec_version": "2.1", "id": signature_id(obj["id"], version, self.signer),
+                "created": stamp, "modified": stamp, "created_by_ref": self.signer,
+                "object_ref": obj["id"], "object_modified": version,
+                "algorithm": ALGORITHM, "canonicalization": CANONICALIZATION, "key_id": self.key_id, "certificate": self.certificate,
+                "extensions": {SIGNATURE_EXTENSION_ID: {"extension_type": "new-sdo"}},
+            }
+            if derived is not None:
+                sig["derived_from"] = derived
+            sigs.append(sig)
+        if not sigs:
+            return []
+        for at in range(0, len(sigs), TREE_LEAVES):  # one tree (one Ed25519 signature) per TREE_LEAVES versions
+            root, paths = merkle_tree(leaves[at:at + TREE_LEAVES])
+            head = dict(sigs[at], merkle_root=_b64(root))
+            signature = _b64(self.sign(_statement(head)))
+            for sig, path in zip(sigs[at:at + TREE_LEAVES], paths, strict=True):
+                sig["merkle_root"] = head["merkle_root"]
+                sig["merkle_path"] = path
+                sig["signature"] = signature
+        return sigs
 
 
 def _now_us() -> int:
@@ -177,6 +304,8 @@ def _now_us() -> int:
 
 
 # -- verification ------------------------------------------------------------------------
+
+_CHANGED = "the signature does not match the object (changed in transit?)"
 
 
 @dataclass(frozen=True)
@@ -196,6 +325,8 @@ class Verifier:
         self.anchors = list(anchors)
         self.crls = [c for c in crls if any(_crl_signed_by(c, a) for a in self.anchors)]
         self._keys: dict[str, _KeyCheck] = {}
+        #: batch statements already checked: (statement, signature) -> problem or None (one Ed25519 verify per batch)
+        self._statements: dict[tuple[Any, ...], str | None] = {}
 
     @classmethod
     def from_files(cls, ca_file: Path | str, crl_files: Iterable[Path | str] = ()) -> Verifier:
@@ -263,18 +394,54 @@ class Verifier:
             return SignatureState("invalid", signer, key.problem, derived_from)
         if key.identity != signer:
             return SignatureState("invalid", signer, f"the signing certificate is {key.identity or 'no identity'}'s, not {signer}'s", derived_from)
-        when = _when(sig["created"], key.cert)  # type: ignore[arg-type]
-        if when is not None:
-            return SignatureState("invalid", signer, when, derived_from)
-        revoked = self._revoked(key.cert, sig["created"])  # type: ignore[arg-type]
-        if revoked is not None:
-            return SignatureState("invalid", signer, revoked, derived_from)
-        try:
+        if "merkle_root" in sig:
+            problem = self._batch(obj, sig, key, derived)
+            if problem is not None:
+                return SignatureState("invalid", signer, problem, derived_from)
+            return SignatureState("valid", signer, "", derived_from)
+        problem = self._dated(sig, key)
+        if problem is not None:
+            return SignatureState("invalid", signer, problem, derived_from)
+        try:  # a per-version signature (the format before batches)
             raw = base64.b64decode(sig["signature"], validate=True)
             key.public.verify(raw, _payload(sig, obj))  # type: ignore[union-attr]
         except (ValueError, TypeError, InvalidSignature, rfc8785.CanonicalizationError):
-            return SignatureState("invalid", signer, "the signature does not match the object (changed in transit?)", derived_from)
+            return SignatureState("invalid", signer, _CHANGED, derived_from)
         return SignatureState("valid", signer, "", derived_from)
+
+    def _dated(self, sig: dict, key: _KeyCheck) -> str | None:
+        """Why the signature's ``created`` cannot be its key's (outside the certificate's validity, after its revocation)."""
+        return _when(sig["created"], key.cert) or self._revoked(key.cert, sig["created"])  # type: ignore[arg-type]
+
+    def _batch(self, obj: dict, sig: dict, key: _KeyCheck, derived: Any) -> str | None:
+        """Why a batch-format companion does not sign ``obj``: its leaf and path must lead to its root, and the batch
+        statement (root, signer, key, time) must be validly signed; that last part is checked once per batch."""
+        if sig.get("type") != SIGNATURE_TYPE or not isinstance(sig.get("merkle_root"), str) or sig.get("canonicalization") != CANONICALIZATION:
+            return "malformed batch signature (type, merkle_root, canonicalization)"
+        if sig.get("modified") != sig["created"]:
+            return "the signature object's modified is not its created"
+        try:
+            leaf = _leaf(obj, derived)
+        except (ValueError, TypeError, rfc8785.CanonicalizationError):
+            return _CHANGED
+        root = _fold(leaf, sig.get("merkle_path"))
+        if root is None:
+            return "malformed merkle_path"
+        if _b64(root) != sig["merkle_root"]:
+            return _CHANGED
+        memo = (*(sig.get(k) for k in _STATEMENT), sig["signature"])  # the statement and its signature
+        if memo in self._statements:
+            return self._statements[memo]
+        problem = self._dated(sig, key)
+        if problem is None:
+            try:
+                key.public.verify(base64.b64decode(sig["signature"], validate=True), _statement(sig))  # type: ignore[union-attr]
+            except (ValueError, TypeError, InvalidSignature, rfc8785.CanonicalizationError):
+                problem = _CHANGED
+        if len(self._statements) >= 50_000:
+            self._statements.clear()
+        self._statements[memo] = problem
+        return problem
 
     def _revoked(self, cert: x509.Certificate, created: str) -> str | None:
         for crl in self.crls:

@@ -476,7 +476,7 @@ def _held_by_every_party(w: _Work, oid: str, route: _Route, trace: list[str] | N
 def _official_object(w: _Work, oid: str, route: _Route, trace: list[str] | None) -> bool:
     """Clause ``official-markings``: an official TLP/IEP definition is shared; an altered copy of one is withheld."""
     obj = w.obj
-    if route.c_official is not None and obj == mk.OFFICIAL_OBJECTS[oid]:
+    if route.c_official is not None and mk.is_official_copy(obj):
         w.decision, w.clauses, w.shared = SHARE, (route.c_official.id,), obj
         w.reason = "official TLP/IEP definition held by every party"
         if trace is not None:

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exchange.config import InboundConfig
-from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, SIGNATURE_TYPE, classify_marking_definition
+from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, SIGNATURE_TYPE, classify_marking_definition, is_official_copy
 from exchange.stix import SCO_TYPES, object_version
 
 #: The rule ids this module refuses with; each is a clause of ``policies/inbound.yaml`` (kind ``inbound``, vectors in
@@ -238,7 +238,7 @@ class InboundRules:
 def _official(obj: dict) -> str | None:
     """``inbound.official-definition``: an official definition's id carries exactly the official object."""
     oid = obj.get("id")
-    if oid in OFFICIAL_OBJECTS and obj != OFFICIAL_OBJECTS[oid]:
+    if oid in OFFICIAL_OBJECTS and not is_official_copy(obj):
         return f"inbound.official-definition: {oid} is an official definition; this object differs from it"
     return None
 

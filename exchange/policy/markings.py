@@ -139,22 +139,58 @@ SIGNATURE_EXTENSION_DEFINITION: dict[str, Any] = {
     "description": (
         "Defines the x-cti-signature object: a detached Ed25519 signature by the node that originated or redacted "
         "the object version named by object_ref and object_modified. A consumer that does not know it ignores it; "
-        "the signed object is never changed."
+        "the signed object is never changed. Version 1.1.0: one Ed25519 signature covers a batch of versions "
+        "through a Merkle root; each version's object carries its Merkle path."
     ),
     "created": "2026-12-01T00:00:00.000Z",
-    "modified": "2026-12-01T00:00:00.000Z",
+    "modified": "2026-12-02T00:00:00.000Z",
     "created_by_ref": PROJECT_IDENTITY,
     "schema": (
-        "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity): "
-        "object_ref (identifier, required), object_modified (timestamp, required), algorithm ('Ed25519', required), "
-        "canonicalization ('RFC8785', required), key_id ('sha256:' + hex SHA-256 of the signer certificate's DER, required), "
-        "certificate (base64 DER X.509 signing certificate, required), signature (base64 Ed25519 signature, required), "
-        "derived_from ({id, modified} of the version a redacted copy was made from, optional). The signature is over the "
-        "RFC 8785 canonical JSON of this object without its signature property, with the signed object as the member "
+        "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity; modified equals "
+        "created): object_ref (identifier, required), object_modified (timestamp, required), algorithm ('Ed25519', "
+        "required), canonicalization ('RFC8785', required), key_id ('sha256:' + hex SHA-256 of the signer certificate's "
+        "DER, required), certificate (base64 DER X.509 signing certificate, required), signature (base64 Ed25519 "
+        "signature, required), merkle_root (base64 SHA-256 Merkle root, required from 1.1.0), merkle_path (list of "
+        "base64 SHA-256 sibling hashes from the leaf up, each prefixed 'L' or 'R' by the sibling's side, required from "
+        "1.1.0), derived_from ({id, modified} of the version a redacted copy was made from, optional). Leaf: SHA-256 of "
+        "0x00 followed by the RFC 8785 canonical JSON of {object_ref, object_modified, derived_from (if present), "
+        "signed_object: the signed object}; inner node: SHA-256 of 0x01, left, right; an odd last node is carried up "
+        "unchanged. The signature is over the RFC 8785 canonical JSON of {type, created, created_by_ref, key_id, "
+        "algorithm, canonicalization, merkle_root}. Before 1.1.0 (no merkle_root) the signature is over the RFC 8785 "
+        "canonical JSON of this object without its signature property, with the signed object as the member "
         "signed_object."
     ),
-    "version": "1.0.0",
+    "version": "1.1.0",
     "extension_types": ["new-sdo"],
+}
+
+#: Earlier versions of official definitions that a party may still hold and relay (accepted as official too).
+FORMER_OFFICIAL: dict[str, tuple[dict[str, Any], ...]] = {
+    SIGNATURE_EXTENSION_ID: ({
+        "id": SIGNATURE_EXTENSION_ID,
+        "type": "extension-definition",
+        "spec_version": "2.1",
+        "name": "cti-exchange origin signature",
+        "description": (
+            "Defines the x-cti-signature object: a detached Ed25519 signature by the node that originated or redacted "
+            "the object version named by object_ref and object_modified. A consumer that does not know it ignores it; "
+            "the signed object is never changed."
+        ),
+        "created": "2026-12-01T00:00:00.000Z",
+        "modified": "2026-12-01T00:00:00.000Z",
+        "created_by_ref": PROJECT_IDENTITY,
+        "schema": (
+            "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity): "
+            "object_ref (identifier, required), object_modified (timestamp, required), algorithm ('Ed25519', required), "
+            "canonicalization ('RFC8785', required), key_id ('sha256:' + hex SHA-256 of the signer certificate's DER, required), "
+            "certificate (base64 DER X.509 signing certificate, required), signature (base64 Ed25519 signature, required), "
+            "derived_from ({id, modified} of the version a redacted copy was made from, optional). The signature is over the "
+            "RFC 8785 canonical JSON of this object without its signature property, with the signed object as the member "
+            "signed_object."
+        ),
+        "version": "1.0.0",
+        "extension_types": ["new-sdo"],
+    },),
 }
 
 OFFICIAL_OBJECTS: dict[str, dict[str, Any]] = {
@@ -166,6 +202,12 @@ OFFICIAL_OBJECTS: dict[str, dict[str, Any]] = {
 }
 """Objects every party holds: official TLP 1.0/2.0 marking definitions, the TLP/IEP 2.0 extension definitions and the
 origin signature's extension definition shipped with cti-exchange."""
+
+
+def is_official_copy(obj: Any) -> bool:
+    """Whether ``obj`` is exactly an official object: its current version or a former one (``FORMER_OFFICIAL``)."""
+    oid = obj.get("id") if isinstance(obj, dict) else None
+    return oid in OFFICIAL_OBJECTS and (obj == OFFICIAL_OBJECTS[oid] or obj in FORMER_OFFICIAL.get(oid, ()))
 
 
 def parse_level(name: str) -> int:

@@ -29,7 +29,7 @@ from exchange.policy.markings import OFFICIAL_OBJECTS, tlp_name
 from exchange.sharing import lifecycle
 from exchange.sharing.attribution import concurred_for
 from exchange.sharing.producers import producers_of
-from exchange.sharing.signatures import is_partner_origin, release_signatures, without_signatures
+from exchange.sharing.signatures import interleaved, is_partner_origin, release_signatures, without_signature_rows
 from exchange.stix import object_version
 from exchange.storage import audit
 from exchange.storage.store import Selection
@@ -139,7 +139,7 @@ def _walk(
             rows, more = store.page(sel, limit=_BATCH, after=after)
             if not rows:
                 return
-            judged_rows, objs = without_signatures(rows, [orjson.loads(r.body) for r in rows])
+            judged_rows, objs = without_signature_rows(rows)  # signature rows are not parsed: they travel beside what they sign
             concurred = concurred_for(opened, objs, policy)
             from_partner = {(r.stix_id, r.version) for r in judged_rows if is_partner_origin(r.origin, src.role)}
             for p in recipients:
@@ -226,7 +226,7 @@ def _judge_and_write(
         return (oid, version) in from_partner if from_partner is not None else src.role == "partner-inbox"
 
     signatures = release_signatures(opened, target.id, src, decisions, travel, relayed)
-    store.add_in(conn, target.id, signatures + travel + shared, origin="release")
+    store.add_in(conn, target.id, interleaved(signatures, travel + shared), origin="release")
     companion_clause = policy.one("companions")
     entries = [
         audit.Entry(

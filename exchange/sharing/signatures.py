@@ -4,22 +4,24 @@ A version this node originates (its row's origin is local) or redacts is signed 
 (``exchange.node.signing``); a redacted copy names the version it came from (``derived_from``).
 Content that arrived from a partner (its row's origin is that partner's push or our pull) is
 relayed with the signature its origin gave it, found in the inbox it came through, never
-re-signed as ours.  Signatures are written before the objects they sign, so a recipient
-paging in ``date_added`` order always holds a signature when the object arrives.
+re-signed as ours.  Signatures are written just before the objects they sign (``interleaved``), so a
+recipient paging in ``date_added`` order always holds a signature when the object arrives, mostly in
+the same page or envelope (no lookup of stored signatures).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from typing import Any
 
+import orjson
+
 from exchange.node.signing import extension_definition, is_signature, known_signers, load_node_signer, signature_id
-from exchange.policy.markings import OFFICIAL_OBJECTS, SIGNATURE_EXTENSION_ID
+from exchange.policy.markings import OFFICIAL_OBJECTS, SIGNATURE_EXTENSION_ID, SIGNATURE_TYPE
 from exchange.stix import object_version
 from exchange.storage.store import Store
 
-__all__ = ["is_partner_origin", "release_signatures", "without_signatures"]
+__all__ = ["interleaved", "is_partner_origin", "is_signature_row", "release_signatures", "without_signature_rows", "without_signatures"]
 
 _PARTNER_KINDS = frozenset({"push", "pull", "partner"})
 _has_extension: set[tuple[str, str]] = set()
@@ -41,6 +43,39 @@ def without_signatures(rows: Sequence[Any], objs: Sequence[dict]) -> tuple[list[
     return [r for r, _ in kept], [o for _, o in kept]
 
 
+def without_signature_rows(rows: Sequence[Any]) -> tuple[list[Any], list[dict]]:
+    """``without_signatures`` on stored rows, deciding by the row's id (a STIX id names its type), so the signature
+    rows of a batch are never parsed: the rows and parsed objects the policy judges."""
+    kept = [r for r in rows if not is_signature_row(r.stix_id)]
+    return without_signatures(kept, [orjson.loads(r.body) for r in kept])
+
+
+_SIGNATURE_PREFIX = SIGNATURE_TYPE + "--"
+
+
+def interleaved(signatures: Sequence[dict], objs: Sequence[dict]) -> list[dict]:
+    """``objs`` in order, each just after the signatures of its version (and the extension definition first): one write
+    in which a recipient paging in ``date_added`` order, or an envelope cut anywhere, finds a version's signature in
+    the same page as the version or in an earlier one."""
+    by_version: dict[tuple[Any, Any], list[dict]] = {}
+    head: list[dict] = []
+    for sig in signatures:
+        if is_signature(sig):
+            by_version.setdefault((sig.get("object_ref"), sig.get("object_modified")), []).append(sig)
+        else:
+            head.append(sig)  # the extension definition
+    out = head
+    for obj in objs:
+        out += by_version.pop((obj.get("id"), object_version(obj)), ())
+        out.append(obj)
+    return [*(s for sigs in by_version.values() for s in sigs), *out] if by_version else out
+
+
+def is_signature_row(stix_id: str) -> bool:
+    """Whether a stored row is a signature or the signature extension definition (by its id: a STIX id names its type)."""
+    return stix_id.startswith(_SIGNATURE_PREFIX) or stix_id == SIGNATURE_EXTENSION_ID
+
+
 def _infrastructure(obj: dict) -> bool:
     return is_signature(obj) or obj.get("id") == SIGNATURE_EXTENSION_ID
 
@@ -56,23 +91,18 @@ def release_signatures(
     signer = load_node_signer(cfg)
     if signer is None:
         return []
-    out: list[dict] = []
+    mine: list[tuple[dict, dict | None]] = []  # signed together: one Ed25519 signature over the batch's Merkle root
     relay: list[dict] = []
-
-    def sign(obj: dict, derived_from: dict | None = None) -> None:
-        with suppress(ValueError, TypeError):  # not canonicalisable (RFC 8785: e.g. an integer beyond 2**53): stays unsigned
-            out.append(signer.sign_object(obj, derived_from=derived_from))
-
     for d in decisions:
         obj = d.shared
         if obj is None or object_version(obj) is None:
             continue
         if d.decision == "redact":
-            sign(obj, {"id": d.id, "modified": d.version})
+            mine.append((obj, {"id": d.id, "modified": d.version}))
         elif relayed(d.id, d.version):
             relay.append(obj)
         else:
-            sign(obj)
+            mine.append((obj, None))
     for obj in travel:
         if obj["id"] in OFFICIAL_OBJECTS or object_version(obj) is None:
             continue
@@ -80,7 +110,9 @@ def release_signatures(
         if source.role == "partner-inbox" and not ours:
             relay.append(obj)  # a companion of relayed content comes from that partner's inbox: keep its origin's word
         else:
-            sign(obj)
+            mine.append((obj, None))
+    # not canonicalisable (RFC 8785: e.g. an integer beyond 2**53): left unsigned by sign_batch
+    out: list[dict] = signer.sign_batch(mine) if mine else []
     if relay:
         out += origin_signatures(opened.store, source.id, relay, known_signers(cfg))
     if out and not _extension_present(opened.store, target_id):
@@ -117,12 +149,8 @@ def own_signatures(opened: Any, target_id: str, objs: Sequence[dict]) -> list[di
     signer = load_node_signer(opened.node.config)
     if signer is None:
         return []
-    out: list[dict] = []
-    for obj in objs:
-        if object_version(obj) is None:
-            continue
-        with suppress(ValueError, TypeError):  # not canonicalisable (RFC 8785): stays unsigned
-            out.append(signer.sign_object(obj))
+    # one signature for the write (a Merkle root); what RFC 8785 cannot canonicalise stays unsigned
+    out = signer.sign_batch([(obj, None) for obj in objs if object_version(obj) is not None])
     if out and not _extension_present(opened.store, target_id):
         out.insert(0, extension_definition())
     return out

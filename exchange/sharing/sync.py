@@ -34,6 +34,7 @@ from exchange.sharing.attribution import settle
 from exchange.sharing.client import PartnerClient
 from exchange.sharing.receipts import exchange_receipts
 from exchange.sharing.release import release_all
+from exchange.sharing.signatures import is_signature_row
 from exchange.stix import check_object, object_version, parse_timestamp
 from exchange.storage import audit
 from exchange.storage.store import Selection, now_us
@@ -238,9 +239,11 @@ def push(
     while True:
         mark = _state(opened, key)
         after = tuple(mark["after"]) if mark.get("after") else None
-        rows, _more = opened.store.page(sel, limit=envelope_size, after=after)  # type: ignore[arg-type]
+        # envelope_size counts content: the signatures ride along (at most one per version, interleaved before it)
+        rows, _more = opened.store.page(sel, limit=2 * envelope_size, after=after)  # type: ignore[arg-type]
         if not rows:
             return transfer
+        rows = _envelope_rows(rows, envelope_size)
         objs = [orjson.loads(r.body) for r in rows if not (plain and r.encrypt_in_transit)]
         status = _NOTHING
         if objs:  # this envelope's objs bound as a default argument (with_retries calls it within this iteration only)
@@ -270,6 +273,17 @@ def push(
             opened.store.set_state(conn, key, orjson.dumps({"after": [rows[-1].date_added, rows[-1].seq]}).decode())
         if progress:
             progress(len(objs))
+
+
+def _envelope_rows(rows: list, size: int) -> list:
+    """``rows`` up to the ``size``-th content row (signature rows not counted: each comes just before what it signs)."""
+    content = 0
+    for i, r in enumerate(rows):
+        if not is_signature_row(r.stix_id):
+            content += 1
+            if content == size:
+                return rows[: i + 1]
+    return rows
 
 
 _NOTHING = {"success_count": 0, "failure_count": 0, "successes": [], "failures": []}

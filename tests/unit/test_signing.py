@@ -278,3 +278,146 @@ def test_a_signature_object_of_a_refused_object_is_refused_with_it():
     refused = _rules().judge([sig, obj], signatures=lambda _o: SignatureState("invalid", ROK.identity, "changed"))
     assert refused[1].startswith("inbound.signature-invalid") and refused[0].startswith("inbound.signature-invalid")
     assert _rules().judge([{"type": SIGNATURE_TYPE, "id": sig["id"]}])[0].startswith("inbound.signature-invalid")
+
+
+# -- batch signatures: one Ed25519 signature over a Merkle root, one companion per version ----------------------
+
+
+def _legacy_signature(signer: NodeSigner, obj: dict) -> dict:
+    """A per-version signature in the format before batches (no merkle_root), as nodes wrote it until 1.1.0."""
+    import base64
+
+    from exchange.node.signing import _payload, signature_id
+
+    stamp = format_timestamp(now_us())
+    sig = {"type": SIGNATURE_TYPE, "spec_version": "2.1", "id": signature_id(obj["id"], obj["modified"], signer.signer),
+           "created": stamp, "modified": stamp, "created_by_ref": signer.signer,
+           "object_ref": obj["id"], "object_modified": obj["modified"], "algorithm": "Ed25519", "canonicalization": "RFC8785",
+           "key_id": signer.key_id, "certificate": signer.certificate,
+           "extensions": {SIGNATURE_EXTENSION_ID: {"extension_type": "new-sdo"}}}
+    sig["signature"] = base64.b64encode(signer.sign(_payload(sig, obj))).decode("ascii")
+    return sig
+
+
+def test_a_batch_has_one_signature_and_each_version_verifies_alone(signer, pki):
+    objs = [new_indicator(i, marking=GREEN, created_by_ref=US.identity) for i in range(37)]
+    sigs = signer.sign_batch([(o, None) for o in objs])
+    assert len(sigs) == len(objs) and len({s["signature"] for s in sigs}) == 1 and len({s["merkle_root"] for s in sigs}) == 1
+    assert [s["object_ref"] for s in sigs] == [o["id"] for o in objs]
+    v = _verifier(pki)
+    for obj, sig in zip(reversed(objs), reversed(sigs), strict=True):  # each alone, in any order: no other version needed
+        assert v.check(obj, sig).status == "valid"
+    assert len(v._statements) == 1  # the batch's one Ed25519 signature was verified once
+    assert _verifier(pki).check(objs[5], sigs[5]).status == "valid"  # a verifier holding only that one pair
+
+
+def test_a_changed_version_or_path_of_a_batch_is_invalid_and_the_others_stay_valid(signer, pki):
+    objs = [new_indicator(i, marking=GREEN, created_by_ref=US.identity) for i in range(9)]
+    sigs = signer.sign_batch([(o, None) for o in objs])
+    v = _verifier(pki)
+    tampered = dict(objs[3], name="changed")
+    assert v.check(tampered, sigs[3]).status == "invalid"
+    assert v.check(objs[4], dict(sigs[3], object_ref=objs[4]["id"])).status == "invalid"  # another version's proof
+    swapped = dict(sigs[2], merkle_path=sigs[1]["merkle_path"])
+    assert v.check(objs[2], swapped).status == "invalid"
+    assert v.check(objs[2], dict(sigs[2], merkle_path="x")).status == "invalid"
+    assert v.check(objs[2], dict(sigs[2], merkle_root=sigs[2]["merkle_root"][::-1])).status == "invalid"
+    assert v.check(objs[2], dict(sigs[2], created="2030-01-01T00:00:00.000Z")).status == "invalid"  # the statement's time
+    assert v.check(objs[2], dict(sigs[2], derived_from={"id": objs[2]["id"], "modified": objs[2]["modified"]})).status == "invalid"
+    assert all(v.check(o, s).status == "valid" for o, s in zip(objs, sigs, strict=True))
+
+
+def test_a_forged_root_signature_is_invalid_even_after_a_valid_batch_was_cached(signer, pki):
+    a = signer.sign_batch([(new_indicator(i, created_by_ref=US.identity), None) for i in range(3)])
+    objs = [new_indicator(i, created_by_ref=US.identity) for i in range(3)]
+    b = signer.sign_batch([(o, None) for o in objs])
+    v = _verifier(pki)
+    assert v.check(objs[0], b[0]).status == "valid"
+    forged = dict(b[1], signature=a[0]["signature"])  # a valid signature, but of another batch's root
+    assert v.check(objs[1], forged).status == "invalid"
+
+
+def test_redactions_in_a_batch_name_their_source_version(signer, pki):
+    src = new_indicator(1, marking=GREEN, created_by_ref=US.identity)
+    copy_ = dict(src, description="redacted")
+    plain = new_indicator(2, marking=GREEN, created_by_ref=US.identity)
+    sigs = signer.sign_batch([(copy_, {"id": src["id"], "modified": src["modified"]}), (plain, None)])
+    state = _verifier(pki).check(copy_, sigs[0])
+    assert state.status == "valid" and state.derived_from == {"id": src["id"], "modified": src["modified"]}
+    assert "derived_from" not in sigs[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 70), data=st.data())
+def test_any_subset_of_a_batch_verifies_on_its_own(pki, size, data):
+    """A relayed subset (another node pages or releases only some of the batch) verifies with only its objects present."""
+    import os
+
+    os.environ[PKI_ENV] = str(pki)
+    try:
+        signer = load_node_signer(US)
+    finally:
+        os.environ.pop(PKI_ENV, None)
+    assert signer is not None
+    objs = [new_indicator(i, created_by_ref=US.identity) for i in range(size)]
+    sigs = signer.sign_batch([(o, None) for o in objs])
+    keep = data.draw(st.lists(st.integers(0, size - 1), unique=True, min_size=1))
+    from exchange.node.signing import verify_report
+
+    report = verify_report([x for i in keep for x in (sigs[i], objs[i])], _verifier(pki))
+    assert (report["valid"], report["invalid"], report["unsigned"]) == (len(keep), 0, 0)
+
+
+def test_per_version_signatures_of_the_format_before_batches_still_verify(signer, pki):
+    obj = new_indicator(3, marking=GREEN, created_by_ref=US.identity)
+    old = _legacy_signature(signer, obj)
+    v = _verifier(pki)
+    assert "merkle_root" not in old and v.check(obj, old).status == "valid"
+    assert v.check(dict(obj, name="changed"), old).status == "invalid"
+
+
+def test_the_former_signature_extension_definition_is_still_official():
+    from exchange.policy.inbound import _official
+    from exchange.policy.markings import FORMER_OFFICIAL, SIGNATURE_EXTENSION_DEFINITION
+
+    former = FORMER_OFFICIAL[SIGNATURE_EXTENSION_ID][0]
+    assert former["modified"] < SIGNATURE_EXTENSION_DEFINITION["modified"] and former["version"] == "1.0.0"
+    assert _official(former) is None and _official(SIGNATURE_EXTENSION_DEFINITION) is None
+    assert _official(dict(former, name="x")) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=30), st.text(min_size=1, max_size=60))
+def test_signature_ids_are_the_rfc4122_name_based_uuids_they_always_were(object_id, version, signer):
+    import uuid
+
+    from exchange.node.signing import _NS, signature_id
+
+    assert signature_id(object_id, version, signer) == f"{SIGNATURE_TYPE}--{uuid.uuid5(_NS, f'{object_id}|{version}|{signer}')}"
+
+
+def test_signatures_are_written_just_before_what_they_sign_and_envelopes_count_content(signer):
+    from collections import namedtuple
+
+    from exchange.sharing.signatures import extension_definition, interleaved
+    from exchange.sharing.sync import _envelope_rows
+
+    objs = [new_indicator(i, created_by_ref=US.identity) for i in range(5)]
+    sigs = signer.sign_batch([(o, None) for o in objs[:4]])  # the last one unsigned
+    out = interleaved([extension_definition(), *sigs], objs)
+    pairs = [x for s, o in zip(sigs, objs, strict=False) for x in (s["id"], o["id"])]
+    assert [o["id"] for o in out] == [SIGNATURE_EXTENSION_ID, *pairs, objs[4]["id"]]
+    Row = namedtuple("Row", "stix_id")
+    rows = [Row(o["id"]) for o in out]
+    assert _envelope_rows(rows, 2) == rows[:5]  # the extension definition, sig, obj, sig, obj: two objects
+    assert _envelope_rows(rows, 5) == rows and _envelope_rows(rows, 50) == rows
+
+
+def test_a_large_batch_is_signed_as_trees_of_bounded_size(signer, pki):
+    from exchange.node.signing import TREE_LEAVES
+
+    objs = [new_indicator(i, created_by_ref=US.identity) for i in range(2 * TREE_LEAVES + 3)]
+    sigs = signer.sign_batch([(o, None) for o in objs])
+    assert len({s["merkle_root"] for s in sigs}) == 3 and max(len(s["merkle_path"]) for s in sigs) <= (TREE_LEAVES - 1).bit_length()
+    v = _verifier(pki)
+    assert all(v.check(o, s).status == "valid" for o, s in zip(objs, sigs, strict=True)) and len(v._statements) == 3
