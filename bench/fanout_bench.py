@@ -252,6 +252,8 @@ def main() -> None:
         s = mine[8]["after"]["bytes_used"] / mine[1]["after"]["bytes_used"]
         print(f"\ntargets: release 8/1 = {t:.2f}x (<= {TARGET_TIME}x: {'met' if t <= TARGET_TIME else 'NOT met'}); "
               f"storage 8/1 = {s:.2f}x (<= {TARGET_STORAGE}x: {'met' if s <= TARGET_STORAGE else 'NOT met'})")
+    for code, _label in codes[1:]:
+        shutil.rmtree(code, ignore_errors=True)  # the git archive snapshot
     if args.json:
         args.json.write_text(json.dumps({"n": args.n, "results": {lbl: {str(k): v for k, v in r.items()} for lbl, r in results.items()}},
                                         indent=1))
