@@ -13,6 +13,13 @@ batch of object versions with the pure engine, writes the shared copies, the
 companions they reference (identities, marking definitions) and one audit
 entry per decision, and moves the bookmark, all in one transaction.  Each
 version is judged on its own markings.
+
+A batch is read, parsed and prepared once for all its recipients (issue 21):
+the references of each object, its TLP and the producers of what it sights
+do not depend on the recipient, and the audit entries of every recipient are
+chained in one append.  A released copy identical for several partners (or to
+the original) is one stored body (``exchange.storage.store``): each partner's
+read collection gets index rows only.
 """
 
 from __future__ import annotations
@@ -142,6 +149,8 @@ def _walk(
             judged_rows, objs = without_signature_rows(rows)  # signature rows are not parsed: they travel beside what they sign
             concurred = concurred_for(opened, objs, policy)
             from_partner = {(r.stix_id, r.version) for r in judged_rows if is_partner_origin(r.origin, src.role)}
+            work = _Work(opened, objs)  # what does not depend on the recipient, once for all of them
+            entries: list[audit.Entry] = []
             for p in recipients:
                 mark = marks[p]
                 mine = objs if mark is None or mark == after else [
@@ -149,7 +158,8 @@ def _walk(
                 ]
                 if not mine:
                     continue
-                batch = _judge_and_write(opened, conn, p, policy, src, mine, now, cache, concurred, from_partner)
+                batch = _judge_and_write(opened, conn, p, policy, src, mine, now, cache, concurred, from_partner, work)
+                entries += batch.entries
                 deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
                 if deferred:
                     dkey = f"deferred:{p}:{src.id}"
@@ -157,6 +167,7 @@ def _walk(
                     new = old + [[d.id, d.version] for d in deferred]
                     store.set_state(conn, dkey, orjson.dumps(new[-_MAX_DEFERRED:]).decode())
                 totals[p].add(batch.tally)
+            audit.append(conn, entries)  # every recipient's decisions, in recipient order: one chain extension per batch
             for p in recipients:
                 store.set_state(conn, keys[p], orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
         if not more:
@@ -194,18 +205,54 @@ _MAX_DEFERRED = 10000
 class _Batch:
     decisions: list
     tally: Released
+    entries: list  # the audit entries, appended by the caller
+
+
+class _Work:
+    """The recipient-independent part of judging one batch (references, TLP, producers), computed on first use."""
+
+    def __init__(self, opened: OpenNode, objs: list[dict]) -> None:
+        self._opened, self._objs = opened, objs
+        self._refs: dict[int, set[str]] = {}
+        self._tlp: dict[int, str | None] = {}
+        self._producers: dict[str, str] | None = None
+
+    def refs(self, obj: dict) -> set[str]:
+        key = id(obj)
+        if key not in self._refs:
+            self._refs[key] = _referenced(obj)
+        return self._refs[key]
+
+    def tlp(self, obj: dict) -> str | None:
+        key = id(obj)
+        if key not in self._tlp:
+            self._tlp[key] = tlp_name(obj)
+        return self._tlp[key]
+
+    def producers(self, objs: list[dict]) -> dict[str, str]:
+        """``producers_of`` for ``objs``: shared when they are the whole batch (a recipient behind in its bookmark gets its own)."""
+        if objs is not self._objs:
+            return producers_of(self._opened, objs)
+        if self._producers is None:
+            self._producers = producers_of(self._opened, objs)
+        return self._producers
 
 
 def _judge_and_write(
     opened: OpenNode, conn: Any, partner: str, policy: Policy, src: Any, objs: list[dict], now: str | None,
     cache: dict[Any, dict | None], concurred: Any = (), from_partner: set[tuple[str, str]] | None = None,
+    work: _Work | None = None,
 ) -> _Batch:
-    """Evaluate one batch for one partner, write shared copies and companions, append the audit entries."""
+    """Evaluate one batch for one partner, write shared copies and companions; its audit entries are returned.
+
+    ``work``: the batch's recipient-independent preparation, shared by its recipients.
+    """
     cfg = opened.node.config
     store = opened.store
+    work = work if work is not None else _Work(opened, objs)
     target = cfg.partner_collection(partner, "partner-read")
     batch_ids = {o["id"] for o in objs}
-    outside = set().union(*(_referenced(o) for o in objs)) - batch_ids
+    outside = set().union(*(work.refs(o) for o in objs)) - batch_ids
     # scf.integrity-required-refs: the recipient holds what this node released to it, the official and
     # party objects the engine knows, and what it sent us itself; an id it pushed proves nothing about an
     # object of ours with that id (its copy is not ours: ``_held_by``)
@@ -214,7 +261,7 @@ def _judge_and_write(
     context = _context(opened, [r for r in outside if _is_context(r)], cache, src)
     # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
     decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred,
-                         producers=producers_of(opened, objs))  # CERT MOU: an AMBER sighting goes to its producer only
+                         producers=work.producers(objs))  # CERT MOU: an AMBER sighting goes to its producer only
     travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
     if travel:  # a companion already released at this version need not travel (nor be audited) again
         present = {(o["id"], object_version(o)) for o in store.versions_of(target.id, [(o["id"], object_version(o)) for o in travel])}
@@ -231,7 +278,7 @@ def _judge_and_write(
     entries = [
         audit.Entry(
             d.decision, partner, d.id, d.version, d.decision, tuple(d.clauses),
-            {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": tlp_name(obj)},
+            {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": work.tlp(obj)},
         )
         for d, obj in zip(decisions, objs, strict=True)  # evaluate: one decision per object, in order
     ]
@@ -245,7 +292,6 @@ def _judge_and_write(
         for o in travel
     ]
     withdrawals = lifecycle.after_judging(opened, conn, partner, target.id, src, objs, decisions, policy)
-    audit.append(conn, entries + withdrawals)
     tally = Released(evaluated=len(decisions), companions=len(travel), withdrawn=len(withdrawals))
     for d in decisions:
         if d.decision == "share":
@@ -254,7 +300,7 @@ def _judge_and_write(
             tally.redacted += 1
         else:
             tally.withheld += 1
-    return _Batch(decisions, tally)
+    return _Batch(decisions, tally, entries + withdrawals)
 
 
 def _held_by(opened: OpenNode, partner: str, target_id: str, ids: set[str]) -> set[str]:
@@ -290,6 +336,7 @@ def _retry_deferred(
             return Released()
         objs = opened.store.versions_of(src.id, pending)
         batch = _judge_and_write(opened, conn, partner, policy, src, objs, now, cache, concurred_for(opened, objs, policy))
+        audit.append(conn, batch.entries)
         still = [[d.id, d.version] for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & kinds]
         opened.store.set_state(conn, dkey, orjson.dumps(still).decode())
     return Released(shared=batch.tally.shared, redacted=batch.tally.redacted, companions=batch.tally.companions)

@@ -16,15 +16,15 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 7274557
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the database to the newest schema revision."""
+def upgrade(engine: Engine, target: str = "head") -> None:
+    """Bring the database to the newest schema revision (``target``: an earlier one, e.g. to test a migration from it)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.connect().execution_options(cti_write=True) as conn, conn.begin():
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, target)
 
 
 def current(engine: Engine) -> str | None:

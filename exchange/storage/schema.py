@@ -1,7 +1,10 @@
 """Database schema (SQLAlchemy Core), one database per node.
 
-``objects`` holds every version of every STIX object per collection as the
-JSON text it arrived as.  ``seq`` is the tie-breaker of the ``(date_added,
+``objects`` is an index: one row per stored version of a STIX object per
+collection (its id, version, ``date_added`` in that collection, flags); the JSON
+text of the version lives once in ``bodies``, keyed by the SHA-256 of its bytes
+(migration 0007), however many collections hold it.  A redacted copy released
+to a partner is simply another body.  ``seq`` is the tie-breaker of the ``(date_added,
 seq)`` keyset order used for paging; ``is_first``/``is_last`` are maintained on
 write so ``match[version]=first|last`` are indexed lookups, not scans.
 """
@@ -14,6 +17,7 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -41,7 +45,8 @@ objects = Table(
     Column("date_added", BigInteger, nullable=False),
     Column("is_first", Boolean, nullable=False),
     Column("is_last", Boolean, nullable=False),
-    Column("body", Text, nullable=False),
+    # the SHA-256 of the version's JSON text (``bodies.hash``); migration 0007 (the row held the text itself before)
+    Column("body_hash", LargeBinary(32), nullable=False),
     # never served or pushed over plain HTTP (an IEP 2.0 marking says encrypt_in_transit: must); migration 0002
     Column("encrypt_in_transit", Boolean, nullable=False, server_default=false()),
     # what the node observed, never what the object claims (migration 0006): 'local:<account>' (a write to the own
@@ -58,6 +63,16 @@ objects = Table(
         "ix_objects_encrypted", "collection_id", "date_added", "seq",
         sqlite_where=text("encrypt_in_transit = 1"), postgresql_where=text("encrypt_in_transit"),
     ),
+)
+
+# each distinct JSON text of an object version once, keyed by the SHA-256 of its UTF-8 bytes (migration 0007);
+# ``refs``: how many ``objects`` rows reference it (a body goes with its last row)
+bodies = Table(
+    "bodies",
+    metadata,
+    Column("hash", LargeBinary(32), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("refs", BigInteger, nullable=False),
 )
 
 statuses = Table(

@@ -10,15 +10,23 @@ first row of a batch gets ``max(now, latest date_added + 1µs)``, each further
 row 1µs more.  So ``date_added`` strictly increases row by row in commit order
 within a collection, and a reader paging with ``added_after`` (exclusive) or
 ``next`` never misses a row nor gets one twice.
+
+A version's JSON text is stored once (``bodies``, keyed by its SHA-256) however
+many collections hold it: the own collection and every partner's read collection
+that got it unchanged reference one body; a redacted copy is another body.
+``objects`` rows count their bodies (``bodies.refs``), and a body goes with the
+last row referencing it, in the same transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import secrets
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -47,14 +55,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange.errors import ConfigError, StorageError
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
-from exchange.storage.schema import accounts, grants, login_failures, meta, objects, statuses, sync_state
+from exchange.storage.schema import accounts, bodies, grants, login_failures, meta, objects, statuses, sync_state
 
 DB_FILE = "cti-exchange.sqlite"
 _CHUNK = 500
 # PostgreSQL: rows this process inserts between two looks at the table's size, and the size (8 KiB
-# pages, ~10,000 indicators) below which a table is not worth analyzing by hand (Store._keep_statistics)
+# pages, ~10,000 index rows now that bodies live in ``bodies``) below which a table is not worth analyzing
+# by hand (Store._keep_statistics)
 _STATS_CHECK_ROWS = 5_000
-_STATS_MIN_PAGES = 1_000
+_STATS_MIN_PAGES = 250
 # failed logins this process records between two sweeps of every name's expired rows
 _LOGIN_SWEEP_EVERY = 256
 
@@ -90,6 +99,52 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict]) -> None:
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
     conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+
+
+def body_hash(body: str) -> bytes:
+    """The key of a stored JSON text (``bodies.hash``): the SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(body.encode("utf-8")).digest()
+
+
+# objects rows with their JSON text (every read of a body goes through it)
+_WITH_BODY = objects.join(bodies, bodies.c.hash == objects.c.body_hash)
+
+
+def put_bodies(conn: Connection, texts: Iterable[str]) -> list[bytes]:
+    """Store each text once and count one more reference per occurrence (inside ``conn``'s transaction); their hashes, in order.
+
+    A text already stored only gets its ``refs`` raised: N collections holding the same
+    version cost one body.
+    """
+    hashes: list[bytes] = []
+    found: dict[bytes, list] = {}
+    for text_ in texts:
+        h = body_hash(text_)
+        hashes.append(h)
+        entry = found.get(h)
+        if entry is None:
+            found[h] = [text_, 1]
+        else:
+            entry[1] += 1
+    if found:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(
+            f"INSERT INTO bodies (hash, body, refs) VALUES ({mark}, {mark}, {mark}) "
+            "ON CONFLICT (hash) DO UPDATE SET refs = bodies.refs + excluded.refs",
+            [(h, t, n) for h, (t, n) in found.items()],
+        )
+    return hashes
+
+
+def drop_bodies(conn: Connection, hashes: Iterable[bytes]) -> None:
+    """One reference less per occurrence in ``hashes`` (rows deleted in ``conn``'s transaction); unreferenced bodies go."""
+    counts = Counter(hashes)
+    if not counts:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(f"UPDATE bodies SET refs = refs - {mark} WHERE hash = {mark}", [(n, h) for h, n in counts.items()])
+    for chunk in _chunks(list(counts), _CHUNK):
+        conn.execute(delete(bodies).where(bodies.c.hash.in_(chunk), bodies.c.refs <= 0))
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -404,7 +459,7 @@ class Store:
             self._keep_statistics()
 
     def _keep_statistics(self) -> None:
-        """PostgreSQL: ``ANALYZE objects`` when the table has doubled since it was last analyzed.
+        """PostgreSQL: ``ANALYZE objects`` (and ``bodies``) when the table has doubled since it was last analyzed.
 
         The id lookups of every add (``stix_id IN (...)`` within a collection) are
         planned from the table's statistics.  A table that grew fast since its last
@@ -430,7 +485,7 @@ class Store:
                     return
                 # one worker analyzes; the others go on (ANALYZE does not block inserts or reads)
                 if conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(7274558)").scalar():
-                    conn.exec_driver_sql("ANALYZE objects")
+                    conn.exec_driver_sql("ANALYZE objects, bodies")  # bodies: the page query joins them by hash
                 conn.commit()
         except SQLAlchemyError:
             pass
@@ -538,7 +593,9 @@ class Store:
         wanted = sorted({r for o in objs for r in marking_refs(o) if r not in LEVEL_OF and r not in defs})
         for chunk in _chunks(wanted, _CHUNK):
             for sid, body in conn.execute(
-                select(objects.c.stix_id, objects.c.body).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk))
+                select(objects.c.stix_id, bodies.c.body).select_from(_WITH_BODY).where(
+                    objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk)
+                )
             ):
                 defs.setdefault(sid, orjson.loads(body))
         return lambda obj: encryption_required(obj, defs)
@@ -551,10 +608,11 @@ class Store:
         """
         with self.transaction() as conn:
             where = self._where(sel, object_id=object_id)
-            found = conn.execute(select(objects.c.seq, objects.c.version).where(*where)).all()
+            found = conn.execute(select(objects.c.seq, objects.c.version, objects.c.body_hash).where(*where)).all()
             seqs = [r.seq for r in found]
             for chunk in _chunks(seqs, _CHUNK):
                 conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
+            drop_bodies(conn, [r.body_hash for r in found])
             if seqs:
                 self._refresh_flags(conn, sel.collection_id, object_id)
                 key = f"deleted:{sel.collection_id}"
@@ -567,7 +625,7 @@ class Store:
         out: dict[str, dict] = {}
         for chunk in _chunks(sorted(set(ids)), _CHUNK):
             for sid, body, last in conn.execute(
-                select(objects.c.stix_id, objects.c.body, objects.c.is_last).where(
+                select(objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
                     objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk)
                 )
             ):
@@ -587,7 +645,11 @@ class Store:
         where = [objects.c.collection_id == collection_id, objects.c.stix_id == object_id]
         if versions is not None:
             where.append(objects.c.version_key.in_([parse_timestamp(v) for v in versions]))
-        n = conn.execute(delete(objects).where(*where)).rowcount or 0
+        gone = list(conn.execute(select(objects.c.seq, objects.c.body_hash).where(*where)))
+        for chunk in _chunks([r.seq for r in gone], _CHUNK):
+            conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
+        drop_bodies(conn, [r.body_hash for r in gone])
+        n = len(gone)
         if n:
             self._refresh_flags(conn, collection_id, object_id)
         return n
@@ -654,24 +716,43 @@ class Store:
                      for t in dict.fromkeys(sel.types)]
             merged = list(heapq.merge(*(rows for rows, _ in parts), key=lambda r: (r.date_added, r.seq)))
             return merged[:limit], len(merged) > limit or any(more for _, more in parts)
-        c = objects.c
-        cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
-        cols.append(c.body if with_body else c.stix_type)
-        cols.append(c.encrypt_in_transit)
-        cols.append(c.origin)
-        where = self._where(sel, object_id=object_id)
-        if after is not None:
-            where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
-        stmt = select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
+        stmt = self.page_statement(sel, limit=limit, after=after, object_id=object_id, with_body=with_body)
         try:
             with self._read() as conn:
                 # fetchall: one driver call for the page (iterating the result fetches row by row)
                 fetched = conn.execute(stmt).fetchall()
+            fetched.sort(key=_keyset)  # already in keyset order but for PostgreSQL's join (``page_statement``): linear then
             rows = list(map(Row._make, fetched)) if with_body else [Row(r[0], r[1], r[2], r[3], r[4], "", r[6], r[7]) for r in fetched]
         except SQLAlchemyError as exc:
             raise StorageError(f"reading objects failed: {exc.__class__.__name__}") from exc
         more = len(rows) > limit
         return rows[:limit], more
+
+    def page_statement(
+        self, sel: Selection, *, limit: int, after: tuple[int, int] | None = None, object_id: str | None = None, with_body: bool = True,
+    ):  # type: ignore[no-untyped-def]
+        """The query of one page of one type (``page``): ``limit + 1`` rows in keyset order, bodies joined by hash."""
+        c = objects.c
+        cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
+        cols.append(bodies.c.body if with_body else c.stix_type)
+        cols.append(c.encrypt_in_transit)
+        cols.append(c.origin)
+        where = self._where(sel, object_id=object_id)
+        if after is not None:
+            where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
+        if not with_body:
+            return select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
+        if self.dialect == "sqlite":  # the planner walks the keyset index of objects and probes bodies by hash per row
+            return select(*cols).select_from(_WITH_BODY).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
+        # PostgreSQL: the page of rows first (the keyset index walk stopped by the LIMIT), then their bodies by hash;
+        # a plain join let the planner hash-join and sort a whole small collection.  The join may return the page's
+        # rows in another order: ``page`` puts them back in keyset order (a sort of at most ``limit + 1`` rows)
+        cols[5] = c.body_hash
+        rows = select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1).subquery("page")
+        r = rows.c
+        return select(r.seq, r.stix_id, r.version, r.spec_version, r.date_added, bodies.c.body, r.encrypt_in_transit, r.origin).select_from(
+            rows.join(bodies, bodies.c.hash == r.body_hash)
+        )
 
     def last_key(self, collection_id: str) -> tuple[int, int] | None:
         """The ``(date_added, seq)`` of a collection's newest row (an index probe), or ``None`` if empty."""
@@ -718,7 +799,7 @@ class Store:
         """The last version of one object in a collection, parsed, or ``None``."""
         with self._read() as conn:
             body = conn.execute(
-                select(objects.c.body).where(
+                select(bodies.c.body).select_from(_WITH_BODY).where(
                     objects.c.collection_id == collection_id, objects.c.stix_id == object_id, objects.c.is_last == True  # noqa: E712
                 )
             ).scalar()
@@ -748,7 +829,7 @@ class Store:
                     # (collection_id, stix_id) leads the unique index; is_last is checked here, not in SQL,
                     # so that no planner prefers the date-ordered index and scans the collection
                     for sid, body, last in conn.execute(
-                        select(objects.c.stix_id, objects.c.body, objects.c.is_last).where(
+                        select(objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
                             objects.c.collection_id == cid, objects.c.stix_id.in_(chunk)
                         )
                     ):
@@ -763,7 +844,7 @@ class Store:
             for chunk in _chunks(list(keys), _CHUNK):
                 ids = list({k[0] for k in chunk})
                 for sid, version, body in conn.execute(
-                    select(objects.c.stix_id, objects.c.version, objects.c.body).where(
+                    select(objects.c.stix_id, objects.c.version, bodies.c.body).select_from(_WITH_BODY).where(
                         objects.c.collection_id == collection_id, objects.c.stix_id.in_(ids)
                     )
                 ):
@@ -921,7 +1002,7 @@ def _settle_collisions(conn: Connection, compare: list[tuple[dict, str | None, i
         stored = {
             (r.stix_id, r.version_key): r.body
             for r in conn.execute(
-                select(objects.c.stix_id, objects.c.version_key, objects.c.body).where(
+                select(objects.c.stix_id, objects.c.version_key, bodies.c.body).select_from(_WITH_BODY).where(
                     objects.c.collection_id == staged.collection_id, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
                 )
             )
@@ -971,7 +1052,14 @@ def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[t
         conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_first=False))
     for chunk in _chunks(clear_last, _CHUNK):
         conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
-    insert_rows(conn, objects, list(pending.values()))
+    rows = list(pending.values())
+    hashes = put_bodies(conn, [r["body"] for r in rows])
+    insert_rows(conn, objects, [{**{k: v for k, v in r.items() if k != "body"}, "body_hash": h} for r, h in zip(rows, hashes, strict=True)])
+
+
+def _keyset(row: Sequence) -> tuple[int, int]:
+    """A fetched page row's place in keyset order: ``(date_added, seq)``."""
+    return (row[4], row[0])
 
 
 def _engine_options(url: str) -> dict:

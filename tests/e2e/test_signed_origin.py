@@ -152,7 +152,8 @@ def test_a_tampered_row_on_the_partners_node_is_refused_when_pulled(signed_pair)
     db = sqlite3.connect(pair.procs["rok"].data_dir / DB_FILE, timeout=30)
     try:  # one byte of the released row changes after it was signed (what a proxy or a disk could do)
         with db:
-            db.execute("UPDATE objects SET body = replace(body, 'tampered at rest', 'tampered at r3st') WHERE stix_id = ?", (obj["id"],))
+            db.execute("UPDATE bodies SET body = replace(body, 'tampered at rest', 'tampered at r3st') "
+                       "WHERE hash IN (SELECT body_hash FROM objects WHERE stix_id = ?)", (obj["id"],))
     finally:
         db.close()
     pair.sync("us", "--once", "--direction", "pull")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import select, text
 
-from exchange.storage.schema import objects
 from exchange.storage.store import Selection, Store
 from tests.conftest import fresh_database, new_indicator
 
@@ -75,9 +74,7 @@ def test_iter_rows_streams_everything_in_order(store):
 
 
 def _page_sql(store: Store, sel: Selection) -> str:
-    c = objects.c
-    where = store._where(sel) + [tuple_(c.date_added, c.seq) > tuple_(1, 2)]
-    stmt = select(c.seq, c.body).where(*where).order_by(c.date_added, c.seq).limit(1001)
+    stmt = store.page_statement(sel, limit=1000, after=(1, 2))  # the page query itself, its bodies joined
     return str(stmt.compile(store.engine, compile_kwargs={"literal_binds": True}))
 
 
@@ -107,12 +104,14 @@ def test_postgresql_pages_walk_an_index_without_sorting(tmp_path):
             store.add_objects(CID, [new_indicator(i) for i in range(2000)])
             with store.engine.connect() as conn:
                 conn.execute(text("ANALYZE objects"))
+                conn.execute(text("ANALYZE bodies"))
                 plan = " ".join(r[0] for r in conn.execute(text("EXPLAIN " + _page_sql(store, Selection(CID)))))
         finally:
             store.close()
-    # an index scan in keyset order, stopped by the LIMIT: no sequential scan, no sort
+    # an index scan of objects in keyset order, stopped by the LIMIT: no sequential scan of the collection, no sort
+    # (the page's bodies are then found by hash: in a table this small the planner may hash all of them)
     assert "Index Scan using ix_objects_" in plan, plan
-    assert "Sort" not in plan and "Seq Scan" not in plan, plan
+    assert "Sort" not in plan and "Seq Scan on objects" not in plan, plan
 
 
 def test_postgresql_bulk_load_into_a_fresh_table_gets_statistics(tmp_path):

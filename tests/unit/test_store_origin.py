@@ -8,6 +8,7 @@ from exchange.node.ops import open_node
 from exchange.sharing.signatures import is_partner_origin
 from exchange.storage.store import DB_FILE, Selection
 from tests.conftest import new_indicator
+from tests.unit.legacy_db import legacy_database
 
 GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
 
@@ -24,19 +25,14 @@ def _origins(data_dir) -> dict[str, set]:
 
 
 def test_migration_carries_existing_rows_over_inbox_rows_are_partner_origin(tmp_path):
-    opened = open_node("us", data_dir=tmp_path)
-    cfg = opened.node.config
+    from exchange.config import load_node
+
+    cfg = load_node("us").config
     own, inbox, read = cfg.own_collection.id, cfg.collection("rok-inbox").id, cfg.collection("rok-read").id
-    opened.store.add_objects(own, [new_indicator(1, marking=GREEN)])
-    opened.store.add_objects(inbox, [new_indicator(2, marking=GREEN)])
-    opened.store.add_objects(read, [new_indicator(3, marking=GREEN)])
-    opened.close()
-    db = sqlite3.connect(tmp_path / DB_FILE)
-    with db:  # the database as revision 0005 left it: no origin column
-        db.execute("ALTER TABLE objects DROP COLUMN origin")
-        db.execute("UPDATE alembic_version SET version_num = '0005'")
-    db.close()
-    open_node("us", data_dir=tmp_path).close()  # upgrades to 0006
+    # a database made by revision 0005 (no origin column), the node's rows written as that schema had them
+    legacy_database(tmp_path / DB_FILE, "0005", "us", [(own, new_indicator(1, marking=GREEN)), (inbox, new_indicator(2, marking=GREEN)),
+                                                       (read, new_indicator(3, marking=GREEN))])
+    open_node("us", data_dir=tmp_path).close()  # upgrades to 0006 and on
     assert _origins(tmp_path) == {own: {"local"}, inbox: {"partner:rok"}, read: {"release"}}
 
 
