@@ -166,19 +166,15 @@ SIGNATURE_EXTENSION_DEFINITION: dict[str, Any] = {
 
 #: Earlier versions of official definitions that a party may still hold and relay (accepted as official too).
 FORMER_OFFICIAL: dict[str, tuple[dict[str, Any], ...]] = {
+    # version 1.0.0 (one signature per version): the same definition but for these members
     SIGNATURE_EXTENSION_ID: ({
-        "id": SIGNATURE_EXTENSION_ID,
-        "type": "extension-definition",
-        "spec_version": "2.1",
-        "name": "cti-exchange origin signature",
+        **SIGNATURE_EXTENSION_DEFINITION,
         "description": (
             "Defines the x-cti-signature object: a detached Ed25519 signature by the node that originated or redacted "
             "the object version named by object_ref and object_modified. A consumer that does not know it ignores it; "
             "the signed object is never changed."
         ),
-        "created": "2026-12-01T00:00:00.000Z",
         "modified": "2026-12-01T00:00:00.000Z",
-        "created_by_ref": PROJECT_IDENTITY,
         "schema": (
             "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity): "
             "object_ref (identifier, required), object_modified (timestamp, required), algorithm ('Ed25519', required), "
@@ -189,7 +185,6 @@ FORMER_OFFICIAL: dict[str, tuple[dict[str, Any], ...]] = {
             "signed_object."
         ),
         "version": "1.0.0",
-        "extension_types": ["new-sdo"],
     },),
 }
 
