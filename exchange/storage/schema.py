@@ -75,6 +75,9 @@ bodies = Table(
     Column("refs", BigInteger, nullable=False),
 )
 
+#: ``objects`` rows with their JSON text: every read of a body goes through this join
+WITH_BODY = objects.join(bodies, bodies.c.hash == objects.c.body_hash)
+
 statuses = Table(
     "statuses",
     metadata,

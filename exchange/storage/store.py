@@ -55,6 +55,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange.errors import ConfigError, StorageError
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
+from exchange.storage.schema import WITH_BODY as _WITH_BODY
 from exchange.storage.schema import accounts, bodies, grants, login_failures, meta, objects, statuses, sync_state
 
 DB_FILE = "cti-exchange.sqlite"
@@ -86,6 +87,11 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _placeholder(conn: Connection) -> str:
+    """The driver's parameter mark for plain SQL (``?`` for sqlite3, ``%s`` for psycopg)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict]) -> None:
     """Bulk ``INSERT`` through the driver's ``executemany`` (rows share their keys).
 
@@ -96,7 +102,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict]) -> None:
     if not rows:
         return
     cols = list(rows[0])
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = _placeholder(conn)
     sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
     conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
 
@@ -104,10 +110,6 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict]) -> None:
 def body_hash(body: str) -> bytes:
     """The key of a stored JSON text (``bodies.hash``): the SHA-256 of its UTF-8 bytes."""
     return hashlib.sha256(body.encode("utf-8")).digest()
-
-
-# objects rows with their JSON text (every read of a body goes through it)
-_WITH_BODY = objects.join(bodies, bodies.c.hash == objects.c.body_hash)
 
 
 def put_bodies(conn: Connection, texts: Iterable[str]) -> list[bytes]:
@@ -127,7 +129,7 @@ def put_bodies(conn: Connection, texts: Iterable[str]) -> list[bytes]:
         else:
             entry[1] += 1
     if found:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        mark = _placeholder(conn)
         conn.exec_driver_sql(
             f"INSERT INTO bodies (hash, body, refs) VALUES ({mark}, {mark}, {mark}) "
             "ON CONFLICT (hash) DO UPDATE SET refs = bodies.refs + excluded.refs",
@@ -141,7 +143,7 @@ def drop_bodies(conn: Connection, hashes: Iterable[bytes]) -> None:
     counts = Counter(hashes)
     if not counts:
         return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = _placeholder(conn)
     conn.exec_driver_sql(f"UPDATE bodies SET refs = refs - {mark} WHERE hash = {mark}", [(n, h) for h, n in counts.items()])
     for chunk in _chunks(list(counts), _CHUNK):
         conn.execute(delete(bodies).where(bodies.c.hash.in_(chunk), bodies.c.refs <= 0))

@@ -19,7 +19,7 @@ from sqlalchemy import and_, func, select
 
 from exchange.sharing.report import DECISIONS, Tally
 from exchange.storage import audit as audit_log
-from exchange.storage.schema import audit, bodies, meta, objects, sync_state
+from exchange.storage.schema import WITH_BODY, audit, bodies, meta, objects, sync_state
 from exchange.storage.store import Store, now_us
 
 #: sync_state keys the page may show (the node's other state, like its secret in ``meta``, never is)
@@ -198,10 +198,6 @@ class StoredVersion:
     encrypt_in_transit: bool
 
 
-#: each row with its JSON text (stored once in ``bodies``, storage migration 0007)
-_WITH_BODY = objects.join(bodies, bodies.c.hash == objects.c.body_hash)
-
-
 def versions(store: Store, collection_aliases: dict[str, str], readable: frozenset[str], object_id: str, *, tls: bool) -> list[StoredVersion]:
     """The stored versions of ``object_id`` in the collections the viewer may read (an IEP ``encrypt_in_transit: must``
     version's content is not shown over plain HTTP)."""
@@ -211,7 +207,7 @@ def versions(store: Store, collection_aliases: dict[str, str], readable: frozens
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(objects.c.collection_id, objects.c.version, objects.c.date_added, bodies.c.body, objects.c.encrypt_in_transit)
-            .select_from(_WITH_BODY).where(objects.c.collection_id.in_(ids), objects.c.stix_id == object_id)
+            .select_from(WITH_BODY).where(objects.c.collection_id.in_(ids), objects.c.stix_id == object_id)
             .order_by(objects.c.version_key, objects.c.collection_id)
         ).all()
     return [StoredVersion(collection_aliases[r.collection_id], r.version, r.date_added,
@@ -229,7 +225,7 @@ def sightings(store: Store, collection_aliases: dict[str, str], readable: frozen
     if not tls:
         cond.append(objects.c.encrypt_in_transit.is_(False))
     with store.engine.connect() as conn:
-        rows = conn.execute(select(objects.c.collection_id, bodies.c.body).select_from(_WITH_BODY).where(*cond).limit(200)).all()
+        rows = conn.execute(select(objects.c.collection_id, bodies.c.body).select_from(WITH_BODY).where(*cond).limit(200)).all()
     return [(collection_aliases[r.collection_id], orjson.loads(r.body)) for r in rows]
 
 
