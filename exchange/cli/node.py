@@ -86,17 +86,16 @@ def serve(
     Without --certfile the node speaks plain HTTP and withholds every object whose
     IEP marking says encrypt_in_transit: must from all read endpoints.
     """
-    from exchange.node.observe import configure_logging
+    from exchange.node.logs import configure_logging
+    from exchange.node.master import MasterSpec, exec_master, listening_socket
     from exchange.node.ops import add_account, open_node
-    from exchange.node.server import serve as run
     from exchange.node.tls import check_files
-    from exchange.sharing.background import data_dir_factory
 
     _need_store(data_dir, database, init=init)
     if certfile is None and (keyfile is not None or client_ca is not None):
         raise click.UsageError("--keyfile and --client-ca need --certfile (TLS)")
     check_files(certfile, keyfile, ca=client_ca)
-    configure_logging(log_format)  # before gunicorn forks: every worker logs the same way (access lines at INFO)
+    configure_logging(log_format)  # the checks' lines; the master configures its own (exec_master)
     opened = open_node(node, data_dir=data_dir, database=database, wait=wait_db, init=init)  # fail fast, before forking workers
     if accounts_from is not None:
         for acct in opened.node.config.accounts:
@@ -105,15 +104,16 @@ def serve(
                 add_account(opened, acct.name, _read_password_file(path), [], [])
     api_root = opened.node.config.api_root.path
     opened.close()
-    factory = data_dir_factory(
-        node, data_dir, database, strict_validation=strict_validation, tls=certfile is not None, client_certificates=client_ca is not None,
-        public_url=public_url, certfile=str(certfile) if certfile else None, client_ca=str(client_ca) if client_ca else None,
-    )
-    run(
-        factory, host=host, port=port, workers=workers, threads=threads, api_root=api_root,
-        certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
-        client_ca=str(client_ca) if client_ca else None, request_timeout=request_timeout,
-    )
+    listener = listening_socket(host, port)  # a port in use: one line, exit 1 (not gunicorn's retries)
+    tls = {"certfile": str(certfile) if certfile else None, "client_ca": str(client_ca) if client_ca else None}
+    exec_master(MasterSpec(  # this process becomes a lean gunicorn master; each worker builds the app (exchange.node.master)
+        fd=listener.detach(), api_root=api_root, workers=workers, threads=threads, request_timeout=request_timeout,
+        keyfile=str(keyfile) if keyfile else None, log_format=log_format, **tls,
+        factory="exchange.sharing.background:data_dir_factory",
+        factory_args=[node, str(data_dir) if data_dir else None, database],
+        factory_kwargs={"strict_validation": strict_validation, "tls": certfile is not None,
+                        "client_certificates": client_ca is not None, "public_url": public_url, **tls},
+    ))
 
 
 def _public_url(value: str | None) -> str | None:

@@ -20,7 +20,6 @@ import functools
 import logging
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from exchange.errors import BadRequest, ExchangeError, Forbidden, PayloadTooLarg
 from exchange.node.accounts import Account, LoginThrottle, VerificationCache, hash_password
 from exchange.node.backend import MEDIA_TYPE_TAXII, AfterWrite, ExchangeBackend
 from exchange.node.ops import account_of, load_account
-from exchange.node.worker import DEFAULT_REQUEST_TIMEOUT, SlowClient, worker_class
+from exchange.node.worker import SlowClient
 from exchange.stix import deeper_than, is_identifier
 from exchange.storage.store import Store, now_us
 
@@ -84,6 +83,7 @@ def create_app(
     strict_validation: bool = False,
     after_write: AfterWrite | None = None,
     write_activity: Callable[[bool], None] | None = None,
+    read_activity: Callable[[bool], None] | None = None,
     tls: bool = False,
     client_certificates: bool = False,
     public_url: str | None = None,
@@ -93,7 +93,8 @@ def create_app(
 
     ``after_write(collection)`` runs after objects were committed; ``write_activity``
     is called with True when a POST begins (before its body is read) and False
-    when it ends, so a background releaser can tell a write is under way;
+    when it ends, so a background releaser can tell a write is under way; ``read_activity`` the same
+    for every GET (a releaser yields to serving);
     ``tls``: the server speaks only HTTPS (objects whose IEP marking says
     ``encrypt_in_transit: must`` are withheld from every read endpoint otherwise);
     ``client_certificates``: mutual TLS, a verified client certificate identifies its
@@ -128,25 +129,40 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     _guard(app, node)
-    if write_activity is not None:
-        _track_writes(app, write_activity)
+    if write_activity is not None or read_activity is not None:
+        _track_activity(app, write_activity, read_activity)
     from exchange.node.observe import instrument
 
     instrument(app, node, store)  # access log, counters, GET /metrics
     return app
 
 
-def _track_writes(app: Flask, activity: Callable[[bool], None]) -> None:
-    """Tell ``activity`` when each POST begins and ends (whatever its outcome)."""
+_NOT_TAXII = ("/ui", "/metrics", "/healthz")
+
+
+def _track_activity(
+    app: Flask, writes: Callable[[bool], None] | None, reads: Callable[[bool], None] | None
+) -> None:
+    """Tell ``writes`` when each POST begins and ends, ``reads`` each TAXII GET (whatever its outcome).
+
+    The analysts' page, ``/metrics`` and ``/healthz`` are not TAXII reads: a probe or an open page does not slow the release.
+    """
 
     def began() -> None:
         if request.method == "POST":
-            request.environ["cti_exchange.write"] = True
-            activity(True)
+            hook = writes
+        elif request.method == "GET" and not request.path.startswith(_NOT_TAXII):
+            hook = reads
+        else:
+            hook = None
+        if hook is not None:
+            request.environ["cti_exchange.activity"] = hook
+            hook(True)
 
     def ended(_exc: BaseException | None) -> None:
-        if request.environ.pop("cti_exchange.write", False):
-            activity(False)
+        hook = request.environ.pop("cti_exchange.activity", None)
+        if hook is not None:
+            hook(False)
 
     app.before_request_funcs.setdefault(None, []).insert(0, began)
     app.teardown_request(ended)
@@ -601,116 +617,3 @@ def _tell_worker() -> None:
     tell = request.environ.get(AUTHENTICATED)
     if callable(tell):
         tell()
-
-
-def _listening_socket(host: str, port: int) -> Any:
-    """A socket listening on ``host:port`` (handed to gunicorn), or a one-line ``ExchangeError``.
-
-    gunicorn binding the address itself would log a dozen lines and retry for five seconds
-    when the port is taken.
-    """
-    import errno
-    import socket
-
-    try:
-        family, kind, proto, _name, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise ExchangeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(2048)  # gunicorn's default backlog
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ExchangeError(f"port {port} on {host} is in use") from None
-        raise ExchangeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-def serve(
-    app_factory: Callable[[], Flask],
-    *,
-    host: str,
-    port: int,
-    workers: int = 1,
-    threads: int = 4,
-    api_root: str,
-    out: Any = sys.stdout,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    client_ca: str | None = None,
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-) -> None:
-    """Run the app under gunicorn; print the API root URL once listening.
-
-    ``request_timeout``: seconds a client has to send each request (head and body)
-    from its first bytes; later it is answered 408 and disconnected (``exchange.node.worker``).
-
-    ``certfile``/``keyfile``: serve HTTPS only; ``client_ca``: also verify client
-    certificates against that CA bundle (mutual TLS; see ``exchange.node.tls.server_context``).
-
-    The address is bound here and handed to gunicorn: a port in use is an ``ExchangeError``
-    (one line from the CLI). Each worker's app is wrapped by ``admit_from_the_head``.
-    """
-    from gunicorn.app.base import BaseApplication
-
-    scheme = "https" if certfile else "http"
-
-    def when_ready(server: Any) -> None:
-        for sock in server.LISTENERS:
-            h, p = sock.sock.getsockname()[:2]
-            print(f"API root: {scheme}://{h}:{p}/{api_root}/", file=out, flush=True)
-            print(f"Discovery: {scheme}://{h}:{p}/taxii2/", file=out, flush=True)
-
-    listener = _listening_socket(host, port)  # a port in use: one line, exit 1 (not gunicorn's retries)
-    from exchange.node.observe import prepare_multiprocess
-
-    prepare_multiprocess()  # every worker's counters in one folder: /metrics adds them up, whichever worker answers
-    options = {
-        "bind": f"fd://{listener.detach()}",  # gunicorn takes the descriptor over
-        "workers": workers,
-        "threads": threads,
-        "worker_class": worker_class(request_timeout),  # gthread with a request deadline
-        "timeout": 60,
-        "graceful_timeout": 10,
-        "keepalive": 5,
-        "when_ready": when_ready,
-        "accesslog": None,
-        "loglevel": "warning",
-        "proc_name": f"cti-exchange-{api_root}",
-        "limit_request_line": 8190,
-        "limit_request_fields": 100,
-        "limit_request_field_size": 8190,
-    }
-    if certfile:
-        import os
-
-        from exchange.node.tls import server_context
-
-        contexts: dict[int, Any] = {}
-
-        def ssl_context(_conf: Any, _default: Any) -> Any:
-            # gunicorn asks for a context per connection: build it once per worker process
-            pid = os.getpid()
-            if pid not in contexts:
-                contexts.clear()
-                contexts[pid] = server_context(certfile, keyfile, client_ca)
-            return contexts[pid]
-
-        options.update({"certfile": certfile, "keyfile": keyfile, "ssl_context": ssl_context})
-        if client_ca:
-            options["ca_certs"] = client_ca
-
-    class _App(BaseApplication):
-        def load_config(self) -> None:
-            for key, value in options.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Flask:
-            return admit_from_the_head(app_factory())
-
-    _App().run()

@@ -23,6 +23,7 @@ def releaser(monkeypatch) -> BackgroundReleaser:
     r._last_write = time.monotonic() - 100  # no write through this worker
     r._last_write_us = 0
     r._writing, r._writing_lock = 0, threading.Lock()
+    r._read_gap, r._reading, r._last_read = 0.25, 0, time.monotonic() - 100
     r._batch_began = time.monotonic()
     r.newest = None
     monkeypatch.setattr(server, "newest_write", lambda opened: r.newest)
@@ -77,3 +78,44 @@ def test_a_write_under_way_here_is_never_quiet(releaser):
     assert releaser._quiet_in() > 0
     releaser.activity(False)  # ended: quiet counts from now
     assert 0.15 < releaser._quiet_in() <= 0.2
+
+
+def test_a_release_pass_leaves_a_partner_pulling_three_quarters_of_the_time(releaser, monkeypatch):
+    """Issue 21: the releaser shares the worker's interpreter with the request threads. While a
+    partner pages (a GET under way or one just ended), it sleeps three times as long as its last
+    batch ran: at most a quarter of the time is the release's."""
+    slept: list[float] = []
+    monkeypatch.setattr(server.time, "sleep", slept.append)
+    releaser.serving(True)
+    releaser._batch_began = time.monotonic() - 0.4
+    releaser._pause()
+    assert len(slept) == 1 and 1.2 <= slept[0] < 1.3
+    releaser.serving(False)  # the page was answered; the client asks for the next one at once
+    releaser._batch_began = time.monotonic() - 0.1
+    releaser._pause()
+    assert len(slept) == 2 and 0.3 <= slept[1] < 0.35
+    releaser._last_read = time.monotonic() - 1.0  # no request for a second: the release goes on at full speed
+    releaser._batch_began = time.monotonic() - 0.4
+    releaser._pause()
+    assert len(slept) == 2
+
+
+def test_only_taxii_reads_slow_the_release(tmp_path):
+    """The analysts' page, /metrics and /healthz are not a partner pulling: an open page or a probe
+    does not hold the release back; a TAXII GET does, and a POST counts as a write."""
+    from exchange.node.ops import open_node
+    from exchange.node.server import create_app
+
+    opened = open_node("us", data_dir=tmp_path)
+    seen: list[tuple[str, bool]] = []
+    app = create_app(opened.node, opened.store, write_activity=lambda b: seen.append(("write", b)),
+                     read_activity=lambda b: seen.append(("read", b)))
+    client = app.test_client()
+    client.get("/healthz")
+    client.get("/metrics")
+    assert seen == []
+    client.get("/taxii2/", headers={"Accept": "application/taxii+json;version=2.1"})
+    assert seen == [("read", True), ("read", False)]
+    client.post("/taxii2/", data=b"{}")
+    assert seen[2:] == [("write", True), ("write", False)]
+    opened.close()
