@@ -2,8 +2,9 @@
 
 ``cti-exchange serve`` checks the node in its own process (configuration, database, migrations,
 accounts), binds the address (a port in use is one line, not gunicorn's retries), and then replaces
-itself with ``python -m exchange.node.master SPEC`` (``exec_master``; same process id, same signals).
-The workers that master forks import the app themselves, from the factory SPEC names
+itself with ``python -m exchange.node.master API_ROOT`` (``exec_master``, the spec in the environment;
+same process id, same signals).
+The workers that master forks import the app themselves, from the factory the spec names
 (``module:function`` with its arguments), and wrap it with ``admit_from_the_head``.
 
 Before, the master kept every module the checks had imported (Flask, medallion, SQLAlchemy, Alembic,
@@ -28,6 +29,8 @@ from exchange.errors import ExchangeError
 from exchange.node.worker import DEFAULT_REQUEST_TIMEOUT, worker_class
 
 __all__ = ["MasterSpec", "exec_master", "listening_socket", "serve"]
+
+SPEC_ENV = "CTI_EXCHANGE_MASTER_SPEC"
 
 
 @dataclass
@@ -80,7 +83,8 @@ def exec_master(spec: MasterSpec) -> None:
     os.set_inheritable(spec.fd, True)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "exchange.node.master", orjson.dumps(asdict(spec)).decode()])
+    os.environ[SPEC_ENV] = orjson.dumps(asdict(spec)).decode()  # not on the command line: `ps` shows only the api_root
+    os.execv(sys.executable, [sys.executable, "-m", "exchange.node.master", spec.api_root])
 
 
 def serve(spec: MasterSpec, out: Any = None) -> None:
@@ -174,12 +178,12 @@ def serve(spec: MasterSpec, out: Any = None) -> None:
     _App().run()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m exchange.node.master SPEC`` (SPEC: the JSON of a ``MasterSpec``), as ``exec_master`` runs it."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise SystemExit("usage: python -m exchange.node.master SPEC (started by `cti-exchange serve`)")
-    serve(MasterSpec(**orjson.loads(args[0])))
+def main() -> None:
+    """``python -m exchange.node.master API_ROOT`` with the JSON of a ``MasterSpec`` in ``CTI_EXCHANGE_MASTER_SPEC``, as ``exec_master`` runs it."""
+    raw = os.environ.pop(SPEC_ENV, None)  # the workers and anything they start do not inherit it
+    if raw is None:
+        raise SystemExit(f"{SPEC_ENV} is not set: this process is started by `cti-exchange serve`")
+    serve(MasterSpec(**orjson.loads(raw)))
 
 
 if __name__ == "__main__":
