@@ -57,12 +57,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from exchange.errors import ConfigError
 from exchange.policy.inbound import SignatureState
-from exchange.policy.markings import SIGNATURE_EXTENSION_DEFINITION, SIGNATURE_EXTENSION_ID, SIGNATURE_TYPE
+from exchange.policy.markings import (
+    SIGNATURE_EXTENSION_DEFINITION,
+    SIGNATURE_EXTENSION_ID,
+    SIGNATURE_TYPE,
+    signature_members,
+    signed_member,
+)
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 
 __all__ = [
-    "ALGORITHM", "NodeSigner", "merkle_tree", "SIGNATURE_TYPE", "Verifier", "canonical", "identity_uri", "is_signature",
-    "load_node_signer", "node_verifier", "signature_id", "signature_index", "signing_dir", "signing_parties",
+    "ALGORITHM", "NodeSigner", "merkle_tree", "SIGNATURE_TYPE", "Verifier", "canonical", "covered", "identity_uri", "is_signature",
+    "load_node_signer", "node_verifier", "signature_id", "signature_index", "signed_member", "signing_dir", "signing_parties",
 ]
 
 ALGORITHM = "Ed25519"
@@ -72,6 +78,9 @@ SWITCH_ENV = "CTI_EXCHANGE_SIGNING"
 _NS = uuid.UUID("c968fa8c-c22f-4712-ae01-245c663070bd")
 _SKEW_US = 5 * 60 * 1_000_000  # a signature dated more than 5 minutes in the future is not accepted
 _REQUIRED = ("object_ref", "object_modified", "algorithm", "key_id", "certificate", "signature", "created_by_ref", "created")
+#: what a batch companion (1.2.0, ``members``) must carry; its certificate may be known to the verifier already
+_BATCH_REQUIRED = ("algorithm", "key_id", "signature", "created_by_ref", "created", "merkle_root", "canonicalization")
+_MAX_MEMBERS = 4096
 
 
 # orjson with sorted keys writes exactly RFC 8785's bytes for JSON whose numbers are all integers within
@@ -187,6 +196,42 @@ def merkle_tree(leaves: Sequence[bytes]) -> tuple[bytes, list[list[str]]]:
     return level[0], paths
 
 
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """The root over ``leaves`` (the same tree as ``merkle_tree``, without the paths)."""
+    if not leaves:
+        raise ValueError("no leaves")
+    level, sha = list(leaves), hashlib.sha256
+    while len(level) > 1:
+        nxt = [sha(_NODE + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def batch_id(root: str, signer: str, created: str) -> str:
+    """The id of a batch companion (1.2.0): name-based on its Merkle root, signer and time."""
+    return f"{SIGNATURE_TYPE}--{uuid.uuid5(_NS, f'batch|{root}|{signer}|{created}')}"
+
+
+def covered(sig: Any) -> list[str]:
+    """The member keys (``signed_member``) of the versions a signature object covers: a batch companion's ``members``,
+    a per-version one's ``object_ref``/``object_modified``."""
+    if not is_signature(sig):
+        return []
+    if "members" in sig:
+        return signature_members(sig)
+    ref, mod = sig.get("object_ref"), sig.get("object_modified")
+    return [signed_member(ref, mod)] if isinstance(ref, str) and isinstance(mod, str) else []
+
+
+def member_of(obj: dict) -> str | None:
+    """The member key of an object's version (``None``: no version)."""
+    version = object_version(obj)
+    oid = obj.get("id")
+    return signed_member(oid, version) if version is not None and isinstance(oid, str) else None
+
+
 def _fold(leaf: bytes, path: Any) -> bytes | None:
     """The root that ``path`` leads to from ``leaf``; ``None`` if the path is malformed."""
     if not isinstance(path, list) or len(path) > 64:
@@ -254,10 +299,48 @@ class NodeSigner:
             raise ValueError(f"{obj.get('id')}: an object without created/modified has no version to sign")
         return self.sign_batch([(obj, derived_from)], created=created, strict=True)[0]
 
+    def sign_together(self, items: Sequence[tuple[dict, dict | None]], *, created: str | None = None) -> list[dict]:
+        """Batch companions (extension 1.2.0): one ``x-cti-signature`` per ``TREE_LEAVES`` ``(object, derived_from)``,
+        each one Ed25519 signature over a Merkle root and listing every member's key and leaf (what releases write).
+
+        An object without a version, or that RFC 8785 cannot canonicalise, is left unsigned.
+        """
+        stamp = created or format_timestamp(_now_us())
+        members: list[dict] = []
+        leaves: list[bytes] = []
+        for obj, derived_from in items:
+            version = object_version(obj)
+            if version is None or not isinstance(obj.get("id"), str):
+                continue
+            derived = {"id": derived_from["id"], "modified": derived_from["modified"]} if derived_from is not None else None
+            try:
+                leaf = _leaf(obj, derived)
+            except (ValueError, TypeError, rfc8785.CanonicalizationError):
+                continue
+            entry: dict[str, Any] = {"member": signed_member(obj["id"], version), "leaf": _b64(leaf)}
+            if derived is not None:
+                entry["derived_from"] = derived
+            members.append(entry)
+            leaves.append(leaf)
+        out: list[dict] = []
+        for at in range(0, len(members), TREE_LEAVES):
+            root = _b64(merkle_root(leaves[at:at + TREE_LEAVES]))
+            sig: dict[str, Any] = {
+                "type": SIGNATURE_TYPE, "spec_version": "2.1", "id": batch_id(root, self.signer, stamp),
+                "created": stamp, "modified": stamp, "created_by_ref": self.signer,
+                "algorithm": ALGORITHM, "canonicalization": CANONICALIZATION, "key_id": self.key_id, "certificate": self.certificate,
+                "merkle_root": root, "members": members[at:at + TREE_LEAVES],
+                "extensions": {SIGNATURE_EXTENSION_ID: {"extension_type": "new-sdo"}},
+            }
+            sig["signature"] = _b64(self.sign(_statement(sig)))
+            out.append(sig)
+        return out
+
     def sign_batch(
         self, items: Sequence[tuple[dict, dict | None]], *, created: str | None = None, strict: bool = False,
     ) -> list[dict]:
-        """One ``x-cti-signature`` companion per ``(object, derived_from)``, all under one Ed25519 signature (a Merkle root).
+        """One ``x-cti-signature`` companion per ``(object, derived_from)``, all under one Ed25519 signature (a Merkle root):
+        the per-version form of extension 1.1.0, still valid (``sign_together`` writes the batch form).
 
         An object without a version, or that RFC 8785 cannot canonicalise (e.g. an integer beyond 2**53), is left
         unsigned (``strict``: ``ValueError`` instead).
@@ -319,18 +402,30 @@ class _KeyCheck:
 class Verifier:
     """Checks signatures against trust anchors (the partners' CAs) and their revocation lists.  Caches per key id."""
 
-    def __init__(self, anchors: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList] = ()) -> None:
+    def __init__(
+        self, anchors: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList] = (),
+        certificates: Iterable[x509.Certificate] = (),
+    ) -> None:
         if not anchors:
             raise ConfigError("no trust anchor: give the CA certificate(s) that issue the signing certificates")
         self.anchors = list(anchors)
         self.crls = [c for c in crls if any(_crl_signed_by(c, a) for a in self.anchors)]
         self._keys: dict[str, _KeyCheck] = {}
+        #: signing certificates known beforehand (key id -> base64 DER): a companion need not carry its certificate;
+        #: each is still checked against the anchors, like one that travels
+        self._known: dict[str, str] = {}
+        for cert in certificates:
+            der = cert.public_bytes(serialization.Encoding.DER)
+            self._known["sha256:" + hashlib.sha256(der).hexdigest()] = _b64(der)
         #: batch statements already checked: (statement, signature) -> problem or None (one Ed25519 verify per batch)
         self._statements: dict[tuple[Any, ...], str | None] = {}
+        #: batch companions' member lists already checked (their root): content -> _Tree
+        self._trees: dict[tuple[Any, ...], _Tree] = {}
 
     @classmethod
-    def from_files(cls, ca_file: Path | str, crl_files: Iterable[Path | str] = ()) -> Verifier:
-        """Trust anchors from a PEM bundle; CRLs (PEM or DER) that a trusted CA signed."""
+    def from_files(cls, ca_file: Path | str, crl_files: Iterable[Path | str] = (), cert_files: Iterable[Path | str] = ()) -> Verifier:
+        """Trust anchors from a PEM bundle; CRLs (PEM or DER) that a trusted CA signed.  Signing certificates in the bundle
+        or in ``cert_files`` (PEM) are known beforehand (a companion without its certificate verifies with them)."""
         try:
             anchors = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
         except (OSError, ValueError) as exc:
@@ -342,7 +437,13 @@ class Verifier:
                 crls.append(x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot read the revocation list {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        return cls(anchors, crls)
+        known = list(anchors)
+        for path in cert_files:
+            try:
+                known += x509.load_pem_x509_certificates(Path(path).read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot read the signing certificate {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        return cls(anchors, crls, known)
 
     def _key(self, sig: dict) -> _KeyCheck:
         key_id = sig.get("key_id")
@@ -350,19 +451,28 @@ class Verifier:
             return _KeyCheck(None, None, "no key_id")
         found = self._keys.get(key_id)
         if found is None:
-            found = self._load_key(key_id, sig.get("certificate"))
-            if len(self._keys) < 10_000:
+            b64 = sig.get("certificate")
+            if b64 is None:
+                b64 = self._known.get(key_id)
+                if b64 is None:  # not cached: a later companion may carry the certificate
+                    return _KeyCheck(None, None, f"no certificate for {key_id} (none in the signature, none known: --ca-file)")
+            found, settled = self._load_key(key_id, b64)
+            if settled and len(self._keys) < 10_000:  # only what the key id itself decides (no poisoning by a wrong certificate)
                 self._keys[key_id] = found
         return found
 
-    def _load_key(self, key_id: str, b64: Any) -> _KeyCheck:
+    def _load_key(self, key_id: str, b64: Any) -> tuple[_KeyCheck, bool]:
+        """The key check of a certificate, and whether it is the certificate of ``key_id`` (then the check holds for the key id)."""
         try:
             der = base64.b64decode(b64, validate=True)
             cert = x509.load_der_x509_certificate(der)
         except (TypeError, ValueError):
-            return _KeyCheck(None, None, "the certificate is not a base64 DER X.509 certificate")
+            return _KeyCheck(None, None, "the certificate is not a base64 DER X.509 certificate"), False
         if "sha256:" + hashlib.sha256(der).hexdigest() != key_id:
-            return _KeyCheck(None, None, "key_id is not the certificate's SHA-256 fingerprint")
+            return _KeyCheck(None, None, "key_id is not the certificate's SHA-256 fingerprint"), False
+        return self._cert_check(cert), True
+
+    def _cert_check(self, cert: x509.Certificate) -> _KeyCheck:
         issuer = next((a for a in self.anchors if _issued_by(cert, a)), None)
         if issuer is None:
             return _KeyCheck(None, None, "the signing certificate is not issued by a trusted CA (--ca-file)")
@@ -380,6 +490,8 @@ class Verifier:
 
     def check(self, obj: dict, sig: dict) -> SignatureState:
         """Whether ``sig`` is a valid signature of exactly ``obj``."""
+        if "members" in sig:
+            return self._check_member(obj, sig)
         missing = [k for k in _REQUIRED if not isinstance(sig.get(k), str)]
         if missing:
             return SignatureState("invalid", None, f"signature {sig.get('id')} lacks {', '.join(missing)}")
@@ -413,6 +525,80 @@ class Verifier:
         """Why the signature's ``created`` cannot be its key's (outside the certificate's validity, after its revocation)."""
         return _when(sig["created"], key.cert) or self._revoked(key.cert, sig["created"])  # type: ignore[arg-type]
 
+    def _check_member(self, obj: dict, sig: dict) -> SignatureState:
+        """A batch companion (1.2.0): ``obj``'s member entry, its leaf, the root over every listed leaf, the statement."""
+        missing = [k for k in _BATCH_REQUIRED if not isinstance(sig.get(k), str)]
+        if missing or sig.get("type") != SIGNATURE_TYPE:
+            return SignatureState("invalid", sig.get("created_by_ref") if not missing else None,
+                                  f"signature {sig.get('id')} lacks {', '.join(missing) or 'its type'}")
+        signer = sig["created_by_ref"]
+        if sig["algorithm"] != ALGORITHM:
+            return SignatureState("invalid", signer, f"unsupported algorithm {sig.get('algorithm')!r}")
+        if sig["canonicalization"] != CANONICALIZATION or sig.get("modified") != sig["created"]:
+            return SignatureState("invalid", signer, "malformed batch signature (canonicalization, modified)")
+        version = object_version(obj)
+        if version is None or not isinstance(obj.get("id"), str):
+            return SignatureState("invalid", signer, "the object has no version to sign")
+        tree = self._tree(sig)
+        if tree.problem is not None:
+            return SignatureState("invalid", signer, tree.problem)
+        entries = tree.members.get(signed_member(obj["id"], version))
+        if not entries:
+            return SignatureState("invalid", signer, "the signature names another object version")
+        try:
+            found = next((d for leaf, d in entries if _leaf(obj, d) == leaf), _MISSING)
+        except (ValueError, TypeError, rfc8785.CanonicalizationError):
+            found = _MISSING
+        derived_from = found if isinstance(found, dict) else None
+        if found is _MISSING:
+            return SignatureState("invalid", signer, _CHANGED, entries[0][1])
+        key = self._key(sig)
+        if key.problem is not None:
+            return SignatureState("invalid", signer, key.problem, derived_from)
+        if key.identity != signer:
+            return SignatureState("invalid", signer, f"the signing certificate is {key.identity or 'no identity'}'s, not {signer}'s", derived_from)
+        problem = self._statement_problem(sig, key)
+        if problem is not None:
+            return SignatureState("invalid", signer, problem, derived_from)
+        return SignatureState("valid", signer, "", derived_from)
+
+    def _tree(self, sig: dict) -> _Tree:
+        """The member entries of a batch companion by member key, once its leaves are checked to lead to its root."""
+        members = sig.get("members")
+        if not isinstance(members, list) or not 0 < len(members) <= _MAX_MEMBERS:
+            return _Tree("malformed members", {})
+        try:
+            memo = (sig["merkle_root"], *(
+                (m["member"], m["leaf"], *((m["derived_from"]["id"], m["derived_from"]["modified"]) if "derived_from" in m else ()))
+                for m in members
+            ))
+        except (TypeError, KeyError):
+            return _Tree("malformed members", {})
+        found = self._trees.get(memo)
+        if found is not None:
+            return found
+        found = _build_tree(sig["merkle_root"], members)
+        if len(self._trees) >= 10_000:
+            self._trees.clear()
+        self._trees[memo] = found
+        return found
+
+    def _statement_problem(self, sig: dict, key: _KeyCheck) -> str | None:
+        """Why the batch statement (root, signer, key, time) is not validly signed; checked once per batch."""
+        memo = (*(sig.get(k) for k in _STATEMENT), sig["signature"])  # the statement and its signature
+        if memo in self._statements:
+            return self._statements[memo]
+        problem = self._dated(sig, key)
+        if problem is None:
+            try:
+                key.public.verify(base64.b64decode(sig["signature"], validate=True), _statement(sig))  # type: ignore[union-attr]
+            except (ValueError, TypeError, InvalidSignature, rfc8785.CanonicalizationError):
+                problem = _CHANGED
+        if len(self._statements) >= 50_000:
+            self._statements.clear()
+        self._statements[memo] = problem
+        return problem
+
     def _batch(self, obj: dict, sig: dict, key: _KeyCheck, derived: Any) -> str | None:
         """Why a batch-format companion does not sign ``obj``: its leaf and path must lead to its root, and the batch
         statement (root, signer, key, time) must be validly signed; that last part is checked once per batch."""
@@ -429,19 +615,7 @@ class Verifier:
             return "malformed merkle_path"
         if _b64(root) != sig["merkle_root"]:
             return _CHANGED
-        memo = (*(sig.get(k) for k in _STATEMENT), sig["signature"])  # the statement and its signature
-        if memo in self._statements:
-            return self._statements[memo]
-        problem = self._dated(sig, key)
-        if problem is None:
-            try:
-                key.public.verify(base64.b64decode(sig["signature"], validate=True), _statement(sig))  # type: ignore[union-attr]
-            except (ValueError, TypeError, InvalidSignature, rfc8785.CanonicalizationError):
-                problem = _CHANGED
-        if len(self._statements) >= 50_000:
-            self._statements.clear()
-        self._statements[memo] = problem
-        return problem
+        return self._statement_problem(sig, key)
 
     def _revoked(self, cert: x509.Certificate, created: str) -> str | None:
         for crl in self.crls:
@@ -462,6 +636,41 @@ class Verifier:
             return bad
         creator = obj.get("created_by_ref")
         return next((s for s in states if s.signer == creator), states[0])
+
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class _Tree:
+    problem: str | None
+    members: dict[str, list[tuple[bytes, dict | None]]]  # member key -> [(leaf, derived_from)]
+
+
+def _build_tree(root: Any, members: list) -> _Tree:
+    """A batch companion's member entries, checked: well-formed, and their leaves lead to ``root``."""
+    out: dict[str, list[tuple[bytes, dict | None]]] = {}
+    leaves: list[bytes] = []
+    for m in members:
+        if not isinstance(m, dict) or not isinstance(m.get("member"), str) or len(m["member"]) != 32 or not isinstance(m.get("leaf"), str):
+            return _Tree("malformed members", {})
+        derived = m.get("derived_from")
+        if derived is not None and not (isinstance(derived, dict) and set(derived) == {"id", "modified"}
+                                        and all(isinstance(v, str) for v in derived.values())):
+            return _Tree("malformed derived_from", {})
+        if set(m) - {"member", "leaf", "derived_from"}:
+            return _Tree("malformed members", {})
+        try:
+            leaf = binascii.a2b_base64(m["leaf"], strict_mode=True)
+        except (ValueError, binascii.Error):
+            return _Tree("malformed members", {})
+        if len(leaf) != 32:
+            return _Tree("malformed members", {})
+        leaves.append(leaf)
+        out.setdefault(m["member"], []).append((leaf, derived))
+    if _b64(merkle_root(leaves)) != root:
+        return _Tree(_CHANGED, {})
+    return _Tree(None, out)
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -497,19 +706,19 @@ def _when(created: str, cert: x509.Certificate) -> str | None:
     return None
 
 
-def signature_index(objs: Iterable[dict]) -> dict[tuple[str, str], list[dict]]:
-    """The signature objects among ``objs`` by the ``(object_ref, object_modified)`` they sign (latest version of each)."""
+def signature_index(objs: Iterable[dict]) -> dict[str, list[dict]]:
+    """The signature objects among ``objs`` by the member key (``signed_member``) of each version they cover (latest
+    version of each signature object)."""
     latest: dict[str, dict] = {}
     for o in objs:
         if is_signature(o) and isinstance(o.get("id"), str):
             prior = latest.get(o["id"])
             if prior is None or str(o.get("modified", "")) > str(prior.get("modified", "")):
                 latest[o["id"]] = o
-    out: dict[tuple[str, str], list[dict]] = {}
+    out: dict[str, list[dict]] = {}
     for o in latest.values():
-        ref, mod = o.get("object_ref"), o.get("object_modified")
-        if isinstance(ref, str) and isinstance(mod, str):
-            out.setdefault((ref, mod), []).append(o)
+        for key in dict.fromkeys(covered(o)):
+            out.setdefault(key, []).append(o)
     return out
 
 
@@ -574,14 +783,15 @@ def load_node_signer(cfg: Any) -> NodeSigner | None:
 
 
 def node_verifier(cfg: Any) -> Verifier | None:
-    """The node's verifier: its PKI folder's ``ca.crt`` and ``ca.crl`` (if present); ``None`` if signing is off."""
+    """The node's verifier: its PKI folder's ``ca.crt``, ``ca.crl`` (if present) and signing certificates; ``None`` if signing is off."""
     where = signing_dir(cfg)
     if where is None:
         return None
     ca, crl = where / "ca.crt", where / "ca.crl"
-    memo = (_stamp(ca), _stamp(crl))
+    certs = sorted(where.glob("*-signing.crt"))  # the signing certificates the folder holds (a companion may omit its own)
+    memo = (_stamp(ca), _stamp(crl), *(_stamp(c) for c in certs))
     if memo not in _verifiers:
-        _verifiers[memo] = Verifier.from_files(ca, [crl] if crl.is_file() else [])
+        _verifiers[memo] = Verifier.from_files(ca, [crl] if crl.is_file() else [], certs)
     return _verifiers[memo]
 
 
@@ -605,10 +815,13 @@ def known_signers(cfg: Any) -> list[str]:
 Lookup = Callable[[list[str]], list[dict]]
 
 
-def batch_states(verifier: Verifier | None, objs: Sequence[dict], stored: Lookup, signers: Sequence[str]) -> Callable[[dict], SignatureState]:
+def batch_states(
+    verifier: Verifier | None, objs: Sequence[dict], stored: Lookup, signers: Sequence[str], covering: Lookup | None = None,
+) -> Callable[[dict], SignatureState]:
     """A function giving each object's signature state, from the signatures in ``objs`` and those already stored.
 
-    ``stored(ids)``: stored signature objects by id (e.g. in the inbox, arrived in an earlier envelope);
+    ``stored(ids)``: stored per-version signature objects by id (e.g. in the inbox, arrived in an earlier envelope);
+    ``covering(member keys)``: stored batch companions listing any of those members (``Store.signatures_covering``);
     ``signers``: whose signatures to look for besides the object's creator.  Without a verifier
     (signing off here) every object counts as unsigned.
     """
@@ -616,26 +829,31 @@ def batch_states(verifier: Verifier | None, objs: Sequence[dict], stored: Lookup
         return lambda _obj: SignatureState("unsigned")
     index = signature_index(objs)
     wanted: list[str] = []
+    keys: dict[str, None] = {}
     for o in objs:
-        version = object_version(o) if isinstance(o, dict) and not is_signature(o) else None
-        if version is None or not isinstance(o.get("id"), str):
+        if not isinstance(o, dict) or is_signature(o) or not isinstance(o.get("id"), str):
             continue
-        if (o["id"], version) in index:
-            continue  # signed in this batch (a signature is sent just before what it signs): no lookup
+        version = object_version(o)
+        if version is None:
+            continue
+        key = signed_member(o["id"], version)
+        if key in index:
+            continue  # signed in this batch (a signature is sent before what it signs): no lookup
+        keys[key] = None
         for who in dict.fromkeys([*signers, o.get("created_by_ref")]):
             if isinstance(who, str):
                 wanted.append(signature_id(o["id"], version, who))
-    if wanted:
-        for sig, key in ((s, (s.get("object_ref"), s.get("object_modified"))) for s in stored(wanted)):
-            ids = {x.get("id") for x in index.get(key, ())}  # type: ignore[arg-type]
-            if sig.get("id") not in ids:
-                index.setdefault(key, []).append(sig)  # type: ignore[arg-type]
+    found = [*(stored(wanted) if wanted else ()), *(covering(list(keys)) if covering is not None and keys else ())]
+    for sig in found:
+        for key in covered(sig):
+            if key in keys and sig.get("id") not in {x.get("id") for x in index.get(key, ())}:
+                index.setdefault(key, []).append(sig)
 
     def state(obj: dict) -> SignatureState:
-        version = object_version(obj)
-        if version is None:
+        key = member_of(obj)
+        if key is None:
             return SignatureState("unsigned")
-        return verifier.judge(obj, index.get((obj.get("id"), version), []))  # type: ignore[arg-type]
+        return verifier.judge(obj, index.get(key, []))
 
     return state
 
@@ -661,7 +879,8 @@ def verify_report(objs: Sequence[dict], verifier: Verifier) -> dict:
         if not isinstance(obj, dict) or is_signature(obj) or obj.get("id") == SIGNATURE_EXTENSION_ID:
             continue
         version = object_version(obj)
-        state = verifier.judge(obj, index.get((obj.get("id"), version), [])) if version is not None else SignatureState("unsigned")  # type: ignore[arg-type]
+        key = member_of(obj)
+        state = verifier.judge(obj, index.get(key, [])) if key is not None else SignatureState("unsigned")
         counts[state.status] += 1
         rows.append({"id": obj.get("id"), "modified": version, "signer": state.signer, "status": state.status,
                      "derived_from": state.derived_from})

@@ -53,10 +53,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import ConfigError, StorageError
+from exchange.policy.markings import SIGNATURE_TYPE, signature_members
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
 from exchange.storage.schema import WITH_BODY as _WITH_BODY
 from exchange.storage.schema import accounts, bodies, grants, login_failures, meta, objects, statuses, sync_state
+from exchange.storage.schema import signature_members as members_table
 
 DB_FILE = "cti-exchange.sqlite"
 _CHUNK = 500
@@ -579,6 +581,7 @@ class Store:
         if not staged.rows:
             return
         _write_versions(conn, existing, staged.rows)
+        _index_members(conn, collection_id, objs, staged.rows)
         result.added = len(staged.rows)
         result.new.update((r["stix_id"], r["version"]) for r in staged.rows.values())
         self._inserted_since_check += len(staged.rows)
@@ -616,6 +619,7 @@ class Store:
                 conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
             drop_bodies(conn, [r.body_hash for r in found])
             if seqs:
+                _unindex_members(conn, sel.collection_id, object_id)
                 self._refresh_flags(conn, sel.collection_id, object_id)
                 key = f"deleted:{sel.collection_id}"
                 noted = orjson.loads(self.get_state(key, conn) or "[]")
@@ -653,6 +657,7 @@ class Store:
         drop_bodies(conn, [r.body_hash for r in gone])
         n = len(gone)
         if n:
+            _unindex_members(conn, collection_id, object_id)
             self._refresh_flags(conn, collection_id, object_id)
         return n
 
@@ -838,6 +843,19 @@ class Store:
                         if last:
                             out[sid] = orjson.loads(body)
         return [out[i] for i in wanted if i in out]
+
+    def signatures_covering(self, collection_id: str, members: Iterable[str]) -> list[dict]:
+        """The stored batch signatures (``x-cti-signature`` with ``members``) of a collection that cover any of ``members``
+        (member keys: ``exchange.policy.markings.signed_member``), last versions, parsed."""
+        wanted = sorted(set(members))
+        ids: dict[str, None] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted, _CHUNK):
+                for (sid,) in conn.execute(
+                    select(members_table.c.signature_id).where(members_table.c.collection_id == collection_id, members_table.c.member.in_(chunk))
+                ):
+                    ids[sid] = None
+        return self.latest_many([collection_id], list(ids)) if ids else []
 
     def versions_of(self, collection_id: str, keys: Sequence[tuple[str, str | None]]) -> list[dict]:
         """Stored object versions by ``(id, version)``, parsed, in ``keys`` order (missing ones skipped)."""
@@ -1057,6 +1075,32 @@ def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[t
     rows = list(pending.values())
     hashes = put_bodies(conn, [r["body"] for r in rows])
     insert_rows(conn, objects, [{**{k: v for k, v in r.items() if k != "body"}, "body_hash": h} for r, h in zip(rows, hashes, strict=True)])
+
+
+def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], staged: dict[tuple[str, int], dict]) -> None:
+    """``signature_members`` rows for the batch signatures among the new rows (one per version each covers)."""
+    rows: list[dict] = []
+    done: set[tuple[str, int]] = set()
+    for obj in objs:
+        if obj.get("type") != SIGNATURE_TYPE or "members" not in obj:
+            continue
+        version = object_version(obj)
+        key = (obj["id"], parse_timestamp(version)) if version is not None else None
+        if key is None or key not in staged or key in done:  # stored before, or repeated in the batch
+            continue
+        done.add(key)
+        rows += [{"collection_id": collection_id, "member": m, "signature_id": obj["id"]} for m in dict.fromkeys(signature_members(obj))]
+    if rows:
+        insert_rows(conn, members_table, rows)
+
+
+def _unindex_members(conn: Connection, collection_id: str, object_id: str) -> None:
+    """A batch signature's ``signature_members`` rows go once it has no version left in the collection."""
+    if not object_id.startswith(SIGNATURE_TYPE + "--"):
+        return
+    left = conn.execute(select(objects.c.seq).where(objects.c.collection_id == collection_id, objects.c.stix_id == object_id).limit(1)).first()
+    if left is None:
+        conn.execute(delete(members_table).where(members_table.c.collection_id == collection_id, members_table.c.signature_id == object_id))
 
 
 def _keyset(row: Sequence) -> tuple[int, int]:

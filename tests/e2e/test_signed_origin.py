@@ -21,7 +21,7 @@ import requests
 
 from exchange.node.ops import open_node
 from exchange.node.pki import init_pki
-from exchange.node.signing import PKI_ENV
+from exchange.node.signing import PKI_ENV, covered, member_of
 from exchange.storage.store import DB_FILE
 from tests.e2e.conftest import PASSWORDS, _pair, load_and_release
 
@@ -79,7 +79,7 @@ def _signed_by_rok(pair, name: str) -> tuple[dict, dict]:
     obj = _indicator(name, ROK_ID, GREEN)
     load_and_release(pair, "rok", [obj])
     held = _read(pair, "rok", "analyst", "us-read")
-    sig = next(o for o in held if o["type"] == "x-cti-signature" and o["object_ref"] == obj["id"])
+    sig = next(o for o in held if o["type"] == "x-cti-signature" and member_of(obj) in covered(o))  # its batch signature
     assert sig["created_by_ref"] == ROK_ID
     return obj, sig
 
