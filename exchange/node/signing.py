@@ -419,8 +419,8 @@ class Verifier:
             self._known["sha256:" + hashlib.sha256(der).hexdigest()] = _b64(der)
         #: batch statements already checked: (statement, signature) -> problem or None (one Ed25519 verify per batch)
         self._statements: dict[tuple[Any, ...], str | None] = {}
-        #: batch companions' member lists already checked (their root): content -> _Tree
-        self._trees: dict[tuple[Any, ...], _Tree] = {}
+        #: batch companions' member lists already checked (their root): (root, length) -> [(a copy of the list, _Tree)]
+        self._trees: dict[tuple[Any, int], list[tuple[list, _Tree]]] = {}
 
     @classmethod
     def from_files(cls, ca_file: Path | str, crl_files: Iterable[Path | str] = (), cert_files: Iterable[Path | str] = ()) -> Verifier:
@@ -567,20 +567,19 @@ class Verifier:
         members = sig.get("members")
         if not isinstance(members, list) or not 0 < len(members) <= _MAX_MEMBERS:
             return _Tree("malformed members", {})
+        memo = (sig["merkle_root"], len(members))
+        seen = self._trees.get(memo, [])
+        for copy_, tree in seen:  # a cached tree only for an equal member list (a C-level comparison, no hashing)
+            if copy_ == members:
+                return tree
         try:
-            memo = (sig["merkle_root"], *(
-                (m["member"], m["leaf"], *((m["derived_from"]["id"], m["derived_from"]["modified"]) if "derived_from" in m else ()))
-                for m in members
-            ))
-        except (TypeError, KeyError):
+            copy_ = orjson.loads(orjson.dumps(members))  # a private copy: the caller's list may change afterwards
+        except (TypeError, orjson.JSONEncodeError):
             return _Tree("malformed members", {})
-        found = self._trees.get(memo)
-        if found is not None:
-            return found
-        found = _build_tree(sig["merkle_root"], members)
+        found = _build_tree(sig["merkle_root"], copy_)
         if len(self._trees) >= 10_000:
             self._trees.clear()
-        self._trees[memo] = found
+        self._trees[memo] = [*seen[-3:], (copy_, found)]  # a few lists per root at most (bogus variants cannot grow it)
         return found
 
     def _statement_problem(self, sig: dict, key: _KeyCheck) -> str | None:
