@@ -299,32 +299,43 @@ class NodeSigner:
             raise ValueError(f"{obj.get('id')}: an object without created/modified has no version to sign")
         return self.sign_batch([(obj, derived_from)], created=created, strict=True)[0]
 
-    def sign_together(self, items: Sequence[tuple[dict, dict | None]], *, created: str | None = None) -> list[dict]:
+    def sign_together(
+        self, items: Sequence[tuple[dict, dict | None]], *, created: str | None = None, leaves: dict[int, tuple[dict, bytes]] | None = None,
+    ) -> list[dict]:
         """Batch companions (extension 1.2.0): one ``x-cti-signature`` per ``TREE_LEAVES`` ``(object, derived_from)``,
         each one Ed25519 signature over a Merkle root and listing every member's key and leaf (what releases write).
 
-        An object without a version, or that RFC 8785 cannot canonicalise, is left unsigned.
+        An object without a version, or that RFC 8785 cannot canonicalise, is left unsigned.  ``leaves``: leaves
+        already computed for these very objects (by ``id``, with the object; e.g. the same shared object of one
+        release batch signed for each recipient), filled in here; the objects must not change meanwhile.
         """
         stamp = created or format_timestamp(_now_us())
         members: list[dict] = []
-        leaves: list[bytes] = []
+        tree: list[bytes] = []
+        memo = leaves if leaves is not None else {}
         for obj, derived_from in items:
             version = object_version(obj)
             if version is None or not isinstance(obj.get("id"), str):
                 continue
             derived = {"id": derived_from["id"], "modified": derived_from["modified"]} if derived_from is not None else None
-            try:
-                leaf = _leaf(obj, derived)
-            except (ValueError, TypeError, rfc8785.CanonicalizationError):
-                continue
+            hit = memo.get(id(obj)) if derived is None else None
+            if hit is not None and hit[0] is obj:
+                leaf = hit[1]
+            else:
+                try:
+                    leaf = _leaf(obj, derived)
+                except (ValueError, TypeError, rfc8785.CanonicalizationError):
+                    continue
+                if derived is None:
+                    memo[id(obj)] = (obj, leaf)
             entry: dict[str, Any] = {"member": signed_member(obj["id"], version), "leaf": _b64(leaf)}
             if derived is not None:
                 entry["derived_from"] = derived
             members.append(entry)
-            leaves.append(leaf)
+            tree.append(leaf)
         out: list[dict] = []
         for at in range(0, len(members), TREE_LEAVES):
-            root = _b64(merkle_root(leaves[at:at + TREE_LEAVES]))
+            root = _b64(merkle_root(tree[at:at + TREE_LEAVES]))
             sig: dict[str, Any] = {
                 "type": SIGNATURE_TYPE, "spec_version": "2.1", "id": batch_id(root, self.signer, stamp),
                 "created": stamp, "modified": stamp, "created_by_ref": self.signer,
@@ -525,8 +536,31 @@ class Verifier:
         """Why the signature's ``created`` cannot be its key's (outside the certificate's validity, after its revocation)."""
         return _when(sig["created"], key.cert) or self._revoked(key.cert, sig["created"])  # type: ignore[arg-type]
 
-    def _check_member(self, obj: dict, sig: dict) -> SignatureState:
+    def _check_member(self, obj: dict, sig: dict, within: Pass | None = None) -> SignatureState:
         """A batch companion (1.2.0): ``obj``'s member entry, its leaf, the root over every listed leaf, the statement."""
+        head = within.head(sig) if within is not None else self._head(sig)
+        if isinstance(head, SignatureState):
+            return head
+        tree, signer, problem = head
+        version = object_version(obj)
+        if version is None or not isinstance(obj.get("id"), str):
+            return SignatureState("invalid", signer, "the object has no version to sign")
+        entries = tree.members.get(signed_member(obj["id"], version))
+        if not entries:
+            return SignatureState("invalid", signer, "the signature names another object version")
+        try:
+            found = next((d for leaf, d in entries if _leaf(obj, d) == leaf), _MISSING)
+        except (ValueError, TypeError, rfc8785.CanonicalizationError):
+            found = _MISSING
+        if found is _MISSING:
+            return SignatureState("invalid", signer, _CHANGED, entries[0][1])
+        if problem is not None:
+            return SignatureState("invalid", signer, problem, found)
+        return SignatureState("valid", signer, "", found)
+
+    def _head(self, sig: dict) -> SignatureState | tuple[_Tree, str, str | None]:
+        """What a batch companion says whatever the member: an invalid state if malformed, else its checked member
+        entries, its signer and why its key or statement is not valid (``None``: valid)."""
         missing = [k for k in _BATCH_REQUIRED if not isinstance(sig.get(k), str)]
         if missing or sig.get("type") != SIGNATURE_TYPE:
             return SignatureState("invalid", sig.get("created_by_ref") if not missing else None,
@@ -536,31 +570,20 @@ class Verifier:
             return SignatureState("invalid", signer, f"unsupported algorithm {sig.get('algorithm')!r}")
         if sig["canonicalization"] != CANONICALIZATION or sig.get("modified") != sig["created"]:
             return SignatureState("invalid", signer, "malformed batch signature (canonicalization, modified)")
-        version = object_version(obj)
-        if version is None or not isinstance(obj.get("id"), str):
-            return SignatureState("invalid", signer, "the object has no version to sign")
         tree = self._tree(sig)
         if tree.problem is not None:
             return SignatureState("invalid", signer, tree.problem)
-        entries = tree.members.get(signed_member(obj["id"], version))
-        if not entries:
-            return SignatureState("invalid", signer, "the signature names another object version")
-        try:
-            found = next((d for leaf, d in entries if _leaf(obj, d) == leaf), _MISSING)
-        except (ValueError, TypeError, rfc8785.CanonicalizationError):
-            found = _MISSING
-        derived_from = found if isinstance(found, dict) else None
-        if found is _MISSING:
-            return SignatureState("invalid", signer, _CHANGED, entries[0][1])
         key = self._key(sig)
         if key.problem is not None:
-            return SignatureState("invalid", signer, key.problem, derived_from)
+            return tree, signer, key.problem
         if key.identity != signer:
-            return SignatureState("invalid", signer, f"the signing certificate is {key.identity or 'no identity'}'s, not {signer}'s", derived_from)
-        problem = self._statement_problem(sig, key)
-        if problem is not None:
-            return SignatureState("invalid", signer, problem, derived_from)
-        return SignatureState("valid", signer, "", derived_from)
+            return tree, signer, f"the signing certificate is {key.identity or 'no identity'}'s, not {signer}'s"
+        return tree, signer, self._statement_problem(sig, key)
+
+    def session(self) -> Pass:
+        """Checks of one batch (an envelope, a page, a bundle): each batch companion's member list, key and statement
+        are looked at once for all its members.  The signature objects must not change while the pass is in use."""
+        return Pass(self)
 
     def _tree(self, sig: dict) -> _Tree:
         """The member entries of a batch companion by member key, once its leaves are checked to lead to its root."""
@@ -625,11 +648,12 @@ class Verifier:
                 return f"the signing key was revoked on {format_timestamp(_us(entry.revocation_date_utc))}"
         return None
 
-    def judge(self, obj: dict, sigs: Sequence[dict]) -> SignatureState:
-        """The state of ``obj`` given the signatures found for its version: any invalid one makes it invalid."""
+    def judge(self, obj: dict, sigs: Sequence[dict], within: Pass | None = None) -> SignatureState:
+        """The state of ``obj`` given the signatures found for its version: any invalid one makes it invalid.
+        ``within``: a ``session()`` for the objects of one batch."""
         if not sigs:
             return SignatureState("unsigned")
-        states = [self.check(obj, s) for s in sigs]
+        states = [self._check_member(obj, s, within) if "members" in s else self.check(obj, s) for s in sigs]
         bad = next((s for s in states if s.status != "valid"), None)
         if bad is not None:
             return bad
@@ -638,6 +662,22 @@ class Verifier:
 
 
 _MISSING: Any = object()
+
+
+class Pass:
+    """``Verifier.session()``: per batch companion (held here, so its ``id`` is never another's) what ``_head`` found."""
+
+    def __init__(self, verifier: Verifier) -> None:
+        self._verifier = verifier
+        self._heads: dict[int, tuple[dict, Any]] = {}
+
+    def head(self, sig: dict) -> Any:
+        hit = self._heads.get(id(sig))
+        if hit is not None and hit[0] is sig:
+            return hit[1]
+        found = self._verifier._head(sig)
+        self._heads[id(sig)] = (sig, found)
+        return found
 
 
 @dataclass(frozen=True)
@@ -814,6 +854,21 @@ def known_signers(cfg: Any) -> list[str]:
 Lookup = Callable[[list[str]], list[dict]]
 
 
+def _unsigned_here(objs: Sequence[dict], index: dict[str, list[dict]]) -> dict[str, tuple[dict, str]]:
+    """The versions of ``objs`` that no signature of ``objs`` covers: member key -> (object, version)."""
+    out: dict[str, tuple[dict, str]] = {}
+    for o in objs:
+        if not isinstance(o, dict) or is_signature(o) or not isinstance(o.get("id"), str):
+            continue
+        version = object_version(o)
+        if version is None:
+            continue
+        key = signed_member(o["id"], version)
+        if key not in index:  # else signed in this batch (a signature is sent before what it signs): no lookup
+            out[key] = (o, version)
+    return out
+
+
 def batch_states(
     verifier: Verifier | None, objs: Sequence[dict], stored: Lookup, signers: Sequence[str], covering: Lookup | None = None,
 ) -> Callable[[dict], SignatureState]:
@@ -827,32 +882,27 @@ def batch_states(
     if verifier is None:
         return lambda _obj: SignatureState("unsigned")
     index = signature_index(objs)
-    wanted: list[str] = []
-    keys: dict[str, None] = {}
-    for o in objs:
-        if not isinstance(o, dict) or is_signature(o) or not isinstance(o.get("id"), str):
-            continue
-        version = object_version(o)
-        if version is None:
-            continue
-        key = signed_member(o["id"], version)
-        if key in index:
-            continue  # signed in this batch (a signature is sent before what it signs): no lookup
-        keys[key] = None
-        for who in dict.fromkeys([*signers, o.get("created_by_ref")]):
-            if isinstance(who, str):
-                wanted.append(signature_id(o["id"], version, who))
-    found = [*(stored(wanted) if wanted else ()), *(covering(list(keys)) if covering is not None and keys else ())]
-    for sig in found:
-        for key in covered(sig):
-            if key in keys and sig.get("id") not in {x.get("id") for x in index.get(key, ())}:
-                index.setdefault(key, []).append(sig)
+    keys = _unsigned_here(objs, index)
+
+    def add(found: Iterable[dict]) -> None:
+        for sig in found:
+            for key in covered(sig):
+                if key in keys and sig.get("id") not in {x.get("id") for x in index.get(key, ())}:
+                    index.setdefault(key, []).append(sig)
+
+    if covering is not None and keys:  # batch companions first: then per-version ones only for what is still unsigned
+        add(covering(list(keys)))
+    wanted = [signature_id(o["id"], version, who) for key, (o, version) in keys.items() if key not in index
+              for who in dict.fromkeys([*signers, o.get("created_by_ref")]) if isinstance(who, str)]
+    if wanted:
+        add(stored(wanted))
+    within = verifier.session()
 
     def state(obj: dict) -> SignatureState:
         key = member_of(obj)
         if key is None:
             return SignatureState("unsigned")
-        return verifier.judge(obj, index.get(key, []))
+        return verifier.judge(obj, index.get(key, []), within)
 
     return state
 
@@ -871,6 +921,7 @@ def verify_report(objs: Sequence[dict], verifier: Verifier) -> dict:
     Signature objects and the signature extension definition are what is checked, not reported.
     """
     index = signature_index(objs)
+    within = verifier.session()
     rows: list[dict] = []
     reasons: list[str] = []
     counts = {"valid": 0, "invalid": 0, "unsigned": 0}
@@ -879,7 +930,7 @@ def verify_report(objs: Sequence[dict], verifier: Verifier) -> dict:
             continue
         version = object_version(obj)
         key = member_of(obj)
-        state = verifier.judge(obj, index.get(key, [])) if key is not None else SignatureState("unsigned")
+        state = verifier.judge(obj, index.get(key, []), within) if key is not None else SignatureState("unsigned")
         counts[state.status] += 1
         rows.append({"id": obj.get("id"), "modified": version, "signer": state.signer, "status": state.status,
                      "derived_from": state.derived_from})

@@ -92,11 +92,13 @@ def _infrastructure(obj: dict) -> bool:
 
 
 def release_signatures(
-    opened: Any, target_id: str, source: Any, decisions: Sequence[Any], travel: Sequence[dict], relayed: Callable[[str, str], bool]
+    opened: Any, target_id: str, source: Any, decisions: Sequence[Any], travel: Sequence[dict], relayed: Callable[[str, str], bool],
+    leaves: dict[int, tuple[dict, bytes]] | None = None,
 ) -> list[dict]:
     """The signature objects to write into ``target_id`` with this batch (and the extension definition, the first time).
 
-    ``relayed(id, version)``: whether that version came from a partner (its row's origin).
+    ``relayed(id, version)``: whether that version came from a partner (its row's origin); ``leaves``: the Merkle leaves
+    of this source batch's objects, shared by its recipients (``NodeSigner.sign_together``).
     """
     cfg = opened.node.config
     signer = load_node_signer(cfg)
@@ -123,7 +125,7 @@ def release_signatures(
         else:
             mine.append((obj, None))
     # not canonicalisable (RFC 8785: e.g. an integer beyond 2**53): left unsigned by sign_batch
-    out: list[dict] = signer.sign_together(mine) if mine else []
+    out: list[dict] = signer.sign_together(mine, leaves=leaves) if mine else []
     if relay:
         out += origin_signatures(opened.store, source.id, relay, known_signers(cfg))
     if out and not _extension_present(opened.store, target_id):
