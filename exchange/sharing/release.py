@@ -275,7 +275,8 @@ def _judge_and_write(
         return (oid, version) in from_partner if from_partner is not None else src.role == "partner-inbox"
 
     signatures = release_signatures(opened, target.id, src, decisions, travel, relayed, work.leaves)
-    store.add_in(conn, target.id, interleaved(signatures, travel + shared), origin="release")
+    # a partner's read collection is only paged in order (each signature before what it signs): no signature lookups
+    store.add_in(conn, target.id, interleaved(signatures, travel + shared), origin="release", index_signatures=False)
     companion_clause = policy.one("companions")
     entries = [
         audit.Entry(

@@ -533,7 +533,8 @@ class Store:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def add_in(
-        self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None, origin: str | None = None
+        self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None, origin: str | None = None,
+        index_signatures: bool = True,
     ) -> AddResult:
         """``add_objects`` inside a ``transaction()``.
 
@@ -543,6 +544,9 @@ class Store:
         reader holding ``added_after`` = the last ``date_added`` it saw misses
         nothing and gets nothing twice.  ``result.date_added`` is the first row's.
         ``origin``: what the node observed about where the rows came from (``schema.objects.origin``).
+        ``index_signatures``: record which versions each new batch signature covers (``signature_members``, what
+        ``signatures_covering`` reads); ``False`` for a collection no one looks signatures up in (a release target,
+        only ever paged in order, where each signature comes before what it signs).
         """
         result = AddResult()
         if not objs:
@@ -550,7 +554,7 @@ class Store:
         latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)).scalar()
         stamp = max(date_added or now_us(), (latest or 0) + 1)
         result.date_added = stamp
-        self._add_locked(conn, collection_id, objs, stamp, result, origin)
+        self._add_locked(conn, collection_id, objs, stamp, result, origin, index_signatures)
         if result.added:  # the audit entries of this transaction are stamped no earlier (its signed head covers these rows)
             conn.info["cti_last_date_added"] = max(conn.info.get("cti_last_date_added", 0), stamp + result.added - 1)
         return result
@@ -571,7 +575,8 @@ class Store:
         conn.execute(insert(sync_state).values(name=name, value=value))
 
     def _add_locked(
-        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None = None
+        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None = None,
+        index_signatures: bool = True,
     ) -> None:
         """Stage the batch's new versions, settle collisions with stored ones, then write (all under the write lock)."""
         staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs), origin)
@@ -581,7 +586,8 @@ class Store:
         if not staged.rows:
             return
         _write_versions(conn, existing, staged.rows)
-        _index_members(conn, collection_id, objs, staged.rows)
+        if index_signatures:
+            _index_members(conn, collection_id, objs, staged.rows)
         result.added = len(staged.rows)
         result.new.update((r["stix_id"], r["version"]) for r in staged.rows.values())
         self._inserted_since_check += len(staged.rows)
@@ -1079,7 +1085,7 @@ def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[t
 
 def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], staged: dict[tuple[str, int], dict]) -> None:
     """``signature_members`` rows for the batch signatures among the new rows (one per version each covers)."""
-    rows: list[dict] = []
+    rows: list[tuple[str, str, str]] = []
     done: set[tuple[str, int]] = set()
     for obj in objs:
         if obj.get("type") != SIGNATURE_TYPE or "members" not in obj:
@@ -1089,9 +1095,10 @@ def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], s
         if key is None or key not in staged or key in done:  # stored before, or repeated in the batch
             continue
         done.add(key)
-        rows += [{"collection_id": collection_id, "member": m, "signature_id": obj["id"]} for m in dict.fromkeys(signature_members(obj))]
+        rows += [(collection_id, m, obj["id"]) for m in dict.fromkeys(signature_members(obj))]
     if rows:
-        insert_rows(conn, members_table, rows)
+        mark = _placeholder(conn)
+        conn.exec_driver_sql(f"INSERT INTO {members_table.name} (collection_id, member, signature_id) VALUES ({mark}, {mark}, {mark})", rows)
 
 
 def _unindex_members(conn: Connection, collection_id: str, object_id: str) -> None:
