@@ -329,7 +329,9 @@ class NodeSigner:
                 if derived is None:
                     memo[id(obj)] = (obj, leaf)
             entry: dict[str, Any] = {"member": signed_member(obj["id"], version), "leaf": _b64(leaf)}
-            if derived is not None:
+            if derived == {"id": obj["id"], "modified": version}:
+                entry["derived_from_same"] = True  # a redacted copy of the same version: no id in the clear
+            elif derived is not None:
                 entry["derived_from"] = derived
             members.append(entry)
             tree.append(leaf)
@@ -548,12 +550,13 @@ class Verifier:
         entries = tree.members.get(signed_member(obj["id"], version))
         if not entries:
             return SignatureState("invalid", signer, "the signature names another object version")
+        same = {"id": obj["id"], "modified": version}
         try:
-            found = next((d for leaf, d in entries if _leaf(obj, d) == leaf), _MISSING)
+            found = next((d for leaf, d in ((leaf, same if d is _SAME else d) for leaf, d in entries) if _leaf(obj, d) == leaf), _MISSING)
         except (ValueError, TypeError, rfc8785.CanonicalizationError):
             found = _MISSING
         if found is _MISSING:
-            return SignatureState("invalid", signer, _CHANGED, entries[0][1])
+            return SignatureState("invalid", signer, _CHANGED, same if entries[0][1] is _SAME else entries[0][1])
         if problem is not None:
             return SignatureState("invalid", signer, problem, found)
         return SignatureState("valid", signer, "", found)
@@ -662,6 +665,7 @@ class Verifier:
 
 
 _MISSING: Any = object()
+_SAME: Any = object()  # a member entry's derived_from_same: derived from the member's own id and version
 
 
 class Pass:
@@ -683,12 +687,12 @@ class Pass:
 @dataclass(frozen=True)
 class _Tree:
     problem: str | None
-    members: dict[str, list[tuple[bytes, dict | None]]]  # member key -> [(leaf, derived_from)]
+    members: dict[str, list[tuple[bytes, Any]]]  # member key -> [(leaf, derived_from: a dict, None or _SAME)]
 
 
 def _build_tree(root: Any, members: list) -> _Tree:
     """A batch companion's member entries, checked: well-formed, and their leaves lead to ``root``."""
-    out: dict[str, list[tuple[bytes, dict | None]]] = {}
+    out: dict[str, list[tuple[bytes, Any]]] = {}
     leaves: list[bytes] = []
     for m in members:
         if not isinstance(m, dict) or not isinstance(m.get("member"), str) or len(m["member"]) != 32 or not isinstance(m.get("leaf"), str):
@@ -697,7 +701,11 @@ def _build_tree(root: Any, members: list) -> _Tree:
         if derived is not None and not (isinstance(derived, dict) and set(derived) == {"id", "modified"}
                                         and all(isinstance(v, str) for v in derived.values())):
             return _Tree("malformed derived_from", {})
-        if set(m) - {"member", "leaf", "derived_from"}:
+        if "derived_from_same" in m:
+            if m["derived_from_same"] is not True or derived is not None:
+                return _Tree("malformed derived_from", {})
+            derived = _SAME
+        if set(m) - {"member", "leaf", "derived_from", "derived_from_same"}:
             return _Tree("malformed members", {})
         try:
             leaf = binascii.a2b_base64(m["leaf"], strict_mode=True)

@@ -442,7 +442,8 @@ def test_one_batch_companion_signs_a_batch_and_any_subset_of_its_members_verifie
     assert sig["created_by_ref"] == US.identity and len(sig["members"]) == 7 and "object_ref" not in sig
     assert set(covered(sig)) == {member_of(o) for o in [*objs[:6], copy_]}
     text = json.dumps(sig)
-    assert not any(o["id"] in text for o in objs[:6])  # a recipient of a subset learns no id of the other members
+    assert not any(o["id"] in text for o in objs)  # a recipient of a subset learns no id of the other members
+    assert sig["members"][6] == {"member": member_of(copy_), "leaf": sig["members"][6]["leaf"], "derived_from_same": True}
     subset = [objs[1], objs[4], copy_]  # what a relayer forwards, however a partner pages: the companion and some members
     out = CliRunner().invoke(main, ["verify", str(_bundle(tmp_path, "subset.json", [sig, *subset])), "--ca-file", str(pki / "ca.crt"), "--json"])
     assert out.exit_code == 0, out.output
@@ -577,3 +578,17 @@ def test_the_store_finds_the_batch_companion_of_a_version_and_forgets_it_with_th
             assert conn.exec_driver_sql("SELECT count(*) FROM signature_members").scalar() == 0
     finally:
         store.close()
+
+
+def test_a_redacted_copy_naming_another_source_carries_that_source_and_a_forged_one_is_invalid(signer, pki):
+    src = new_indicator(900, marking=GREEN, created_by_ref=US.identity)
+    copy_ = dict(new_indicator(901, marking=GREEN, created_by_ref=US.identity), name="redacted")
+    [sig] = signer.sign_together([(copy_, {"id": src["id"], "modified": src["modified"]})])
+    assert sig["members"][0]["derived_from"] == {"id": src["id"], "modified": src["modified"]}
+    v = _verifier(pki)
+    state = v.check(copy_, sig)
+    assert state.status == "valid" and state.derived_from == {"id": src["id"], "modified": src["modified"]}
+    same = copy.deepcopy(sig)
+    del same["members"][0]["derived_from"]
+    same["members"][0]["derived_from_same"] = True  # claims the copy was made from itself: not what was signed
+    assert v.check(copy_, same).status == "invalid"
