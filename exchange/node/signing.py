@@ -3,26 +3,35 @@
 A signature is a companion STIX object of the custom type ``x-cti-signature`` (a new SDO defined by
 the extension definition ``SIGNATURE_EXTENSION_DEFINITION``, STIX 2.1 s7.3, shipped with the package
 like the TLP/IEP definitions), so a plain STIX consumer ignores it and the signed object is never
-changed.  It names the signed version by ``object_ref`` and ``object_modified`` and holds the
-algorithm (Ed25519), the signer (``created_by_ref``: the node's identity), the key id (``sha256:`` of
-the signing certificate's DER), the certificate itself, the signature and, for a redacted copy,
-``derived_from`` (the id and version it was made from).
+changed.  It holds the algorithm (Ed25519), the signer (``created_by_ref``: the node's identity), the key
+id (``sha256:`` of the signing certificate's DER), the certificate itself, the signature, the versions it
+covers and, for a redacted copy, ``derived_from`` (the id and version it was made from).
 
-What is signed (batch format, ``merkle_root`` present): one Ed25519 signature covers up to ``TREE_LEAVES``
-versions a node signs together (a release batch to one recipient, a lifecycle write).  Each version is a leaf of a Merkle
-tree (SHA-256, leaves ``0x00 || JCS({object_ref, object_modified, derived_from?, signed_object})``, inner
-nodes ``0x01 || left || right``, an odd last node carried up unchanged); the signature is over the RFC 8785
-canonical JSON (JCS) of the *statement* ``{type, created, created_by_ref, key_id, algorithm,
-canonicalization, merkle_root}``.  Each version still has its own companion object carrying the statement's
-fields, the signature and its leaf's ``merkle_path`` (the sibling hashes, each prefixed ``L``/``R``), so it
-verifies with only that object present: after relay, in any subset, however a partner pages.  A verifier
-checks one Ed25519 signature per batch (``Verifier`` caches the statement's result) and per version only a
-canonical JSON, a hash and the path.  So the signature covers the exact version and also who signed it,
-when, with which key and, for a redaction, from what.
+What is signed: one Ed25519 signature covers up to ``TREE_LEAVES`` versions a node signs together (a release
+batch to one recipient, a lifecycle write).  Each version is a leaf of a Merkle tree (SHA-256, leaves
+``0x00 || JCS({object_ref, object_modified, derived_from?, signed_object})``, inner nodes ``0x01 || left || right``,
+an odd last node carried up unchanged); the signature is over the RFC 8785 canonical JSON (JCS) of the *statement*
+``{type, created, created_by_ref, key_id, algorithm, canonicalization, merkle_root}``.  So the signature covers the
+exact version and also who signed it, when, with which key and, for a redaction, from what.
 
-Older companions (no ``merkle_root``; before the batch format) still verify: the Ed25519 signature is over
-the JCS of the signature object without its ``signature`` property and with the signed object as the extra
-member ``signed_object``.
+Batch form (extension 1.2.0, ``members`` present; ``NodeSigner.sign_together``, what nodes write): **one companion
+per tree**, carrying the statement's fields, the signature, the certificate and ``members``: per leaf, in order, the
+version's member key (``signed_member``: 16 bytes of SHA-256 of ``"<id>|<version>"``, so a recipient of a subset
+learns no id of the versions it did not get), the leaf and, for a redacted copy, ``derived_from`` (or
+``derived_from_same`` when that is the member's own id and version).  Any member verifies with the companion alone:
+its leaf is recomputed and found among the listed leaves, and the listed leaves lead to the signed root; after
+relay (the relayer forwards the origin's companion unchanged), in any subset, however a partner pages.  A companion
+is written before the first version it covers; a recipient whose page or envelope begins inside a batch finds the
+companion stored from an earlier one by member key (``Store.signatures_covering``, table ``signature_members``).
+A verifier checks per companion the member list, key and statement once (``Verifier.session`` for an envelope or a
+bundle; the statement's Ed25519 result is cached across batches) and per version one canonical JSON and a hash.
+The certificate may be left out of a companion when the verifier knows it beforehand (``--ca-file`` bundle, the PKI
+folder's ``*-signing.crt``, or an earlier companion of the same key); nodes still include it (~6 bytes per version).
+
+Older companions still verify: the per-version batch form (1.1.0, ``merkle_root`` and ``merkle_path``: one companion
+per version with its leaf's sibling hashes; ``sign_batch`` / ``sign_object`` still write it) and the form before
+batches (no ``merkle_root``): the Ed25519 signature is over the JCS of the signature object without its
+``signature`` property and with the signed object as the extra member ``signed_object``.
 
 Keys: ``cti-exchange pki init`` gives each node an Ed25519 signing key and certificate
 (``<node>-signing.key``/``.crt``), issued by the node's CA with keyUsage digitalSignature only and the
