@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from exchange.errors import ConfigError
 from exchange.policy.inbound import SignatureState
 from exchange.policy.markings import (
+    MAX_SIGNATURE_MEMBERS,
     SIGNATURE_EXTENSION_DEFINITION,
     SIGNATURE_EXTENSION_ID,
     SIGNATURE_TYPE,
@@ -89,7 +90,7 @@ _SKEW_US = 5 * 60 * 1_000_000  # a signature dated more than 5 minutes in the fu
 _REQUIRED = ("object_ref", "object_modified", "algorithm", "key_id", "certificate", "signature", "created_by_ref", "created")
 #: what a batch companion (1.2.0, ``members``) must carry; its certificate may be known to the verifier already
 _BATCH_REQUIRED = ("algorithm", "key_id", "signature", "created_by_ref", "created", "merkle_root", "canonicalization")
-_MAX_MEMBERS = 4096
+_MAX_MEMBERS = MAX_SIGNATURE_MEMBERS
 
 
 # orjson with sorted keys writes exactly RFC 8785's bytes for JSON whose numbers are all integers within

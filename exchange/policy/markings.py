@@ -229,9 +229,16 @@ def signed_member(object_id: str, version: str) -> str:
     return hashlib.sha256(f"{object_id}|{version}".encode()).hexdigest()[:32]
 
 
+#: the most members a batch ``x-cti-signature`` may list (cti-exchange writes at most 128): a longer list is malformed
+MAX_SIGNATURE_MEMBERS = 4096
+
+
 def signature_members(obj: Any) -> list[str]:
-    """The member keys (``signed_member``) a batch ``x-cti-signature`` lists; ``[]`` for anything else."""
+    """The member keys (``signed_member``) a batch ``x-cti-signature`` lists; ``[]`` for anything else (and for a
+    list longer than ``MAX_SIGNATURE_MEMBERS``)."""
     if not isinstance(obj, dict) or obj.get("type") != SIGNATURE_TYPE or not isinstance(obj.get("members"), list):
+        return []
+    if len(obj["members"]) > MAX_SIGNATURE_MEMBERS:
         return []
     return [m["member"] for m in obj["members"] if isinstance(m, dict) and isinstance(m.get("member"), str) and len(m["member"]) == 32]
 

@@ -136,19 +136,21 @@ def release_signatures(
 def origin_signatures(store: Store, collection_id: str, objs: Sequence[dict], signers: Sequence[str]) -> list[dict]:
     """The stored signatures of these versions in ``collection_id``: the batch signatures covering any of them, as
     stored (the origin's word, with its other members), and the per-version ones (by any of ``signers`` or the creator)."""
-    wanted: dict[str, tuple[str, str]] = {}
-    members: set[str] = set()
-    for o in objs:
-        version = object_version(o)
-        if version is None:
+    members = {key: o for o in objs if (key := member_of(o)) is not None}
+    out = store.signatures_covering(collection_id, members)
+    batch = {key for sig in out for key in covered(sig)}
+    wanted: dict[str, tuple[str, str]] = {}  # per-version signatures (written before 1.2.0) of the versions still unsigned
+    for key, o in members.items():
+        if key in batch:
             continue
-        members.add(member_of(o))  # type: ignore[arg-type]
+        version = object_version(o)
         for who in dict.fromkeys([*signers, o.get("created_by_ref")]):
             if isinstance(who, str):
-                wanted[signature_id(o["id"], version, who)] = (o["id"], version)
-    found = store.latest_many([collection_id], list(wanted))
-    out = [s for s in found if (s.get("object_ref"), s.get("object_modified")) == wanted.get(s["id"])]
-    return out + store.signatures_covering(collection_id, members)
+                wanted[signature_id(o["id"], version, who)] = (o["id"], version)  # type: ignore[arg-type]
+    if wanted:
+        found = store.latest_many([collection_id], list(wanted))
+        out += [s for s in found if (s.get("object_ref"), s.get("object_modified")) == wanted.get(s["id"])]
+    return out
 
 
 def _extension_present(store: Store, target_id: str) -> bool:

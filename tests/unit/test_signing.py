@@ -592,3 +592,14 @@ def test_a_redacted_copy_naming_another_source_carries_that_source_and_a_forged_
     del same["members"][0]["derived_from"]
     same["members"][0]["derived_from_same"] = True  # claims the copy was made from itself: not what was signed
     assert v.check(copy_, same).status == "invalid"
+
+
+def test_a_batch_signature_listing_too_many_members_is_malformed_and_not_indexed(signer, pki):
+    from exchange.policy.markings import MAX_SIGNATURE_MEMBERS, signature_members
+
+    obj = new_indicator(950, marking=GREEN, created_by_ref=ROK.identity)
+    [sig] = load_node_signer(ROK).sign_together([(obj, None)])
+    huge = dict(sig, members=sig["members"] * (MAX_SIGNATURE_MEMBERS + 1))
+    assert signature_members(huge) == []
+    assert _rules().judge([huge])[0].startswith("inbound.signature-invalid")
+    assert _verifier(pki).check(obj, huge).status == "invalid"
