@@ -612,6 +612,8 @@ class Verifier:
             copy_ = orjson.loads(orjson.dumps(members))  # a private copy: the caller's list may change afterwards
         except (TypeError, orjson.JSONEncodeError):
             return _Tree("malformed members", {})
+        if copy_ != members:  # not plain JSON (e.g. NaN, which orjson writes as null): not a member list
+            return _Tree("malformed members", {})
         found = _build_tree(sig["merkle_root"], copy_)
         if len(self._trees) >= 10_000:
             self._trees.clear()
