@@ -3,11 +3,12 @@
 
 Not a test.  In one run, on the same data:
 
-  A. in process: the policy engine alone (``evaluate`` US -> ROK), signing alone (``NodeSigner.sign_batch``
+  A. in process: the policy engine alone (``evaluate`` US -> ROK), signing alone (``NodeSigner.sign_together``
      of the shared copies in batches of 2,000 as a release does: per version RFC 8785 canonical JSON + a Merkle
-     leaf, one Ed25519 signature per batch), policy + signing, and verification alone (``Verifier.check`` with a
-     fresh verifier: certificate cached per key id, per version canonical JSON + the Merkle path, one Ed25519
-     verify per batch), in objects/s;
+     leaf, one batch companion and one Ed25519 signature per 128 versions), policy + signing, and verification
+     alone (``Verifier.check`` with a fresh verifier, each version finding its companion by member key:
+     certificate cached per key id, per version canonical JSON + its leaf, per companion the root over its
+     listed leaves and one Ed25519 verify), in objects/s;
   B. end to end with signatures off and on (``CTI_EXCHANGE_SIGNING=off`` / the demo PKI): a fresh pair of
      node processes each time, N indicators loaded into the US node, then timed: the policy release
      (in process) and the US sync agent pushing everything to the ROK node's inbox (a subprocess; the ROK
@@ -40,7 +41,7 @@ from sync_bench import PASSWORDS, mixed_indicators, provision, sync_cmd  # noqa:
 from exchange.demo.procs import NodeProcess  # noqa: E402
 from exchange.node.ops import open_node  # noqa: E402
 from exchange.node.pki import init_pki  # noqa: E402
-from exchange.node.signing import PKI_ENV, SWITCH_ENV, Verifier, load_node_signer  # noqa: E402
+from exchange.node.signing import PKI_ENV, SWITCH_ENV, Verifier, load_node_signer, member_of, signature_index  # noqa: E402
 from exchange.policy import current_policy, evaluate  # noqa: E402
 from exchange.sharing.release import release_all  # noqa: E402
 
@@ -71,10 +72,11 @@ def in_process(n: int, pki: Path) -> dict[str, float]:
     t_policy = time.perf_counter() - t
     shared = [d.shared for d in decisions if d.shared is not None]
     t = time.perf_counter()  # as a release signs: one batch (one Ed25519 signature over a Merkle root) per release batch
-    sigs = [s for i in range(0, len(shared), RELEASE_BATCH) for s in signer.sign_batch([(o, None) for o in shared[i:i + RELEASE_BATCH]])]
+    sigs = [s for i in range(0, len(shared), RELEASE_BATCH) for s in signer.sign_together([(o, None) for o in shared[i:i + RELEASE_BATCH]])]
     t_sign = time.perf_counter() - t
-    t = time.perf_counter()
-    states = [verifier.check(o, s) for o, s in zip(shared, sigs, strict=True)]
+    t = time.perf_counter()  # each version finds its batch companion by its member key, as an inbound check does
+    index = signature_index(sigs)
+    states = [verifier.check(o, index[member_of(o)][0]) for o in shared]
     t_verify = time.perf_counter() - t
     assert all(s.status == "valid" for s in states)
     return {

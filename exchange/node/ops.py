@@ -133,7 +133,10 @@ def inbound_signatures(store: Store, config: Any, inbox_id: str, objs: list[dict
     def stored(ids: list[str]) -> list[dict]:
         return store.latest_many([inbox_id], ids)
 
-    return batch_states(node_verifier(config), objs, stored, known_signers(config))
+    def covering(members: list[str]) -> list[dict]:
+        return store.signatures_covering(inbox_id, members)
+
+    return batch_states(node_verifier(config), objs, stored, known_signers(config), covering)
 
 
 def local_copies(store: Store, config: Any, objs: list[dict], declared: Mapping[str, dict] | None = None) -> Callable[[dict], bool]:

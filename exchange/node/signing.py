@@ -3,26 +3,35 @@
 A signature is a companion STIX object of the custom type ``x-cti-signature`` (a new SDO defined by
 the extension definition ``SIGNATURE_EXTENSION_DEFINITION``, STIX 2.1 s7.3, shipped with the package
 like the TLP/IEP definitions), so a plain STIX consumer ignores it and the signed object is never
-changed.  It names the signed version by ``object_ref`` and ``object_modified`` and holds the
-algorithm (Ed25519), the signer (``created_by_ref``: the node's identity), the key id (``sha256:`` of
-the signing certificate's DER), the certificate itself, the signature and, for a redacted copy,
-``derived_from`` (the id and version it was made from).
+changed.  It holds the algorithm (Ed25519), the signer (``created_by_ref``: the node's identity), the key
+id (``sha256:`` of the signing certificate's DER), the certificate itself, the signature, the versions it
+covers and, for a redacted copy, ``derived_from`` (the id and version it was made from).
 
-What is signed (batch format, ``merkle_root`` present): one Ed25519 signature covers up to ``TREE_LEAVES``
-versions a node signs together (a release batch to one recipient, a lifecycle write).  Each version is a leaf of a Merkle
-tree (SHA-256, leaves ``0x00 || JCS({object_ref, object_modified, derived_from?, signed_object})``, inner
-nodes ``0x01 || left || right``, an odd last node carried up unchanged); the signature is over the RFC 8785
-canonical JSON (JCS) of the *statement* ``{type, created, created_by_ref, key_id, algorithm,
-canonicalization, merkle_root}``.  Each version still has its own companion object carrying the statement's
-fields, the signature and its leaf's ``merkle_path`` (the sibling hashes, each prefixed ``L``/``R``), so it
-verifies with only that object present: after relay, in any subset, however a partner pages.  A verifier
-checks one Ed25519 signature per batch (``Verifier`` caches the statement's result) and per version only a
-canonical JSON, a hash and the path.  So the signature covers the exact version and also who signed it,
-when, with which key and, for a redaction, from what.
+What is signed: one Ed25519 signature covers up to ``TREE_LEAVES`` versions a node signs together (a release
+batch to one recipient, a lifecycle write).  Each version is a leaf of a Merkle tree (SHA-256, leaves
+``0x00 || JCS({object_ref, object_modified, derived_from?, signed_object})``, inner nodes ``0x01 || left || right``,
+an odd last node carried up unchanged); the signature is over the RFC 8785 canonical JSON (JCS) of the *statement*
+``{type, created, created_by_ref, key_id, algorithm, canonicalization, merkle_root}``.  So the signature covers the
+exact version and also who signed it, when, with which key and, for a redaction, from what.
 
-Older companions (no ``merkle_root``; before the batch format) still verify: the Ed25519 signature is over
-the JCS of the signature object without its ``signature`` property and with the signed object as the extra
-member ``signed_object``.
+Batch form (extension 1.2.0, ``members`` present; ``NodeSigner.sign_together``, what nodes write): **one companion
+per tree**, carrying the statement's fields, the signature, the certificate and ``members``: per leaf, in order, the
+version's member key (``signed_member``: 16 bytes of SHA-256 of ``"<id>|<version>"``, so a recipient of a subset
+learns no id of the versions it did not get), the leaf and, for a redacted copy, ``derived_from`` (or
+``derived_from_same`` when that is the member's own id and version).  Any member verifies with the companion alone:
+its leaf is recomputed and found among the listed leaves, and the listed leaves lead to the signed root; after
+relay (the relayer forwards the origin's companion unchanged), in any subset, however a partner pages.  A companion
+is written before the first version it covers; a recipient whose page or envelope begins inside a batch finds the
+companion stored from an earlier one by member key (``Store.signatures_covering``, table ``signature_members``).
+A verifier checks per companion the member list, key and statement once (``Verifier.session`` for an envelope or a
+bundle; the statement's Ed25519 result is cached across batches) and per version one canonical JSON and a hash.
+The certificate may be left out of a companion when the verifier knows it beforehand (``--ca-file`` bundle, the PKI
+folder's ``*-signing.crt``, or an earlier companion of the same key); nodes still include it (~6 bytes per version).
+
+Older companions still verify: the per-version batch form (1.1.0, ``merkle_root`` and ``merkle_path``: one companion
+per version with its leaf's sibling hashes; ``sign_batch`` / ``sign_object`` still write it) and the form before
+batches (no ``merkle_root``): the Ed25519 signature is over the JCS of the signature object without its
+``signature`` property and with the signed object as the extra member ``signed_object``.
 
 Keys: ``cti-exchange pki init`` gives each node an Ed25519 signing key and certificate
 (``<node>-signing.key``/``.crt``), issued by the node's CA with keyUsage digitalSignature only and the
@@ -57,12 +66,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from exchange.errors import ConfigError
 from exchange.policy.inbound import SignatureState
-from exchange.policy.markings import SIGNATURE_EXTENSION_DEFINITION, SIGNATURE_EXTENSION_ID, SIGNATURE_TYPE
+from exchange.policy.markings import (
+    MAX_SIGNATURE_MEMBERS,
+    SIGNATURE_EXTENSION_DEFINITION,
+    SIGNATURE_EXTENSION_ID,
+    SIGNATURE_TYPE,
+    signature_members,
+    signed_member,
+)
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 
 __all__ = [
-    "ALGORITHM", "NodeSigner", "merkle_tree", "SIGNATURE_TYPE", "Verifier", "canonical", "identity_uri", "is_signature",
-    "load_node_signer", "node_verifier", "signature_id", "signature_index", "signing_dir", "signing_parties",
+    "ALGORITHM", "NodeSigner", "merkle_tree", "SIGNATURE_TYPE", "Verifier", "canonical", "covered", "identity_uri", "is_signature",
+    "load_node_signer", "node_verifier", "signature_id", "signature_index", "signed_member", "signing_dir", "signing_parties",
 ]
 
 ALGORITHM = "Ed25519"
@@ -72,6 +88,9 @@ SWITCH_ENV = "CTI_EXCHANGE_SIGNING"
 _NS = uuid.UUID("c968fa8c-c22f-4712-ae01-245c663070bd")
 _SKEW_US = 5 * 60 * 1_000_000  # a signature dated more than 5 minutes in the future is not accepted
 _REQUIRED = ("object_ref", "object_modified", "algorithm", "key_id", "certificate", "signature", "created_by_ref", "created")
+#: what a batch companion (1.2.0, ``members``) must carry; its certificate may be known to the verifier already
+_BATCH_REQUIRED = ("algorithm", "key_id", "signature", "created_by_ref", "created", "merkle_root", "canonicalization")
+_MAX_MEMBERS = MAX_SIGNATURE_MEMBERS
 
 
 # orjson with sorted keys writes exactly RFC 8785's bytes for JSON whose numbers are all integers within
@@ -187,6 +206,42 @@ def merkle_tree(leaves: Sequence[bytes]) -> tuple[bytes, list[list[str]]]:
     return level[0], paths
 
 
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """The root over ``leaves`` (the same tree as ``merkle_tree``, without the paths)."""
+    if not leaves:
+        raise ValueError("no leaves")
+    level, sha = list(leaves), hashlib.sha256
+    while len(level) > 1:
+        nxt = [sha(_NODE + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def batch_id(root: str, signer: str, created: str) -> str:
+    """The id of a batch companion (1.2.0): name-based on its Merkle root, signer and time."""
+    return f"{SIGNATURE_TYPE}--{uuid.uuid5(_NS, f'batch|{root}|{signer}|{created}')}"
+
+
+def covered(sig: Any) -> list[str]:
+    """The member keys (``signed_member``) of the versions a signature object covers: a batch companion's ``members``,
+    a per-version one's ``object_ref``/``object_modified``."""
+    if not is_signature(sig):
+        return []
+    if "members" in sig:
+        return signature_members(sig)
+    ref, mod = sig.get("object_ref"), sig.get("object_modified")
+    return [signed_member(ref, mod)] if isinstance(ref, str) and isinstance(mod, str) else []
+
+
+def member_of(obj: dict) -> str | None:
+    """The member key of an object's version (``None``: no version)."""
+    version = object_version(obj)
+    oid = obj.get("id")
+    return signed_member(oid, version) if version is not None and isinstance(oid, str) else None
+
+
 def _fold(leaf: bytes, path: Any) -> bytes | None:
     """The root that ``path`` leads to from ``leaf``; ``None`` if the path is malformed."""
     if not isinstance(path, list) or len(path) > 64:
@@ -254,10 +309,61 @@ class NodeSigner:
             raise ValueError(f"{obj.get('id')}: an object without created/modified has no version to sign")
         return self.sign_batch([(obj, derived_from)], created=created, strict=True)[0]
 
+    def sign_together(
+        self, items: Sequence[tuple[dict, dict | None]], *, created: str | None = None, leaves: dict[int, tuple[dict, bytes]] | None = None,
+    ) -> list[dict]:
+        """Batch companions (extension 1.2.0): one ``x-cti-signature`` per ``TREE_LEAVES`` ``(object, derived_from)``,
+        each one Ed25519 signature over a Merkle root and listing every member's key and leaf (what releases write).
+
+        An object without a version, or that RFC 8785 cannot canonicalise, is left unsigned.  ``leaves``: leaves
+        already computed for these very objects (by ``id``, with the object; e.g. the same shared object of one
+        release batch signed for each recipient), filled in here; the objects must not change meanwhile.
+        """
+        stamp = created or format_timestamp(_now_us())
+        members: list[dict] = []
+        tree: list[bytes] = []
+        memo = leaves if leaves is not None else {}
+        for obj, derived_from in items:
+            version = object_version(obj)
+            if version is None or not isinstance(obj.get("id"), str):
+                continue
+            derived = {"id": derived_from["id"], "modified": derived_from["modified"]} if derived_from is not None else None
+            hit = memo.get(id(obj)) if derived is None else None
+            if hit is not None and hit[0] is obj:
+                leaf = hit[1]
+            else:
+                try:
+                    leaf = _leaf(obj, derived)
+                except (ValueError, TypeError, rfc8785.CanonicalizationError):
+                    continue
+                if derived is None:
+                    memo[id(obj)] = (obj, leaf)
+            entry: dict[str, Any] = {"member": signed_member(obj["id"], version), "leaf": _b64(leaf)}
+            if derived == {"id": obj["id"], "modified": version}:
+                entry["derived_from_same"] = True  # a redacted copy of the same version: no id in the clear
+            elif derived is not None:
+                entry["derived_from"] = derived
+            members.append(entry)
+            tree.append(leaf)
+        out: list[dict] = []
+        for at in range(0, len(members), TREE_LEAVES):
+            root = _b64(merkle_root(tree[at:at + TREE_LEAVES]))
+            sig: dict[str, Any] = {
+                "type": SIGNATURE_TYPE, "spec_version": "2.1", "id": batch_id(root, self.signer, stamp),
+                "created": stamp, "modified": stamp, "created_by_ref": self.signer,
+                "algorithm": ALGORITHM, "canonicalization": CANONICALIZATION, "key_id": self.key_id, "certificate": self.certificate,
+                "merkle_root": root, "members": members[at:at + TREE_LEAVES],
+                "extensions": {SIGNATURE_EXTENSION_ID: {"extension_type": "new-sdo"}},
+            }
+            sig["signature"] = _b64(self.sign(_statement(sig)))
+            out.append(sig)
+        return out
+
     def sign_batch(
         self, items: Sequence[tuple[dict, dict | None]], *, created: str | None = None, strict: bool = False,
     ) -> list[dict]:
-        """One ``x-cti-signature`` companion per ``(object, derived_from)``, all under one Ed25519 signature (a Merkle root).
+        """One ``x-cti-signature`` companion per ``(object, derived_from)``, all under one Ed25519 signature (a Merkle root):
+        the per-version form of extension 1.1.0, still valid (``sign_together`` writes the batch form).
 
         An object without a version, or that RFC 8785 cannot canonicalise (e.g. an integer beyond 2**53), is left
         unsigned (``strict``: ``ValueError`` instead).
@@ -319,18 +425,30 @@ class _KeyCheck:
 class Verifier:
     """Checks signatures against trust anchors (the partners' CAs) and their revocation lists.  Caches per key id."""
 
-    def __init__(self, anchors: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList] = ()) -> None:
+    def __init__(
+        self, anchors: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList] = (),
+        certificates: Iterable[x509.Certificate] = (),
+    ) -> None:
         if not anchors:
             raise ConfigError("no trust anchor: give the CA certificate(s) that issue the signing certificates")
         self.anchors = list(anchors)
         self.crls = [c for c in crls if any(_crl_signed_by(c, a) for a in self.anchors)]
         self._keys: dict[str, _KeyCheck] = {}
+        #: signing certificates known beforehand (key id -> base64 DER): a companion need not carry its certificate;
+        #: each is still checked against the anchors, like one that travels
+        self._known: dict[str, str] = {}
+        for cert in certificates:
+            der = cert.public_bytes(serialization.Encoding.DER)
+            self._known["sha256:" + hashlib.sha256(der).hexdigest()] = _b64(der)
         #: batch statements already checked: (statement, signature) -> problem or None (one Ed25519 verify per batch)
         self._statements: dict[tuple[Any, ...], str | None] = {}
+        #: batch companions' member lists already checked (their root): (root, length) -> [(a copy of the list, _Tree)]
+        self._trees: dict[tuple[Any, int], list[tuple[list, _Tree]]] = {}
 
     @classmethod
-    def from_files(cls, ca_file: Path | str, crl_files: Iterable[Path | str] = ()) -> Verifier:
-        """Trust anchors from a PEM bundle; CRLs (PEM or DER) that a trusted CA signed."""
+    def from_files(cls, ca_file: Path | str, crl_files: Iterable[Path | str] = (), cert_files: Iterable[Path | str] = ()) -> Verifier:
+        """Trust anchors from a PEM bundle; CRLs (PEM or DER) that a trusted CA signed.  Signing certificates in the bundle
+        or in ``cert_files`` (PEM) are known beforehand (a companion without its certificate verifies with them)."""
         try:
             anchors = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
         except (OSError, ValueError) as exc:
@@ -342,7 +460,13 @@ class Verifier:
                 crls.append(x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot read the revocation list {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        return cls(anchors, crls)
+        known = list(anchors)
+        for path in cert_files:
+            try:
+                known += x509.load_pem_x509_certificates(Path(path).read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot read the signing certificate {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        return cls(anchors, crls, known)
 
     def _key(self, sig: dict) -> _KeyCheck:
         key_id = sig.get("key_id")
@@ -350,19 +474,28 @@ class Verifier:
             return _KeyCheck(None, None, "no key_id")
         found = self._keys.get(key_id)
         if found is None:
-            found = self._load_key(key_id, sig.get("certificate"))
-            if len(self._keys) < 10_000:
+            b64 = sig.get("certificate")
+            if b64 is None:
+                b64 = self._known.get(key_id)
+                if b64 is None:  # not cached: a later companion may carry the certificate
+                    return _KeyCheck(None, None, f"no certificate for {key_id} (none in the signature, none known: --ca-file)")
+            found, settled = self._load_key(key_id, b64)
+            if settled and len(self._keys) < 10_000:  # only what the key id itself decides (no poisoning by a wrong certificate)
                 self._keys[key_id] = found
         return found
 
-    def _load_key(self, key_id: str, b64: Any) -> _KeyCheck:
+    def _load_key(self, key_id: str, b64: Any) -> tuple[_KeyCheck, bool]:
+        """The key check of a certificate, and whether it is the certificate of ``key_id`` (then the check holds for the key id)."""
         try:
             der = base64.b64decode(b64, validate=True)
             cert = x509.load_der_x509_certificate(der)
         except (TypeError, ValueError):
-            return _KeyCheck(None, None, "the certificate is not a base64 DER X.509 certificate")
+            return _KeyCheck(None, None, "the certificate is not a base64 DER X.509 certificate"), False
         if "sha256:" + hashlib.sha256(der).hexdigest() != key_id:
-            return _KeyCheck(None, None, "key_id is not the certificate's SHA-256 fingerprint")
+            return _KeyCheck(None, None, "key_id is not the certificate's SHA-256 fingerprint"), False
+        return self._cert_check(cert), True
+
+    def _cert_check(self, cert: x509.Certificate) -> _KeyCheck:
         issuer = next((a for a in self.anchors if _issued_by(cert, a)), None)
         if issuer is None:
             return _KeyCheck(None, None, "the signing certificate is not issued by a trusted CA (--ca-file)")
@@ -380,6 +513,8 @@ class Verifier:
 
     def check(self, obj: dict, sig: dict) -> SignatureState:
         """Whether ``sig`` is a valid signature of exactly ``obj``."""
+        if "members" in sig:
+            return self._check_member(obj, sig)
         missing = [k for k in _REQUIRED if not isinstance(sig.get(k), str)]
         if missing:
             return SignatureState("invalid", None, f"signature {sig.get('id')} lacks {', '.join(missing)}")
@@ -413,6 +548,94 @@ class Verifier:
         """Why the signature's ``created`` cannot be its key's (outside the certificate's validity, after its revocation)."""
         return _when(sig["created"], key.cert) or self._revoked(key.cert, sig["created"])  # type: ignore[arg-type]
 
+    def _check_member(self, obj: dict, sig: dict, within: Pass | None = None) -> SignatureState:
+        """A batch companion (1.2.0): ``obj``'s member entry, its leaf, the root over every listed leaf, the statement."""
+        head = within.head(sig) if within is not None else self._head(sig)
+        if isinstance(head, SignatureState):
+            return head
+        tree, signer, problem = head
+        version = object_version(obj)
+        if version is None or not isinstance(obj.get("id"), str):
+            return SignatureState("invalid", signer, "the object has no version to sign")
+        entries = tree.members.get(signed_member(obj["id"], version))
+        if not entries:
+            return SignatureState("invalid", signer, "the signature names another object version")
+        same = {"id": obj["id"], "modified": version}
+        try:
+            found = next((d for leaf, d in ((leaf, same if d is _SAME else d) for leaf, d in entries) if _leaf(obj, d) == leaf), _MISSING)
+        except (ValueError, TypeError, rfc8785.CanonicalizationError):
+            found = _MISSING
+        if found is _MISSING:
+            return SignatureState("invalid", signer, _CHANGED, same if entries[0][1] is _SAME else entries[0][1])
+        if problem is not None:
+            return SignatureState("invalid", signer, problem, found)
+        return SignatureState("valid", signer, "", found)
+
+    def _head(self, sig: dict) -> SignatureState | tuple[_Tree, str, str | None]:
+        """What a batch companion says whatever the member: an invalid state if malformed, else its checked member
+        entries, its signer and why its key or statement is not valid (``None``: valid)."""
+        missing = [k for k in _BATCH_REQUIRED if not isinstance(sig.get(k), str)]
+        if missing or sig.get("type") != SIGNATURE_TYPE:
+            return SignatureState("invalid", sig.get("created_by_ref") if not missing else None,
+                                  f"signature {sig.get('id')} lacks {', '.join(missing) or 'its type'}")
+        signer = sig["created_by_ref"]
+        if sig["algorithm"] != ALGORITHM:
+            return SignatureState("invalid", signer, f"unsupported algorithm {sig.get('algorithm')!r}")
+        if sig["canonicalization"] != CANONICALIZATION or sig.get("modified") != sig["created"]:
+            return SignatureState("invalid", signer, "malformed batch signature (canonicalization, modified)")
+        tree = self._tree(sig)
+        if tree.problem is not None:
+            return SignatureState("invalid", signer, tree.problem)
+        key = self._key(sig)
+        if key.problem is not None:
+            return tree, signer, key.problem
+        if key.identity != signer:
+            return tree, signer, f"the signing certificate is {key.identity or 'no identity'}'s, not {signer}'s"
+        return tree, signer, self._statement_problem(sig, key)
+
+    def session(self) -> Pass:
+        """Checks of one batch (an envelope, a page, a bundle): each batch companion's member list, key and statement
+        are looked at once for all its members.  The signature objects must not change while the pass is in use."""
+        return Pass(self)
+
+    def _tree(self, sig: dict) -> _Tree:
+        """The member entries of a batch companion by member key, once its leaves are checked to lead to its root."""
+        members = sig.get("members")
+        if not isinstance(members, list) or not 0 < len(members) <= _MAX_MEMBERS:
+            return _Tree("malformed members", {})
+        memo = (sig["merkle_root"], len(members))
+        seen = self._trees.get(memo, [])
+        for copy_, tree in seen:  # a cached tree only for an equal member list (a C-level comparison, no hashing)
+            if copy_ == members:
+                return tree
+        try:
+            copy_ = orjson.loads(orjson.dumps(members))  # a private copy: the caller's list may change afterwards
+        except (TypeError, orjson.JSONEncodeError):
+            return _Tree("malformed members", {})
+        if copy_ != members:  # not plain JSON (e.g. NaN, which orjson writes as null): not a member list
+            return _Tree("malformed members", {})
+        found = _build_tree(sig["merkle_root"], copy_)
+        if len(self._trees) >= 10_000:
+            self._trees.clear()
+        self._trees[memo] = [*seen[-3:], (copy_, found)]  # a few lists per root at most (bogus variants cannot grow it)
+        return found
+
+    def _statement_problem(self, sig: dict, key: _KeyCheck) -> str | None:
+        """Why the batch statement (root, signer, key, time) is not validly signed; checked once per batch."""
+        memo = (*(sig.get(k) for k in _STATEMENT), sig["signature"])  # the statement and its signature
+        if memo in self._statements:
+            return self._statements[memo]
+        problem = self._dated(sig, key)
+        if problem is None:
+            try:
+                key.public.verify(base64.b64decode(sig["signature"], validate=True), _statement(sig))  # type: ignore[union-attr]
+            except (ValueError, TypeError, InvalidSignature, rfc8785.CanonicalizationError):
+                problem = _CHANGED
+        if len(self._statements) >= 50_000:
+            self._statements.clear()
+        self._statements[memo] = problem
+        return problem
+
     def _batch(self, obj: dict, sig: dict, key: _KeyCheck, derived: Any) -> str | None:
         """Why a batch-format companion does not sign ``obj``: its leaf and path must lead to its root, and the batch
         statement (root, signer, key, time) must be validly signed; that last part is checked once per batch."""
@@ -429,19 +652,7 @@ class Verifier:
             return "malformed merkle_path"
         if _b64(root) != sig["merkle_root"]:
             return _CHANGED
-        memo = (*(sig.get(k) for k in _STATEMENT), sig["signature"])  # the statement and its signature
-        if memo in self._statements:
-            return self._statements[memo]
-        problem = self._dated(sig, key)
-        if problem is None:
-            try:
-                key.public.verify(base64.b64decode(sig["signature"], validate=True), _statement(sig))  # type: ignore[union-attr]
-            except (ValueError, TypeError, InvalidSignature, rfc8785.CanonicalizationError):
-                problem = _CHANGED
-        if len(self._statements) >= 50_000:
-            self._statements.clear()
-        self._statements[memo] = problem
-        return problem
+        return self._statement_problem(sig, key)
 
     def _revoked(self, cert: x509.Certificate, created: str) -> str | None:
         for crl in self.crls:
@@ -452,16 +663,73 @@ class Verifier:
                 return f"the signing key was revoked on {format_timestamp(_us(entry.revocation_date_utc))}"
         return None
 
-    def judge(self, obj: dict, sigs: Sequence[dict]) -> SignatureState:
-        """The state of ``obj`` given the signatures found for its version: any invalid one makes it invalid."""
+    def judge(self, obj: dict, sigs: Sequence[dict], within: Pass | None = None) -> SignatureState:
+        """The state of ``obj`` given the signatures found for its version: any invalid one makes it invalid.
+        ``within``: a ``session()`` for the objects of one batch."""
         if not sigs:
             return SignatureState("unsigned")
-        states = [self.check(obj, s) for s in sigs]
+        states = [self._check_member(obj, s, within) if "members" in s else self.check(obj, s) for s in sigs]
         bad = next((s for s in states if s.status != "valid"), None)
         if bad is not None:
             return bad
         creator = obj.get("created_by_ref")
         return next((s for s in states if s.signer == creator), states[0])
+
+
+_MISSING: Any = object()
+_SAME: Any = object()  # a member entry's derived_from_same: derived from the member's own id and version
+
+
+class Pass:
+    """``Verifier.session()``: per batch companion (held here, so its ``id`` is never another's) what ``_head`` found."""
+
+    def __init__(self, verifier: Verifier) -> None:
+        self._verifier = verifier
+        self._heads: dict[int, tuple[dict, Any]] = {}
+
+    def head(self, sig: dict) -> Any:
+        hit = self._heads.get(id(sig))
+        if hit is not None and hit[0] is sig:
+            return hit[1]
+        found = self._verifier._head(sig)
+        self._heads[id(sig)] = (sig, found)
+        return found
+
+
+@dataclass(frozen=True)
+class _Tree:
+    problem: str | None
+    members: dict[str, list[tuple[bytes, Any]]]  # member key -> [(leaf, derived_from: a dict, None or _SAME)]
+
+
+def _build_tree(root: Any, members: list) -> _Tree:
+    """A batch companion's member entries, checked: well-formed, and their leaves lead to ``root``."""
+    out: dict[str, list[tuple[bytes, Any]]] = {}
+    leaves: list[bytes] = []
+    for m in members:
+        if not isinstance(m, dict) or not isinstance(m.get("member"), str) or len(m["member"]) != 32 or not isinstance(m.get("leaf"), str):
+            return _Tree("malformed members", {})
+        derived = m.get("derived_from")
+        if derived is not None and not (isinstance(derived, dict) and set(derived) == {"id", "modified"}
+                                        and all(isinstance(v, str) for v in derived.values())):
+            return _Tree("malformed derived_from", {})
+        if "derived_from_same" in m:
+            if m["derived_from_same"] is not True or derived is not None:
+                return _Tree("malformed derived_from", {})
+            derived = _SAME
+        if set(m) - {"member", "leaf", "derived_from", "derived_from_same"}:
+            return _Tree("malformed members", {})
+        try:
+            leaf = binascii.a2b_base64(m["leaf"], strict_mode=True)
+        except (ValueError, binascii.Error):
+            return _Tree("malformed members", {})
+        if len(leaf) != 32:
+            return _Tree("malformed members", {})
+        leaves.append(leaf)
+        out.setdefault(m["member"], []).append((leaf, derived))
+    if _b64(merkle_root(leaves)) != root:
+        return _Tree(_CHANGED, {})
+    return _Tree(None, out)
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -497,19 +765,19 @@ def _when(created: str, cert: x509.Certificate) -> str | None:
     return None
 
 
-def signature_index(objs: Iterable[dict]) -> dict[tuple[str, str], list[dict]]:
-    """The signature objects among ``objs`` by the ``(object_ref, object_modified)`` they sign (latest version of each)."""
+def signature_index(objs: Iterable[dict]) -> dict[str, list[dict]]:
+    """The signature objects among ``objs`` by the member key (``signed_member``) of each version they cover (latest
+    version of each signature object)."""
     latest: dict[str, dict] = {}
     for o in objs:
         if is_signature(o) and isinstance(o.get("id"), str):
             prior = latest.get(o["id"])
             if prior is None or str(o.get("modified", "")) > str(prior.get("modified", "")):
                 latest[o["id"]] = o
-    out: dict[tuple[str, str], list[dict]] = {}
+    out: dict[str, list[dict]] = {}
     for o in latest.values():
-        ref, mod = o.get("object_ref"), o.get("object_modified")
-        if isinstance(ref, str) and isinstance(mod, str):
-            out.setdefault((ref, mod), []).append(o)
+        for key in dict.fromkeys(covered(o)):
+            out.setdefault(key, []).append(o)
     return out
 
 
@@ -574,14 +842,15 @@ def load_node_signer(cfg: Any) -> NodeSigner | None:
 
 
 def node_verifier(cfg: Any) -> Verifier | None:
-    """The node's verifier: its PKI folder's ``ca.crt`` and ``ca.crl`` (if present); ``None`` if signing is off."""
+    """The node's verifier: its PKI folder's ``ca.crt``, ``ca.crl`` (if present) and signing certificates; ``None`` if signing is off."""
     where = signing_dir(cfg)
     if where is None:
         return None
     ca, crl = where / "ca.crt", where / "ca.crl"
-    memo = (_stamp(ca), _stamp(crl))
+    certs = sorted(where.glob("*-signing.crt"))  # the signing certificates the folder holds (a companion may omit its own)
+    memo = (_stamp(ca), _stamp(crl), *(_stamp(c) for c in certs))
     if memo not in _verifiers:
-        _verifiers[memo] = Verifier.from_files(ca, [crl] if crl.is_file() else [])
+        _verifiers[memo] = Verifier.from_files(ca, [crl] if crl.is_file() else [], certs)
     return _verifiers[memo]
 
 
@@ -605,37 +874,55 @@ def known_signers(cfg: Any) -> list[str]:
 Lookup = Callable[[list[str]], list[dict]]
 
 
-def batch_states(verifier: Verifier | None, objs: Sequence[dict], stored: Lookup, signers: Sequence[str]) -> Callable[[dict], SignatureState]:
+def _unsigned_here(objs: Sequence[dict], index: dict[str, list[dict]]) -> dict[str, tuple[dict, str]]:
+    """The versions of ``objs`` that no signature of ``objs`` covers: member key -> (object, version)."""
+    out: dict[str, tuple[dict, str]] = {}
+    for o in objs:
+        if not isinstance(o, dict) or is_signature(o) or not isinstance(o.get("id"), str):
+            continue
+        version = object_version(o)
+        if version is None:
+            continue
+        key = signed_member(o["id"], version)
+        if key not in index:  # else signed in this batch (a signature is sent before what it signs): no lookup
+            out[key] = (o, version)
+    return out
+
+
+def batch_states(
+    verifier: Verifier | None, objs: Sequence[dict], stored: Lookup, signers: Sequence[str], covering: Lookup | None = None,
+) -> Callable[[dict], SignatureState]:
     """A function giving each object's signature state, from the signatures in ``objs`` and those already stored.
 
-    ``stored(ids)``: stored signature objects by id (e.g. in the inbox, arrived in an earlier envelope);
+    ``stored(ids)``: stored per-version signature objects by id (e.g. in the inbox, arrived in an earlier envelope);
+    ``covering(member keys)``: stored batch companions listing any of those members (``Store.signatures_covering``);
     ``signers``: whose signatures to look for besides the object's creator.  Without a verifier
     (signing off here) every object counts as unsigned.
     """
     if verifier is None:
         return lambda _obj: SignatureState("unsigned")
     index = signature_index(objs)
-    wanted: list[str] = []
-    for o in objs:
-        version = object_version(o) if isinstance(o, dict) and not is_signature(o) else None
-        if version is None or not isinstance(o.get("id"), str):
-            continue
-        if (o["id"], version) in index:
-            continue  # signed in this batch (a signature is sent just before what it signs): no lookup
-        for who in dict.fromkeys([*signers, o.get("created_by_ref")]):
-            if isinstance(who, str):
-                wanted.append(signature_id(o["id"], version, who))
+    keys = _unsigned_here(objs, index)
+
+    def add(found: Iterable[dict]) -> None:
+        for sig in found:
+            for key in covered(sig):
+                if key in keys and sig.get("id") not in {x.get("id") for x in index.get(key, ())}:
+                    index.setdefault(key, []).append(sig)
+
+    if covering is not None and keys:  # batch companions first: then per-version ones only for what is still unsigned
+        add(covering(list(keys)))
+    wanted = [signature_id(o["id"], version, who) for key, (o, version) in keys.items() if key not in index
+              for who in dict.fromkeys([*signers, o.get("created_by_ref")]) if isinstance(who, str)]
     if wanted:
-        for sig, key in ((s, (s.get("object_ref"), s.get("object_modified"))) for s in stored(wanted)):
-            ids = {x.get("id") for x in index.get(key, ())}  # type: ignore[arg-type]
-            if sig.get("id") not in ids:
-                index.setdefault(key, []).append(sig)  # type: ignore[arg-type]
+        add(stored(wanted))
+    within = verifier.session()
 
     def state(obj: dict) -> SignatureState:
-        version = object_version(obj)
-        if version is None:
+        key = member_of(obj)
+        if key is None:
             return SignatureState("unsigned")
-        return verifier.judge(obj, index.get((obj.get("id"), version), []))  # type: ignore[arg-type]
+        return verifier.judge(obj, index.get(key, []), within)
 
     return state
 
@@ -654,6 +941,7 @@ def verify_report(objs: Sequence[dict], verifier: Verifier) -> dict:
     Signature objects and the signature extension definition are what is checked, not reported.
     """
     index = signature_index(objs)
+    within = verifier.session()
     rows: list[dict] = []
     reasons: list[str] = []
     counts = {"valid": 0, "invalid": 0, "unsigned": 0}
@@ -661,7 +949,8 @@ def verify_report(objs: Sequence[dict], verifier: Verifier) -> dict:
         if not isinstance(obj, dict) or is_signature(obj) or obj.get("id") == SIGNATURE_EXTENSION_ID:
             continue
         version = object_version(obj)
-        state = verifier.judge(obj, index.get((obj.get("id"), version), [])) if version is not None else SignatureState("unsigned")  # type: ignore[arg-type]
+        key = member_of(obj)
+        state = verifier.judge(obj, index.get(key, []), within) if key is not None else SignatureState("unsigned")
         counts[state.status] += 1
         rows.append({"id": obj.get("id"), "modified": version, "signer": state.signer, "status": state.status,
                      "derived_from": state.derived_from})

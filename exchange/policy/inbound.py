@@ -47,7 +47,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exchange.config import InboundConfig
-from exchange.policy.markings import LEVEL_OF, OFFICIAL_OBJECTS, SIGNATURE_TYPE, classify_marking_definition, is_official_copy
+from exchange.policy.markings import (
+    LEVEL_OF,
+    OFFICIAL_OBJECTS,
+    SIGNATURE_TYPE,
+    classify_marking_definition,
+    is_official_copy,
+    signature_members,
+    signed_member,
+)
 from exchange.stix import SCO_TYPES, object_version
 
 #: The rule ids this module refuses with; each is a clause of ``policies/inbound.yaml`` (kind ``inbound``, vectors in
@@ -80,6 +88,7 @@ class SignatureState:
 Signatures = Callable[[dict], SignatureState]
 _UNSIGNED = SignatureState("unsigned")
 _SIGNATURE_FIELDS = ("object_ref", "object_modified", "algorithm", "key_id", "certificate", "signature", "created_by_ref")
+_BATCH_FIELDS = ("algorithm", "key_id", "signature", "created_by_ref", "merkle_root")
 
 
 def _no_signatures(_obj: dict) -> SignatureState:
@@ -147,10 +156,20 @@ class InboundRules:
         return refused
 
     def _signature_objects(self, objs: Sequence[dict], sigs: list[int], refused: dict[int, str]) -> None:
-        """Signature objects: well-formed, and not signing a version refused in this batch (they say nothing alone)."""
+        """Signature objects: well-formed, and not signing only versions refused in this batch (they say nothing alone).
+
+        A batch signature (``members``) is kept while any version it covers is accepted here or is not in this batch
+        (it may come in a later envelope or page)."""
         dropped = {(objs[i].get("id"), object_version(objs[i])): why for i, why in refused.items()}
+        batch: dict[str, int] | None = None
         for i in sigs:
             sig = objs[i]
+            if "members" in sig:
+                if batch is None:  # the member key of each version in this batch -> its index
+                    batch = {signed_member(o["id"], v): j for j, o in enumerate(objs)
+                             if isinstance(o.get("id"), str) and (v := object_version(o)) is not None}
+                self._batch_signature(sig, i, batch, refused)
+                continue
             missing = [k for k in _SIGNATURE_FIELDS if not isinstance(sig.get(k), str)]
             if missing:
                 refused[i] = f"inbound.signature-invalid: signature object lacks {', '.join(missing)}"
@@ -158,6 +177,18 @@ class InboundRules:
             why = dropped.get((sig["object_ref"], sig["object_modified"]))
             if why is not None:
                 refused[i] = f"{why.split(':', 1)[0]}: signs {sig['object_ref']} at {sig['object_modified']}, refused here"
+
+    @staticmethod
+    def _batch_signature(sig: dict, i: int, batch: dict[str, int], refused: dict[int, str]) -> None:
+        missing = [k for k in _BATCH_FIELDS if not isinstance(sig.get(k), str)]
+        members = signature_members(sig)
+        if missing or not members or len(members) != len(sig["members"]):
+            refused[i] = f"inbound.signature-invalid: batch signature object lacks {', '.join(missing) or 'well-formed members'}"
+            return
+        here = [batch.get(m) for m in members]
+        if all(j is not None and j in refused for j in here):
+            why = refused[here[0]]  # type: ignore[index]
+            refused[i] = f"{why.split(':', 1)[0]}: signs only versions refused here"
 
     def _signature(self, obj: dict, state: SignatureState) -> str | None:
         """``inbound.signature-invalid`` / ``inbound.signature-required``."""

@@ -24,6 +24,7 @@ What this module gives:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ __all__ = [
     "IEP2_EXTENSION_DEFINITION", "SIGNATURE_EXTENSION_DEFINITION", "SIGNATURE_EXTENSION_ID", "SIGNATURE_TYPE", "PROJECT_IDENTITY",
     "TLP1_MARKINGS", "TLP1_TO_TLP2", "LEVEL_OF", "OFFICIAL_OBJECTS",
     "IepPolicy", "MarkingInfo", "parse_level", "level_name", "most_restrictive", "parse_iep", "combine_iep",
-    "classify_marking_definition", "official_marking", "marking_refs", "encryption_required",
+    "classify_marking_definition", "official_marking", "marking_refs", "encryption_required", "signature_members", "signed_member",
 ]
 
 # TLP levels, least to most restrictive (FIRST TLP 2.0).
@@ -131,7 +132,7 @@ PROJECT_IDENTITY = "identity--afbc64dc-7a05-4fe0-9f3c-c072a8eedf2a"
 #: ``x-cti-signature``: the detached origin signatures (``exchange.node.signing``), a new SDO (STIX 2.1 s7.3).
 SIGNATURE_EXTENSION_ID = "extension-definition--4401ff74-f589-4188-be7e-75ffebabc0c9"
 SIGNATURE_TYPE = "x-cti-signature"
-SIGNATURE_EXTENSION_DEFINITION: dict[str, Any] = {
+_SIGNATURE_1_1_0: dict[str, Any] = {
     "id": SIGNATURE_EXTENSION_ID,
     "type": "extension-definition",
     "spec_version": "2.1",
@@ -164,29 +165,83 @@ SIGNATURE_EXTENSION_DEFINITION: dict[str, Any] = {
     "extension_types": ["new-sdo"],
 }
 
+SIGNATURE_EXTENSION_DEFINITION: dict[str, Any] = {
+    **_SIGNATURE_1_1_0,
+    "description": (
+        "Defines the x-cti-signature object: a detached Ed25519 signature by the node that originated or redacted "
+        "object versions. A consumer that does not know it ignores it; the signed objects are never changed. "
+        "Version 1.2.0: one x-cti-signature object per batch (one Ed25519 signature over a Merkle root) lists the "
+        "leaf of each version it covers, so any member verifies with it alone (1.1.0: one object per version "
+        "carrying its Merkle path; 1.0.0: one signature per version)."
+    ),
+    "modified": "2026-12-03T00:00:00.000Z",
+    "schema": (
+        "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity; modified equals "
+        "created). Batch form (1.2.0): algorithm ('Ed25519', required), canonicalization ('RFC8785', required), key_id "
+        "('sha256:' + hex SHA-256 of the signer certificate's DER, required), certificate (base64 DER X.509 signing "
+        "certificate, optional: a verifier may hold it already), signature (base64 Ed25519 signature, required), "
+        "merkle_root (base64 SHA-256 Merkle root, required), members (required: one entry per leaf, in leaf order, "
+        "each {member: hex of the first 16 bytes of SHA-256 of '<object_ref>|<object_modified>' (UTF-8), leaf: base64 "
+        "SHA-256 leaf, derived_from: {id, modified} of the version a redacted copy was made from, optional, or "
+        "derived_from_same: true when that is the member's own id and version}). Leaf: "
+        "SHA-256 of 0x00 followed by the RFC 8785 canonical JSON of {object_ref, object_modified, derived_from (if "
+        "present), signed_object: the signed object}; inner node: SHA-256 of 0x01, left, right; an odd last node is "
+        "carried up unchanged. The signature is over the RFC 8785 canonical JSON of {type, created, created_by_ref, "
+        "key_id, algorithm, canonicalization, merkle_root}. Per-version form (1.1.0, still valid): object_ref, "
+        "object_modified, certificate, derived_from (optional) and merkle_path (list of base64 SHA-256 sibling hashes "
+        "from the leaf up, each prefixed 'L' or 'R' by the sibling's side) instead of members, same leaf, tree and "
+        "statement. Before 1.1.0 (no merkle_root) the signature is over the RFC 8785 canonical JSON of this object "
+        "without its signature property, with the signed object as the member signed_object."
+    ),
+    "version": "1.2.0",
+}
+
 #: Earlier versions of official definitions that a party may still hold and relay (accepted as official too).
 FORMER_OFFICIAL: dict[str, tuple[dict[str, Any], ...]] = {
-    # version 1.0.0 (one signature per version): the same definition but for these members
-    SIGNATURE_EXTENSION_ID: ({
-        **SIGNATURE_EXTENSION_DEFINITION,
-        "description": (
-            "Defines the x-cti-signature object: a detached Ed25519 signature by the node that originated or redacted "
-            "the object version named by object_ref and object_modified. A consumer that does not know it ignores it; "
-            "the signed object is never changed."
-        ),
-        "modified": "2026-12-01T00:00:00.000Z",
-        "schema": (
-            "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity): "
-            "object_ref (identifier, required), object_modified (timestamp, required), algorithm ('Ed25519', required), "
-            "canonicalization ('RFC8785', required), key_id ('sha256:' + hex SHA-256 of the signer certificate's DER, required), "
-            "certificate (base64 DER X.509 signing certificate, required), signature (base64 Ed25519 signature, required), "
-            "derived_from ({id, modified} of the version a redacted copy was made from, optional). The signature is over the "
-            "RFC 8785 canonical JSON of this object without its signature property, with the signed object as the member "
-            "signed_object."
-        ),
-        "version": "1.0.0",
-    },),
+    SIGNATURE_EXTENSION_ID: (
+        {  # version 1.0.0 (one signature per version): the 1.1.0 definition but for these members
+            **_SIGNATURE_1_1_0,
+            "description": (
+                "Defines the x-cti-signature object: a detached Ed25519 signature by the node that originated or redacted "
+                "the object version named by object_ref and object_modified. A consumer that does not know it ignores it; "
+                "the signed object is never changed."
+            ),
+            "modified": "2026-12-01T00:00:00.000Z",
+            "schema": (
+                "x-cti-signature properties (besides the common ones; created_by_ref is the signer's identity): "
+                "object_ref (identifier, required), object_modified (timestamp, required), algorithm ('Ed25519', required), "
+                "canonicalization ('RFC8785', required), key_id ('sha256:' + hex SHA-256 of the signer certificate's DER, required), "
+                "certificate (base64 DER X.509 signing certificate, required), signature (base64 Ed25519 signature, required), "
+                "derived_from ({id, modified} of the version a redacted copy was made from, optional). The signature is over the "
+                "RFC 8785 canonical JSON of this object without its signature property, with the signed object as the member "
+                "signed_object."
+            ),
+            "version": "1.0.0",
+        },
+        _SIGNATURE_1_1_0,  # version 1.1.0 (one object per version, each with its Merkle path)
+    ),
 }
+
+
+def signed_member(object_id: str, version: str) -> str:
+    """How a batch ``x-cti-signature`` (1.2.0) names one version it covers: hex of the first 16 bytes of
+    SHA-256 of ``"<id>|<version>"`` (a recipient of a subset learns no id of the versions it did not get)."""
+    return hashlib.sha256(f"{object_id}|{version}".encode()).hexdigest()[:32]
+
+
+#: the most members a batch ``x-cti-signature`` may list (cti-exchange writes at most 128): a longer list is malformed
+MAX_SIGNATURE_MEMBERS = 4096
+
+
+def signature_members(obj: Any) -> list[str]:
+    """The member keys (``signed_member``) a batch ``x-cti-signature`` lists; ``[]`` for anything else (and for a
+    list longer than ``MAX_SIGNATURE_MEMBERS``)."""
+    if not isinstance(obj, dict) or obj.get("type") != SIGNATURE_TYPE or not isinstance(obj.get("members"), list):
+        return []
+    if len(obj["members"]) > MAX_SIGNATURE_MEMBERS:
+        return []
+    return [m["member"] for m in obj["members"] if isinstance(m, dict) and isinstance(m.get("member"), str) and len(m["member"]) == 32]
+
 
 OFFICIAL_OBJECTS: dict[str, dict[str, Any]] = {
     **TLP2_MARKINGS,

@@ -216,6 +216,8 @@ class _Work:
         self._refs: dict[int, set[str]] = {}
         self._tlp: dict[int, str | None] = {}
         self._producers: dict[str, str] | None = None
+        #: the Merkle leaves of the batch's objects shared unchanged, signed once for all recipients (signatures.release_signatures)
+        self.leaves: dict[int, tuple[dict, bytes]] = {}
 
     def refs(self, obj: dict) -> set[str]:
         key = id(obj)
@@ -272,8 +274,9 @@ def _judge_and_write(
     def relayed(oid: str, version: str) -> bool:
         return (oid, version) in from_partner if from_partner is not None else src.role == "partner-inbox"
 
-    signatures = release_signatures(opened, target.id, src, decisions, travel, relayed)
-    store.add_in(conn, target.id, interleaved(signatures, travel + shared), origin="release")
+    signatures = release_signatures(opened, target.id, src, decisions, travel, relayed, work.leaves)
+    # a partner's read collection is only paged in order (each signature before what it signs): no signature lookups
+    store.add_in(conn, target.id, interleaved(signatures, travel + shared), origin="release", index_signatures=False)
     companion_clause = policy.one("companions")
     entries = [
         audit.Entry(

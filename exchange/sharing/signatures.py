@@ -4,9 +4,12 @@ A version this node originates (its row's origin is local) or redacts is signed 
 (``exchange.node.signing``); a redacted copy names the version it came from (``derived_from``).
 Content that arrived from a partner (its row's origin is that partner's push or our pull) is
 relayed with the signature its origin gave it, found in the inbox it came through, never
-re-signed as ours.  Signatures are written just before the objects they sign (``interleaved``), so a
-recipient paging in ``date_added`` order always holds a signature when the object arrives, mostly in
-the same page or envelope (no lookup of stored signatures).
+re-signed as ours.  A release writes one batch signature per up to 128 versions (extension 1.2.0:
+``NodeSigner.sign_together``); a relayed batch signature is the origin's, unchanged, even when only some
+of its members are relayed (a member verifies with it alone).  Signatures are written just before the
+first object they sign (``interleaved``), so a recipient paging in ``date_added`` order always holds a
+signature when the object arrives: in the same page or envelope, or in an earlier one, where the
+recipient's store finds it by the version's member key (``Store.signatures_covering``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from exchange.node.signing import extension_definition, is_signature, known_signers, load_node_signer, signature_id
+from exchange.node.signing import covered, extension_definition, is_signature, known_signers, load_node_signer, member_of, signature_id
 from exchange.policy.markings import OFFICIAL_OBJECTS, SIGNATURE_EXTENSION_ID, SIGNATURE_TYPE
 from exchange.stix import object_version
 from exchange.storage.store import Store
@@ -54,21 +57,29 @@ _SIGNATURE_PREFIX = SIGNATURE_TYPE + "--"
 
 
 def interleaved(signatures: Sequence[dict], objs: Sequence[dict]) -> list[dict]:
-    """``objs`` in order, each just after the signatures of its version (and the extension definition first): one write
-    in which a recipient paging in ``date_added`` order, or an envelope cut anywhere, finds a version's signature in
-    the same page as the version or in an earlier one."""
-    by_version: dict[tuple[Any, Any], list[dict]] = {}
+    """``objs`` in order, each just after the signatures of its version not written yet (and the extension definition
+    first): one write in which a recipient paging in ``date_added`` order, or an envelope cut anywhere, finds a
+    version's signature in the same page as the version or in an earlier one.  A batch signature comes once, before
+    the first of its members; a signature none of ``objs`` needs comes first."""
+    by_member: dict[str, list[int]] = {}
     head: list[dict] = []
-    for sig in signatures:
+    for i, sig in enumerate(signatures):
         if is_signature(sig):
-            by_version.setdefault((sig.get("object_ref"), sig.get("object_modified")), []).append(sig)
+            for key in dict.fromkeys(covered(sig)):
+                by_member.setdefault(key, []).append(i)
         else:
             head.append(sig)  # the extension definition
-    out = head
+    body: list[dict] = []
+    written: set[int] = set()
     for obj in objs:
-        out += by_version.pop((obj.get("id"), object_version(obj)), ())
-        out.append(obj)
-    return [*(s for sigs in by_version.values() for s in sigs), *out] if by_version else out
+        key = member_of(obj)
+        for i in by_member.get(key, ()) if key is not None else ():
+            if i not in written:
+                written.add(i)
+                body.append(signatures[i])
+        body.append(obj)
+    rest = [sig for i, sig in enumerate(signatures) if is_signature(sig) and i not in written]
+    return [*head, *rest, *body]
 
 
 def is_signature_row(stix_id: str) -> bool:
@@ -81,11 +92,13 @@ def _infrastructure(obj: dict) -> bool:
 
 
 def release_signatures(
-    opened: Any, target_id: str, source: Any, decisions: Sequence[Any], travel: Sequence[dict], relayed: Callable[[str, str], bool]
+    opened: Any, target_id: str, source: Any, decisions: Sequence[Any], travel: Sequence[dict], relayed: Callable[[str, str], bool],
+    leaves: dict[int, tuple[dict, bytes]] | None = None,
 ) -> list[dict]:
     """The signature objects to write into ``target_id`` with this batch (and the extension definition, the first time).
 
-    ``relayed(id, version)``: whether that version came from a partner (its row's origin).
+    ``relayed(id, version)``: whether that version came from a partner (its row's origin); ``leaves``: the Merkle leaves
+    of this source batch's objects, shared by its recipients (``NodeSigner.sign_together``).
     """
     cfg = opened.node.config
     signer = load_node_signer(cfg)
@@ -112,7 +125,7 @@ def release_signatures(
         else:
             mine.append((obj, None))
     # not canonicalisable (RFC 8785: e.g. an integer beyond 2**53): left unsigned by sign_batch
-    out: list[dict] = signer.sign_batch(mine) if mine else []
+    out: list[dict] = signer.sign_together(mine, leaves=leaves) if mine else []
     if relay:
         out += origin_signatures(opened.store, source.id, relay, known_signers(cfg))
     if out and not _extension_present(opened.store, target_id):
@@ -121,15 +134,23 @@ def release_signatures(
 
 
 def origin_signatures(store: Store, collection_id: str, objs: Sequence[dict], signers: Sequence[str]) -> list[dict]:
-    """The stored signatures of exactly these versions in ``collection_id`` (by any of ``signers`` or the creator)."""
-    wanted: dict[str, tuple[str, str]] = {}
-    for o in objs:
+    """The stored signatures of these versions in ``collection_id``: the batch signatures covering any of them, as
+    stored (the origin's word, with its other members), and the per-version ones (by any of ``signers`` or the creator)."""
+    members = {key: o for o in objs if (key := member_of(o)) is not None}
+    out = store.signatures_covering(collection_id, members)
+    batch = {key for sig in out for key in covered(sig)}
+    wanted: dict[str, tuple[str, str]] = {}  # per-version signatures (written before 1.2.0) of the versions still unsigned
+    for key, o in members.items():
+        if key in batch:
+            continue
         version = object_version(o)
         for who in dict.fromkeys([*signers, o.get("created_by_ref")]):
-            if isinstance(who, str) and version is not None:
-                wanted[signature_id(o["id"], version, who)] = (o["id"], version)
-    found = store.latest_many([collection_id], list(wanted))
-    return [s for s in found if (s.get("object_ref"), s.get("object_modified")) == wanted.get(s["id"])]
+            if isinstance(who, str):
+                wanted[signature_id(o["id"], version, who)] = (o["id"], version)  # type: ignore[arg-type]
+    if wanted:
+        found = store.latest_many([collection_id], list(wanted))
+        out += [s for s in found if (s.get("object_ref"), s.get("object_modified")) == wanted.get(s["id"])]
+    return out
 
 
 def _extension_present(store: Store, target_id: str) -> bool:
@@ -150,7 +171,7 @@ def own_signatures(opened: Any, target_id: str, objs: Sequence[dict]) -> list[di
     if signer is None:
         return []
     # one signature for the write (a Merkle root); what RFC 8785 cannot canonicalise stays unsigned
-    out = signer.sign_batch([(obj, None) for obj in objs if object_version(obj) is not None])
+    out = signer.sign_together([(obj, None) for obj in objs if object_version(obj) is not None])
     if out and not _extension_present(opened.store, target_id):
         out.insert(0, extension_definition())
     return out

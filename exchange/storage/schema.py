@@ -75,6 +75,18 @@ bodies = Table(
     Column("refs", BigInteger, nullable=False),
 )
 
+# which stored batch signature (``x-cti-signature`` with ``members``, extension 1.2.0) covers which object version in a
+# collection (migration 0008): ``member`` is the version's member key (``exchange.policy.markings.signed_member``), so
+# a release, a push or an inbound check finds the companion of a version without a scan; written with the companion
+signature_members = Table(
+    "signature_members",
+    metadata,
+    Column("collection_id", String(64), nullable=False),
+    Column("member", String(32), nullable=False),
+    Column("signature_id", String(300), nullable=False),
+    Index("ix_signature_members", "collection_id", "member"),
+)
+
 #: ``objects`` rows with their JSON text: every read of a body goes through this join
 WITH_BODY = objects.join(bodies, bodies.c.hash == objects.c.body_hash)
 

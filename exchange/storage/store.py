@@ -53,10 +53,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import ConfigError, StorageError
+from exchange.policy.markings import SIGNATURE_TYPE, signature_members
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
 from exchange.storage.schema import WITH_BODY as _WITH_BODY
 from exchange.storage.schema import accounts, bodies, grants, login_failures, meta, objects, statuses, sync_state
+from exchange.storage.schema import signature_members as members_table
 
 DB_FILE = "cti-exchange.sqlite"
 _CHUNK = 500
@@ -531,7 +533,8 @@ class Store:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def add_in(
-        self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None, origin: str | None = None
+        self, conn: Connection, collection_id: str, objs: Sequence[dict], *, date_added: int | None = None, origin: str | None = None,
+        index_signatures: bool = True,
     ) -> AddResult:
         """``add_objects`` inside a ``transaction()``.
 
@@ -541,6 +544,9 @@ class Store:
         reader holding ``added_after`` = the last ``date_added`` it saw misses
         nothing and gets nothing twice.  ``result.date_added`` is the first row's.
         ``origin``: what the node observed about where the rows came from (``schema.objects.origin``).
+        ``index_signatures``: record which versions each new batch signature covers (``signature_members``, what
+        ``signatures_covering`` reads); ``False`` for a collection no one looks signatures up in (a release target,
+        only ever paged in order, where each signature comes before what it signs).
         """
         result = AddResult()
         if not objs:
@@ -548,7 +554,7 @@ class Store:
         latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)).scalar()
         stamp = max(date_added or now_us(), (latest or 0) + 1)
         result.date_added = stamp
-        self._add_locked(conn, collection_id, objs, stamp, result, origin)
+        self._add_locked(conn, collection_id, objs, stamp, result, origin, index_signatures)
         if result.added:  # the audit entries of this transaction are stamped no earlier (its signed head covers these rows)
             conn.info["cti_last_date_added"] = max(conn.info.get("cti_last_date_added", 0), stamp + result.added - 1)
         return result
@@ -569,7 +575,8 @@ class Store:
         conn.execute(insert(sync_state).values(name=name, value=value))
 
     def _add_locked(
-        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None = None
+        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None = None,
+        index_signatures: bool = True,
     ) -> None:
         """Stage the batch's new versions, settle collisions with stored ones, then write (all under the write lock)."""
         staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs), origin)
@@ -579,6 +586,8 @@ class Store:
         if not staged.rows:
             return
         _write_versions(conn, existing, staged.rows)
+        if index_signatures:
+            _index_members(conn, collection_id, objs, staged.rows)
         result.added = len(staged.rows)
         result.new.update((r["stix_id"], r["version"]) for r in staged.rows.values())
         self._inserted_since_check += len(staged.rows)
@@ -616,6 +625,7 @@ class Store:
                 conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
             drop_bodies(conn, [r.body_hash for r in found])
             if seqs:
+                _unindex_members(conn, sel.collection_id, object_id)
                 self._refresh_flags(conn, sel.collection_id, object_id)
                 key = f"deleted:{sel.collection_id}"
                 noted = orjson.loads(self.get_state(key, conn) or "[]")
@@ -653,6 +663,7 @@ class Store:
         drop_bodies(conn, [r.body_hash for r in gone])
         n = len(gone)
         if n:
+            _unindex_members(conn, collection_id, object_id)
             self._refresh_flags(conn, collection_id, object_id)
         return n
 
@@ -838,6 +849,19 @@ class Store:
                         if last:
                             out[sid] = orjson.loads(body)
         return [out[i] for i in wanted if i in out]
+
+    def signatures_covering(self, collection_id: str, members: Iterable[str]) -> list[dict]:
+        """The stored batch signatures (``x-cti-signature`` with ``members``) of a collection that cover any of ``members``
+        (member keys: ``exchange.policy.markings.signed_member``), last versions, parsed."""
+        wanted = sorted(set(members))
+        ids: dict[str, None] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted, _CHUNK):
+                for (sid,) in conn.execute(
+                    select(members_table.c.signature_id).where(members_table.c.collection_id == collection_id, members_table.c.member.in_(chunk))
+                ):
+                    ids[sid] = None
+        return self.latest_many([collection_id], list(ids)) if ids else []
 
     def versions_of(self, collection_id: str, keys: Sequence[tuple[str, str | None]]) -> list[dict]:
         """Stored object versions by ``(id, version)``, parsed, in ``keys`` order (missing ones skipped)."""
@@ -1057,6 +1081,33 @@ def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[t
     rows = list(pending.values())
     hashes = put_bodies(conn, [r["body"] for r in rows])
     insert_rows(conn, objects, [{**{k: v for k, v in r.items() if k != "body"}, "body_hash": h} for r, h in zip(rows, hashes, strict=True)])
+
+
+def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], staged: dict[tuple[str, int], dict]) -> None:
+    """``signature_members`` rows for the batch signatures among the new rows (one per version each covers)."""
+    rows: list[tuple[str, str, str]] = []
+    done: set[tuple[str, int]] = set()
+    for obj in objs:
+        if obj.get("type") != SIGNATURE_TYPE or "members" not in obj:
+            continue
+        version = object_version(obj)
+        key = (obj["id"], parse_timestamp(version)) if version is not None else None
+        if key is None or key not in staged or key in done:  # stored before, or repeated in the batch
+            continue
+        done.add(key)
+        rows += [(collection_id, m, obj["id"]) for m in dict.fromkeys(signature_members(obj))]
+    if rows:
+        mark = _placeholder(conn)
+        conn.exec_driver_sql(f"INSERT INTO {members_table.name} (collection_id, member, signature_id) VALUES ({mark}, {mark}, {mark})", rows)
+
+
+def _unindex_members(conn: Connection, collection_id: str, object_id: str) -> None:
+    """A batch signature's ``signature_members`` rows go once it has no version left in the collection."""
+    if not object_id.startswith(SIGNATURE_TYPE + "--"):
+        return
+    left = conn.execute(select(objects.c.seq).where(objects.c.collection_id == collection_id, objects.c.stix_id == object_id).limit(1)).first()
+    if left is None:
+        conn.execute(delete(members_table).where(members_table.c.collection_id == collection_id, members_table.c.signature_id == object_id))
 
 
 def _keyset(row: Sequence) -> tuple[int, int]:

@@ -21,7 +21,7 @@ import requests
 
 from exchange.node.ops import open_node
 from exchange.node.pki import init_pki
-from exchange.node.signing import PKI_ENV
+from exchange.node.signing import PKI_ENV, covered, member_of
 from exchange.storage.store import DB_FILE
 from tests.e2e.conftest import PASSWORDS, _pair, load_and_release
 
@@ -79,7 +79,7 @@ def _signed_by_rok(pair, name: str) -> tuple[dict, dict]:
     obj = _indicator(name, ROK_ID, GREEN)
     load_and_release(pair, "rok", [obj])
     held = _read(pair, "rok", "analyst", "us-read")
-    sig = next(o for o in held if o["type"] == "x-cti-signature" and o["object_ref"] == obj["id"])
+    sig = next(o for o in held if o["type"] == "x-cti-signature" and member_of(obj) in covered(o))  # its batch signature
     assert sig["created_by_ref"] == ROK_ID
     return obj, sig
 
@@ -159,3 +159,74 @@ def test_a_tampered_row_on_the_partners_node_is_refused_when_pulled(signed_pair)
     pair.sync("us", "--once", "--direction", "pull")
     assert ("inbound-reject", '["inbound.signature-invalid"]') in _inbound_rejects(pair, "us", obj["id"])
     assert all(o["id"] != obj["id"] for o in _read(pair, "us", "analyst", "rok-inbox"))
+
+
+def _rejects_of(pair, node: str, ids: set[str]) -> list[tuple]:
+    return [r for i in ids for r in _inbound_rejects(pair, node, i)]
+
+
+def _held_ids(pair, node: str, account: str, alias: str) -> set[str]:
+    return {o["id"] for o in _read(pair, node, account, alias)}
+
+
+def test_a_batch_split_across_pulled_pages_and_pushed_envelopes_verifies_at_the_partner(signed_pair):
+    """One batch companion covers all of a release; a page or envelope boundary inside the batch leaves later members
+    without it in their page: the partner finds it among what it stored from an earlier page (by member key)."""
+    pair = signed_pair
+    pulled = [_indicator(f"ROK batch member {i}, pulled in pages of 3", ROK_ID, GREEN) for i in range(10)]
+    load_and_release(pair, "rok", pulled)
+    held = _read(pair, "rok", "analyst", "us-read")
+    batch = [o for o in held if o["type"] == "x-cti-signature" and any(member_of(x) in covered(o) for x in pulled)]
+    assert len(batch) == 1 and len(batch[0]["members"]) >= 10  # one companion for the release batch
+    pair.sync("us", "--once", "--direction", "pull", "--page-size", "3")
+    ids = {o["id"] for o in pulled}
+    assert ids <= _held_ids(pair, "us", "analyst", "rok-inbox")
+    assert _rejects_of(pair, "us", ids) == []
+    pushed = [_indicator(f"ROK batch member {i}, pushed in envelopes of 4", ROK_ID, GREEN) for i in range(9)]
+    load_and_release(pair, "rok", pushed)
+    pair.sync("rok", "--once", "--direction", "push", "--envelope-size", "4")
+    ids = {o["id"] for o in pushed}
+    assert ids <= _held_ids(pair, "us", "analyst", "rok-inbox")
+    assert _rejects_of(pair, "us", ids) == []
+
+
+def test_japan_gets_the_origins_batch_companion_unchanged_with_a_subset_and_it_verifies(signed_pair):
+    """ROK relays to Japan only some members of a US batch (received AMBER is not relayed); the companion is the US
+    node's own, unchanged, and names no id of what Japan does not get."""
+    pair = signed_pair
+    clear = [_indicator(f"US CLEAR {i}, relayed", US_ID, CLEAR) for i in range(4)]
+    amber = [_indicator(f"US AMBER {i}, not relayed", US_ID, "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421")
+             for i in range(3)]
+    batch = [x for pair_ in zip(clear, amber, strict=False) for x in pair_] + clear[len(amber):]
+    load_and_release(pair, "us", batch)
+    written = [o for o in _read(pair, "us", "analyst", "rok-read")
+               if o["type"] == "x-cti-signature" and any(member_of(x) in covered(o) for x in batch)]
+    assert len(written) == 1 and {member_of(x) for x in batch} <= set(covered(written[0]))
+    pair.sync("us", "--once")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not {o["id"] for o in clear} <= _held_ids(pair, "rok", "jp", "jp-read"):
+        time.sleep(0.5)
+    jp = _read(pair, "rok", "jp", "jp-read")
+    got = {o["id"] for o in jp}
+    assert {o["id"] for o in clear} <= got and not ({o["id"] for o in amber} & got)
+    relayed = [o for o in jp if o["type"] == "x-cti-signature" and o["id"] == written[0]["id"]]
+    assert relayed == written  # the origin's word, never re-signed by the relayer
+    text = json.dumps(jp)
+    assert not any(o["id"] in text for o in amber)
+    pw = pair.tmp / "jp-on-rok-subset.pw"
+    pw.write_text(PASSWORDS["rok"]["jp"] + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "verify", pair.procs["rok"].collection_url("jp-read") + "objects/",
+         "--ca-file", str(pair.pki_dir / "ca.crt"), "--user", "jp", "--password-file", str(pw), "--json"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert out.stdout, out.stderr  # (exit 1 if another test of this module left a tampered row in jp-read)
+    rows = {r["id"]: r for r in json.loads(out.stdout)["objects"]}
+    assert all(rows[o["id"]]["status"] == "valid" and rows[o["id"]]["signer"] == US_ID for o in clear)
+    subset = pair.tmp / "jp-subset.json"  # the companion and only the members Japan got, as a bundle
+    subset.write_text(json.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}",
+                                  "objects": [*relayed, *(o for o in jp if o["id"] in {c["id"] for c in clear})]}))
+    alone = subprocess.run([sys.executable, "-m", "exchange", "verify", str(subset), "--ca-file", str(pair.pki_dir / "ca.crt"), "--json"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert json.loads(alone.stdout)["valid"] == len(clear)

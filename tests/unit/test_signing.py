@@ -421,3 +421,185 @@ def test_a_large_batch_is_signed_as_trees_of_bounded_size(signer, pki):
     assert len({s["merkle_root"] for s in sigs}) == 3 and max(len(s["merkle_path"]) for s in sigs) <= (TREE_LEAVES - 1).bit_length()
     v = _verifier(pki)
     assert all(v.check(o, s).status == "valid" for o, s in zip(objs, sigs, strict=True)) and len(v._statements) == 3
+
+
+# -- batch companions (extension 1.2.0): one x-cti-signature per batch, listing its members ------------------------
+
+
+def _bundle(tmp_path, name: str, objs: list[dict]):
+    path = tmp_path / name
+    path.write_text(json.dumps({"type": "bundle", "id": "bundle--6b9a7c1e-8b1e-4a49-9a35-0f3f0a2b7c13", "objects": objs}))
+    return path
+
+
+def test_one_batch_companion_signs_a_batch_and_any_subset_of_its_members_verifies_alone(signer, pki, tmp_path):
+    from exchange.node.signing import TREE_LEAVES, covered, member_of
+
+    objs = [new_indicator(100 + i, marking=GREEN, created_by_ref=US.identity) for i in range(7)]
+    copy_ = dict(objs[6], name="redacted copy")
+    items = [(o, None) for o in objs[:6]] + [(copy_, {"id": objs[6]["id"], "modified": objs[6]["modified"]})]
+    [sig] = signer.sign_together(items)
+    assert sig["created_by_ref"] == US.identity and len(sig["members"]) == 7 and "object_ref" not in sig
+    assert set(covered(sig)) == {member_of(o) for o in [*objs[:6], copy_]}
+    text = json.dumps(sig)
+    assert not any(o["id"] in text for o in objs)  # a recipient of a subset learns no id of the other members
+    assert sig["members"][6] == {"member": member_of(copy_), "leaf": sig["members"][6]["leaf"], "derived_from_same": True}
+    subset = [objs[1], objs[4], copy_]  # what a relayer forwards, however a partner pages: the companion and some members
+    out = CliRunner().invoke(main, ["verify", str(_bundle(tmp_path, "subset.json", [sig, *subset])), "--ca-file", str(pki / "ca.crt"), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert (report["valid"], report["invalid"], report["unsigned"]) == (3, 0, 0)
+    rows = {r["id"]: r for r in report["objects"]}
+    assert rows[objs[1]["id"]] == {"id": objs[1]["id"], "modified": objs[1]["modified"], "signer": US.identity, "status": "valid",
+                                   "derived_from": None}
+    assert rows[copy_["id"]]["derived_from"] == {"id": objs[6]["id"], "modified": objs[6]["modified"]}
+    many = signer.sign_together([(new_indicator(200 + i, created_by_ref=US.identity), None) for i in range(TREE_LEAVES + 1)])
+    assert [len(s["members"]) for s in many] == [TREE_LEAVES, 1]  # one Ed25519 signature per tree of at most TREE_LEAVES
+
+
+def test_a_tampered_member_is_invalid_while_the_rest_of_its_batch_stays_valid(signer, pki):
+    objs = [new_indicator(300 + i, marking=GREEN, created_by_ref=US.identity) for i in range(4)]
+    [sig] = signer.sign_together([(o, None) for o in objs])
+    v = _verifier(pki)
+    tampered = dict(objs[2], name="changed in transit")
+    state = v.check(tampered, sig)
+    assert state.status == "invalid" and "changed" in state.reason
+    assert all(v.check(o, sig).status == "valid" for o in objs)
+    other = new_indicator(399, created_by_ref=US.identity)
+    assert v.check(other, sig).status == "invalid"  # not a member: the companion names other versions
+    moved = copy.deepcopy(sig)
+    moved["members"][0]["derived_from"] = {"id": objs[0]["id"], "modified": "2020-01-01T00:00:00.000Z"}
+    assert v.check(objs[0], moved).status == "invalid"  # derived_from is in the leaf
+
+
+def test_a_forged_member_list_or_root_is_refused_even_after_the_valid_one_was_cached(signer, pki):
+    import base64
+
+    from exchange.node.signing import _leaf, merkle_root
+
+    objs = [new_indicator(400 + i, marking=GREEN, created_by_ref=US.identity) for i in range(3)]
+    [sig] = signer.sign_together([(o, None) for o in objs])
+    v = _verifier(pki)
+    assert all(v.check(o, sig).status == "valid" for o in objs)  # statement and member list now cached
+    forged_obj = dict(objs[1], name="forged")
+    leaves = [base64.b64decode(m["leaf"]) for m in sig["members"]]
+    leaves[1] = _leaf(forged_obj)
+    forged = copy.deepcopy(sig)
+    forged["members"][1]["leaf"] = base64.b64encode(leaves[1]).decode()
+    assert v.check(forged_obj, forged).status == "invalid"  # the old root no longer matches the listed leaves
+    forged["merkle_root"] = base64.b64encode(merkle_root(leaves)).decode()  # a consistent tree, but not what was signed
+    state = v.check(forged_obj, forged)
+    assert state.status == "invalid" and "changed" in state.reason
+    mutated = copy.deepcopy(sig)
+    v.check(objs[0], mutated)
+    mutated["members"][1]["leaf"] = forged["members"][1]["leaf"]  # changed in place after a check: not served from the cache
+    assert v.check(forged_obj, mutated).status == "invalid"
+
+
+def test_a_companion_without_its_certificate_verifies_with_a_certificate_known_beforehand(signer, pki, tmp_path):
+    obj = new_indicator(500, marking=GREEN, created_by_ref=US.identity)
+    [sig] = signer.sign_together([(obj, None)])
+    bare = {k: v for k, v in sig.items() if k != "certificate"}
+    fresh = _verifier(pki)
+    state = fresh.check(obj, bare)
+    assert state.status == "invalid" and "no certificate" in state.reason
+    assert fresh.check(obj, sig).status == "valid"  # the first companion with the certificate makes it known
+    assert fresh.check(obj, bare).status == "valid"
+    known = Verifier.from_files(pki / "ca.crt", cert_files=[pki / "us-signing.crt"])
+    assert known.check(obj, bare).status == "valid"
+    bundle = tmp_path / "ca-and-signers.pem"  # the --ca-file bundle may carry the signing certificates
+    bundle.write_bytes((pki / "ca.crt").read_bytes() + (pki / "us-signing.crt").read_bytes())
+    out = CliRunner().invoke(main, ["verify", str(_bundle(tmp_path, "bare.json", [bare, obj])), "--ca-file", str(bundle), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["valid"] == 1
+    assert CliRunner().invoke(main, ["verify", str(_bundle(tmp_path, "bare2.json", [bare, obj])), "--ca-file", str(pki / "ca.crt")]).exit_code == 1
+
+
+def test_a_wrong_certificate_does_not_poison_the_verifiers_key_cache(signer, pki):
+    obj = new_indicator(501, marking=GREEN, created_by_ref=US.identity)
+    [sig] = signer.sign_together([(obj, None)])
+    rok = load_node_signer(ROK)
+    v = _verifier(pki)
+    wrong = dict(sig, certificate=rok.certificate)  # US's key id, ROK's certificate
+    assert v.check(obj, wrong).status == "invalid"
+    assert v.check(obj, sig).status == "valid"
+
+
+def test_the_per_version_batch_format_and_the_batch_companion_share_leaf_tree_and_statement(signer, pki):
+    """A 1.1.0 companion (per version, with its Merkle path) and a 1.2.0 one over the same batch carry the same root."""
+    objs = [new_indicator(600 + i, created_by_ref=US.identity) for i in range(5)]
+    stamp = format_timestamp(now_us())
+    old = signer.sign_batch([(o, None) for o in objs], created=stamp)
+    [new] = signer.sign_together([(o, None) for o in objs], created=stamp)
+    assert {s["merkle_root"] for s in old} == {new["merkle_root"]} and old[0]["signature"] == new["signature"]
+    v = _verifier(pki)
+    assert all(v.check(o, s).status == "valid" and v.check(o, new).status == "valid" for o, s in zip(objs, old, strict=True))
+
+
+def test_inbound_keeps_a_batch_companion_unless_every_member_it_covers_is_refused_in_the_batch(signer):
+    from exchange.policy.inbound import SignatureState
+
+    rok = load_node_signer(ROK)
+    objs = [new_indicator(700 + i, marking=GREEN, created_by_ref=ROK.identity) for i in range(3)]
+    [sig] = rok.sign_together([(o, None) for o in objs])
+    bad = objs[1]["id"]
+
+    def states(o):
+        return SignatureState("invalid", ROK.identity, "changed") if o["id"] == bad else SignatureState("valid", ROK.identity)
+
+    refused = _rules().judge([sig, *objs], signatures=states)
+    assert set(refused) == {2} and refused[2].startswith("inbound.signature-invalid")  # the companion and the others stay
+    only_bad = _rules().judge([sig, objs[1]], signatures=states)
+    assert set(only_bad) == {1}  # two members not in this envelope: the companion is kept for them
+    [one] = rok.sign_together([(objs[1], None)])
+    assert set(_rules().judge([one, objs[1]], signatures=states)) == {0, 1}  # it signs only a refused version
+    assert _rules().judge([dict(sig, members=[{"member": "x"}])])[0].startswith("inbound.signature-invalid")
+
+
+def test_the_store_finds_the_batch_companion_of_a_version_and_forgets_it_with_the_companion(signer, tmp_path):
+    from exchange.node.signing import member_of
+    from exchange.storage.store import Selection, Store
+
+    objs = [new_indicator(800 + i, created_by_ref=US.identity) for i in range(3)]
+    [sig] = signer.sign_together([(o, None) for o in objs])
+    store = Store.open(tmp_path, init=True)
+    try:
+        coll = "c0ffee00-0000-4000-8000-000000000001"
+        store.add_objects(coll, [sig, *objs])
+        store.add_objects(coll, [sig])  # again: stored once, indexed once
+        assert store.signatures_covering(coll, [member_of(objs[2])]) == [sig]
+        assert store.signatures_covering(coll, [member_of(new_indicator(899))]) == []
+        assert store.signatures_covering("c0ffee00-0000-4000-8000-000000000002", [member_of(objs[0])]) == []
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM signature_members").scalar() == 3
+        store.delete_object(Selection(coll, versions=("all",)), sig["id"])
+        assert store.signatures_covering(coll, [member_of(objs[0])]) == []
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM signature_members").scalar() == 0
+    finally:
+        store.close()
+
+
+def test_a_redacted_copy_naming_another_source_carries_that_source_and_a_forged_one_is_invalid(signer, pki):
+    src = new_indicator(900, marking=GREEN, created_by_ref=US.identity)
+    copy_ = dict(new_indicator(901, marking=GREEN, created_by_ref=US.identity), name="redacted")
+    [sig] = signer.sign_together([(copy_, {"id": src["id"], "modified": src["modified"]})])
+    assert sig["members"][0]["derived_from"] == {"id": src["id"], "modified": src["modified"]}
+    v = _verifier(pki)
+    state = v.check(copy_, sig)
+    assert state.status == "valid" and state.derived_from == {"id": src["id"], "modified": src["modified"]}
+    same = copy.deepcopy(sig)
+    del same["members"][0]["derived_from"]
+    same["members"][0]["derived_from_same"] = True  # claims the copy was made from itself: not what was signed
+    assert v.check(copy_, same).status == "invalid"
+
+
+def test_a_batch_signature_listing_too_many_members_is_malformed_and_not_indexed(signer, pki):
+    from exchange.policy.markings import MAX_SIGNATURE_MEMBERS, signature_members
+
+    obj = new_indicator(950, marking=GREEN, created_by_ref=ROK.identity)
+    [sig] = load_node_signer(ROK).sign_together([(obj, None)])
+    huge = dict(sig, members=sig["members"] * (MAX_SIGNATURE_MEMBERS + 1))
+    assert signature_members(huge) == []
+    assert _rules().judge([huge])[0].startswith("inbound.signature-invalid")
+    assert _verifier(pki).check(obj, huge).status == "invalid"
