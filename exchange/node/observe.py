@@ -18,36 +18,17 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from typing import Any
 
 import orjson
 from flask import Flask, Response, current_app, g, request
 
+from exchange.node.logs import LOG_FORMATS, configure_logging  # noqa: F401 - re-exported: serve configures it from here
+
 ACCESS = logging.getLogger("exchange.access")
-LOG_FORMATS = ("text", "json")
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _EXT = "cti_exchange.observe"
-
-
-def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Log lines on stderr: ``text`` (time, level, logger, message) or ``json`` (one object a line, extras as keys)."""
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                           rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    for noisy in ("alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def prepare_multiprocess() -> str:
