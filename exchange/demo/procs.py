@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,15 +78,35 @@ class NodeProcess:
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM), SIGKILL after 15 s."""
+        stop_all([self])
+
+    def _terminate(self) -> None:
         if self.running:
             assert self.proc is not None
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+
+    def _wait_or_kill(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            self.kill9()
 
     def collection_url(self, alias: str) -> str:
         from exchange.config import load_node
 
         return f"{self.url}collections/{load_node(self.node).config.collection(alias).id}/"
+
+
+def stop_all(procs: Iterable[NodeProcess], timeout: float = 15.0) -> None:
+    """Graceful stop (SIGTERM) of several servers at once: each gets ``timeout`` seconds to exit, then SIGKILL.
+
+    The servers wind down together (a gunicorn server takes about a second), not one after the other.
+    """
+    procs = list(procs)
+    for p in procs:
+        p._terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p._wait_or_kill(deadline)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.demo.procs import NodeProcess
+from exchange.demo.procs import NodeProcess, stop_all
 from exchange.demo.run import Exchange, NodeHandle, load_bundle_file, seed_files, tls_args
 from exchange.node.ops import add_account, open_node
 from exchange.sharing.release import release_all
@@ -102,8 +102,7 @@ def _pair(tmp: Path, seed: bool, *, tls: bool = False) -> Iterator[Pair]:
             procs[name] = NodeProcess(name, data, extra_args=tls_args(pki, name) if pki else ()).start()
         yield Pair(tmp, procs, pki)
     finally:
-        for p in procs.values():
-            p.stop()
+        stop_all(procs.values())
 
 
 @pytest.fixture
