@@ -35,6 +35,10 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         """Start the server and wait until it prints its API root URL."""
+        start_all([self], timeout)
+        return self
+
+    def _spawn(self) -> None:
         cmd = [
             sys.executable, "-m", "exchange", "serve", self.node, "--data-dir", str(self.data_dir),
             "--host", self.host, "--port", str(self.port), *self.extra_args,
@@ -43,8 +47,9 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True
         )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
+
+    def _await_ready(self, deadline: float, timeout: float) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
@@ -56,7 +61,7 @@ class NodeProcess:
                 self.url = line.split(": ", 1)[1].strip()
                 self.base = self.url.rsplit("/", 2)[0] + "/"
                 threading.Thread(target=self._drain, daemon=True).start()
-                return self
+                return
         self.kill9()
         raise ExchangeError(f"node {self.node} did not start within {timeout:.0f}s: {''.join(self.log).strip()}")
 
@@ -97,6 +102,24 @@ class NodeProcess:
         from exchange.config import load_node
 
         return f"{self.url}collections/{load_node(self.node).config.collection(alias).id}/"
+
+
+def start_all(procs: Iterable[NodeProcess], timeout: float = 60.0) -> None:
+    """Start several servers at once and wait until each prints its API root URL (within ``timeout`` seconds).
+
+    They start side by side (each takes about a second to import and bind), not one after the other.
+    If one fails, those already started are stopped and the error is raised.
+    """
+    procs = list(procs)
+    for p in procs:
+        p._spawn()
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p._await_ready(deadline, timeout)
+    except BaseException:
+        stop_all(procs)
+        raise
 
 
 def stop_all(procs: Iterable[NodeProcess], timeout: float = 15.0) -> None:
