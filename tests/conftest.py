@@ -61,10 +61,11 @@ def provision(node: str, data_dir: Path, accounts: dict[str, str] | None = None,
 def _file_rank(item: pytest.Item) -> int:
     """0: the compose test (image build, minutes); 1: the other end-to-end files (real node processes);
     2: integration; 3: the rest (many short tests, which fill in at the end)."""
-    parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
     if item.get_closest_marker("compose") is not None:
         return 0
-    return {"e2e": 1, "integration": 2}.get(parts[0], 3)
+    here = Path(__file__).parent
+    part = item.path.relative_to(here).parts[0] if item.path.is_relative_to(here) else ""
+    return {"e2e": 1, "integration": 2}.get(part, 3)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -72,16 +73,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     ``--dist loadfile`` hands each process whole files from a queue in this order
     (``--no-loadscope-reorder`` in pyproject's addopts keeps xdist from reordering it
-    by the number of tests per file, which put the few-test, long end-to-end files
-    last, where one process ran them alone while the other had finished).
+    by the number of tests per file, most first, which queued the long end-to-end
+    files, having few tests each, last: the compose test second to last).
     """
     first: dict[str, int] = {}
     rank: dict[str, int] = {}
     for i, item in enumerate(items):
-        path = str(item.fspath)
+        path = str(item.path)
         first.setdefault(path, i)
         rank[path] = min(rank.get(path, 3), _file_rank(item))
-    items.sort(key=lambda item: (rank[str(item.fspath)], first[str(item.fspath)]))
+    items.sort(key=lambda item: (rank[str(item.path)], first[str(item.path)]))
 
 
 # -- storage backends: every storage-contract test runs on SQLite and on PostgreSQL ----------
