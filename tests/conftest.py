@@ -55,6 +55,36 @@ def provision(node: str, data_dir: Path, accounts: dict[str, str] | None = None,
         opened.close()
 
 
+# -- order of the files: the long ones first -------------------------------------------------
+
+
+def _file_rank(item: pytest.Item) -> int:
+    """0: the compose test (image build, minutes); 1: the other end-to-end files (real node processes);
+    2: integration; 3: the rest (many short tests, which fill in at the end)."""
+    if item.get_closest_marker("compose") is not None:
+        return 0
+    here = Path(__file__).parent
+    part = item.path.relative_to(here).parts[0] if item.path.is_relative_to(here) else ""
+    return {"e2e": 1, "integration": 2}.get(part, 3)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the long files first, each file's tests together and in their order.
+
+    ``--dist loadfile`` hands each process whole files from a queue in this order
+    (``--no-loadscope-reorder`` in pyproject's addopts keeps xdist from reordering it
+    by the number of tests per file, most first, which queued the long end-to-end
+    files, having few tests each, last: the compose test second to last).
+    """
+    first: dict[str, int] = {}
+    rank: dict[str, int] = {}
+    for i, item in enumerate(items):
+        path = str(item.path)
+        first.setdefault(path, i)
+        rank[path] = min(rank.get(path, 3), _file_rank(item))
+    items.sort(key=lambda item: (rank[str(item.path)], first[str(item.path)]))
+
+
 # -- storage backends: every storage-contract test runs on SQLite and on PostgreSQL ----------
 
 PG_ENV = "CTI_EXCHANGE_TEST_PG"

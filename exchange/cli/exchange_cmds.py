@@ -19,7 +19,7 @@ log = logging.getLogger("exchange.cli")
 
 
 def _configure_logging(verbose: bool, fmt: str = "text") -> None:
-    from exchange.node.observe import configure_logging
+    from exchange.node.logs import configure_logging  # not observe: the agent needs no Flask
 
     configure_logging(fmt, logging.DEBUG if verbose else logging.INFO)
 

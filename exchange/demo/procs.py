@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         """Start the server and wait until it prints its API root URL."""
+        start_all([self], timeout)
+        return self
+
+    def _spawn(self) -> None:
         cmd = [
             sys.executable, "-m", "exchange", "serve", self.node, "--data-dir", str(self.data_dir),
             "--host", self.host, "--port", str(self.port), *self.extra_args,
@@ -42,8 +47,9 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True
         )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
+
+    def _await_ready(self, deadline: float, timeout: float) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
@@ -55,7 +61,7 @@ class NodeProcess:
                 self.url = line.split(": ", 1)[1].strip()
                 self.base = self.url.rsplit("/", 2)[0] + "/"
                 threading.Thread(target=self._drain, daemon=True).start()
-                return self
+                return
         self.kill9()
         raise ExchangeError(f"node {self.node} did not start within {timeout:.0f}s: {''.join(self.log).strip()}")
 
@@ -77,15 +83,53 @@ class NodeProcess:
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM), SIGKILL after 15 s."""
+        stop_all([self])
+
+    def _terminate(self) -> None:
         if self.running:
             assert self.proc is not None
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+
+    def _wait_or_kill(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            self.kill9()
 
     def collection_url(self, alias: str) -> str:
         from exchange.config import load_node
 
         return f"{self.url}collections/{load_node(self.node).config.collection(alias).id}/"
+
+
+def start_all(procs: Iterable[NodeProcess], timeout: float = 60.0) -> None:
+    """Start several servers at once and wait until each prints its API root URL (within ``timeout`` seconds).
+
+    They start side by side (each takes about a second to import and bind), not one after the other.
+    If one fails, those already started are stopped and the error is raised.
+    """
+    procs = list(procs)
+    for p in procs:
+        p._spawn()
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p._await_ready(deadline, timeout)
+    except BaseException:
+        stop_all(procs)
+        raise
+
+
+def stop_all(procs: Iterable[NodeProcess], timeout: float = 15.0) -> None:
+    """Graceful stop (SIGTERM) of several servers at once: each gets ``timeout`` seconds to exit, then SIGKILL.
+
+    The servers wind down together (a gunicorn server takes about a second), not one after the other.
+    """
+    procs = list(procs)
+    for p in procs:
+        p._terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p._wait_or_kill(deadline)

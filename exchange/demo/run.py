@@ -28,7 +28,7 @@ import orjson
 
 from exchange.config import collections_dir
 from exchange.demo.changes import cdn_withdrawal, withdrawal_leaks, withdrawn_counts
-from exchange.demo.procs import NodeProcess
+from exchange.demo.procs import NodeProcess, start_all, stop_all
 from exchange.demo.sightings import sighting_round
 from exchange.errors import ConfigError, ExchangeError
 from exchange.node.ops import OpenNode, add_account, open_node
@@ -146,9 +146,7 @@ def local_exchange(workdir: Path, *, plain_http: bool = False) -> Iterator[Excha
         with signing_pki(pki):
             yield from _start_nodes(ex, workdir)
     finally:
-        for handle in ex.nodes.values():
-            if handle.process is not None:
-                handle.process.stop()
+        stop_all(h.process for h in ex.nodes.values() if h.process is not None)
 
 
 @contextmanager
@@ -169,16 +167,16 @@ def signing_pki(pki: Path) -> Iterator[None]:
 
 def _start_nodes(ex: Exchange, workdir: Path) -> Iterator[Exchange]:
     try:
+        procs = {}
         for name in NODES:
             data = workdir / name
-            passwords = provision(name, data)
-            proc = NodeProcess(name, data, extra_args=tls_args(ex.pki, name) if ex.pki else ()).start()
-            ex.nodes[name] = NodeHandle(name, proc.url, data, passwords, proc)
+            procs[name] = (NodeProcess(name, data, extra_args=tls_args(ex.pki, name) if ex.pki else ()), provision(name, data))
+        start_all(proc for proc, _passwords in procs.values())  # side by side
+        for name, (proc, passwords) in procs.items():
+            ex.nodes[name] = NodeHandle(name, proc.url, proc.data_dir, passwords, proc)
         yield ex
     finally:
-        for handle in ex.nodes.values():
-            if handle.process is not None:
-                handle.process.stop()
+        stop_all(h.process for h in ex.nodes.values() if h.process is not None)
 
 
 def read_secrets(secrets_dir: Path, node: str) -> dict[str, str]:

@@ -27,7 +27,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 
 from sqlalchemy import inspect
@@ -54,17 +53,11 @@ class DatabaseRefused(StorageError):
     """The database is damaged, foreign or from an unknown schema revision: the node does not open it."""
 
 
-@cache
 def known_revisions() -> tuple[str, ...]:
     """Every schema revision of ``exchange/storage/migrations``, oldest first."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
+    from exchange.storage.migrate import revisions
 
-    from exchange.storage.migrate import MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    return tuple(reversed([s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()]))
+    return revisions()
 
 
 def tables_at(revision: str) -> frozenset[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -196,6 +197,12 @@ class AddResult:
     new: set[tuple[str, str]] = field(default_factory=set)  # (id, version) of the rows written: one audit entry per new version
 
 
+def _alembic_command_error(exc: BaseException) -> bool:
+    """``exc`` is Alembic's ``CommandError`` (Alembic is loaded only when there is a migration to run)."""
+    util = sys.modules.get("alembic.util")
+    return util is not None and isinstance(exc, util.CommandError)
+
+
 class Store:
     """A node's database.  Thread-safe; one per process (or per worker)."""
 
@@ -236,8 +243,6 @@ class Store:
 
     def _open_schema(self, where: str, *, init: bool, checked: bool) -> None:
         """Refuse a foreign or damaged schema (``checked``: already done on the SQLite file), upgrade, check the result."""
-        from alembic.util import CommandError
-
         from exchange.storage.migrate import upgrade
 
         try:
@@ -247,7 +252,9 @@ class Store:
             upgrade(self.engine)
             with self.engine.connect() as conn:
                 check_complete(conn, where)
-        except (SQLAlchemyError, CommandError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, SQLAlchemyError) and not _alembic_command_error(exc):
+                raise
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
             raise StorageError(f"cannot initialise database {where}: {exc.__class__.__name__}: {first}") from exc
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.demo.procs import NodeProcess
+from exchange.demo.procs import NodeProcess, start_all, stop_all
 from exchange.demo.run import Exchange, NodeHandle, load_bundle_file, seed_files, tls_args
 from exchange.node.ops import add_account, open_node
 from exchange.sharing.release import release_all
@@ -99,11 +99,11 @@ def _pair(tmp: Path, seed: bool, *, tls: bool = False) -> Iterator[Pair]:
         for name in ("us", "rok"):
             data = tmp / name
             provision(name, data, seed=seed)
-            procs[name] = NodeProcess(name, data, extra_args=tls_args(pki, name) if pki else ()).start()
+            procs[name] = NodeProcess(name, data, extra_args=tls_args(pki, name) if pki else ())
+        start_all(procs.values())  # side by side
         yield Pair(tmp, procs, pki)
     finally:
-        for p in procs.values():
-            p.stop()
+        stop_all(procs.values())
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from exchange.sharing import attribution as attr
 from exchange.stix import parse_timestamp
 from exchange.storage import audit
 from exchange.storage.store import Selection
+from tests.e2e.attribution_flow import cli_json, new_subject_and_actor, sync_round
 from tests.e2e.conftest import Pair, _pair, load_and_release
-from tests.e2e.test_attribution import cli_json, new_subject_and_actor, sync_round
 
 US = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
 GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"

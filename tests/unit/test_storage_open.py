@@ -26,6 +26,29 @@ def _sql(database: str | None, data, statement: str) -> None:
         engine.dispose()
 
 
+def test_the_revisions_read_from_the_scripts_are_alembics():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from exchange.storage.migrate import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert known_revisions() == tuple(reversed([s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()]))
+
+
+def test_a_store_at_the_newest_revision_opens_without_loading_alembic(tmp_path):
+    import subprocess
+    import sys
+
+    Store.open(data_dir=tmp_path).close()  # creates it (through Alembic)
+    probe = ("import sys; from exchange.storage.store import Store; Store.open(data_dir=sys.argv[1]).close(); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_newest_revision_has_every_table_of_the_schema():
     assert set(tables_at(known_revisions()[-1])) == set(metadata.tables)
     assert "login_failures" not in tables_at("0004")
