@@ -29,9 +29,10 @@ JOINT = "identity--9909a483-dc4f-404a-96a0-33f5fd316e10"
 GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
 
 
+@pytest.fixture(scope="module", name="nodes")
 def node_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    """Both nodes with accounts and no content, over HTTPS with mutual TLS (a proposal's IEP marking says
-    encrypt_in_transit: must); each test uses its own subject and actor."""
+    """Each importing file's node pair: both nodes with accounts and no content, over HTTPS with mutual TLS
+    (a proposal's IEP marking says encrypt_in_transit: must); each test uses its own subject and actor."""
     yield from _pair(tmp_path_factory.mktemp("attribution"), seed=False, tls=True)
 
 

@@ -4,16 +4,12 @@ the joint report at both nodes and onward to Japan; and bad requests."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from exchange.sharing import attribution as attr
 from tests.e2e.attribution_flow import (
     JOINT,
     ROK,
     US,
-    Pair,
     assert_never_outside,
     assert_no_leak_and_no_inbound_conflicts,
     assert_not_publishable,
@@ -23,17 +19,11 @@ from tests.e2e.attribution_flow import (
     jp_objects,
     jp_sees,
     new_subject_and_actor,
-    node_pair,
+    node_pair,  # noqa: F401 - the fixture `nodes`: this file's own node pair (module scope)
     own_objects,
     status_of,
     sync_round,
 )
-
-
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory) -> Iterator[Pair]:
-    """This file's node pair (HTTPS, mutual TLS, accounts and no content)."""
-    yield from node_pair(tmp_path_factory)
 
 
 def test_propose_concur_joint_report_at_both_nodes_and_onward_to_japan(nodes):

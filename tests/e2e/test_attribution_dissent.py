@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from exchange.sharing import attribution as attr
 from tests.e2e.attribution_flow import (
-    Pair,
     assert_never_outside,
     assert_no_leak_and_no_inbound_conflicts,
     cli,
     cli_json,
     new_subject_and_actor,
-    node_pair,
+    node_pair,  # noqa: F401 - the fixture `nodes`: this file's own node pair (module scope)
     own_objects,
     status_of,
     sync_round,
 )
-
-
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory) -> Iterator[Pair]:
-    """This file's node pair (HTTPS, mutual TLS, accounts and no content)."""
-    yield from node_pair(tmp_path_factory)
 
 
 def test_dissent_blocks_release(nodes):

@@ -94,6 +94,17 @@ def _inbound_rejects(pair, node: str, object_id: str) -> list[tuple]:
         opened.close()
 
 
+def _verify_jp_read_on_rok(pair) -> subprocess.CompletedProcess:
+    """``cti-exchange verify`` of ROK's jp-read collection as Japan's account, with the exchange CA (JSON report)."""
+    pw = pair.tmp / "jp-on-rok.pw"
+    pw.write_text(PASSWORDS["rok"]["jp"] + "\n")
+    return subprocess.run(
+        [sys.executable, "-m", "exchange", "verify", pair.procs["rok"].collection_url("jp-read") + "objects/",
+         "--ca-file", str(pair.pki_dir / "ca.crt"), "--user", "jp", "--password-file", str(pw), "--json"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+
+
 def test_a_us_object_relayed_by_rok_reaches_japan_verified_as_us_signed(signed_pair):
     pair = signed_pair
     obj = _indicator("US-authored, relayed by ROK to Japan", US_ID, CLEAR)
@@ -106,13 +117,7 @@ def test_a_us_object_relayed_by_rok_reaches_japan_verified_as_us_signed(signed_p
         time.sleep(0.5)
     else:
         raise AssertionError("the US object never reached jp-read on the ROK node")
-    pw = pair.tmp / "jp-on-rok.pw"
-    pw.write_text(PASSWORDS["rok"]["jp"] + "\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "exchange", "verify", pair.procs["rok"].collection_url("jp-read") + "objects/",
-         "--ca-file", str(pair.pki_dir / "ca.crt"), "--user", "jp", "--password-file", str(pw), "--json"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
+    out = _verify_jp_read_on_rok(pair)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     row = next(r for r in report["objects"] if r["id"] == obj["id"])
@@ -213,13 +218,7 @@ def test_japan_gets_the_origins_batch_companion_unchanged_with_a_subset_and_it_v
     assert relayed == written  # the origin's word, never re-signed by the relayer
     text = json.dumps(jp)
     assert not any(o["id"] in text for o in amber)
-    pw = pair.tmp / "jp-on-rok-subset.pw"
-    pw.write_text(PASSWORDS["rok"]["jp"] + "\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "exchange", "verify", pair.procs["rok"].collection_url("jp-read") + "objects/",
-         "--ca-file", str(pair.pki_dir / "ca.crt"), "--user", "jp", "--password-file", str(pw), "--json"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
+    out = _verify_jp_read_on_rok(pair)
     assert out.stdout, out.stderr  # (exit 1 if another test of this module left a tampered row in jp-read)
     rows = {r["id"]: r for r in json.loads(out.stdout)["objects"]}
     assert all(rows[o["id"]]["status"] == "valid" and rows[o["id"]]["signer"] == US_ID for o in clear)
