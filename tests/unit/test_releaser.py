@@ -24,6 +24,7 @@ def releaser(monkeypatch) -> BackgroundReleaser:
     r._last_write_us = 0
     r._writing, r._writing_lock = 0, threading.Lock()
     r._read_gap, r._reading, r._last_read = 0.25, 0, time.monotonic() - 100
+    r._read_busy, r._busy_since, r._busy_at_batch = 0.0, 0.0, 0.0
     r._batch_began = time.monotonic()
     r.newest = None
     monkeypatch.setattr(server, "newest_write", lambda opened: r.newest)
@@ -82,22 +83,43 @@ def test_a_write_under_way_here_is_never_quiet(releaser):
 
 def test_a_release_pass_leaves_a_partner_pulling_three_quarters_of_the_time(releaser, monkeypatch):
     """Issue 21: the releaser shares the worker's interpreter with the request threads. While a
-    partner pages (a GET under way or one just ended), it sleeps three times as long as its last
-    batch ran: at most a quarter of the time is the release's."""
+    partner's bulk pull keeps a GET in flight the whole time, it sleeps three times as long as its
+    last batch ran: at most a quarter of the time is the release's."""
     slept: list[float] = []
     monkeypatch.setattr(server.time, "sleep", slept.append)
     releaser.serving(True)
+    releaser._busy_since -= 0.4  # this GET (and the pull's pages before it) began when the batch did, 0.4 s ago
     releaser._batch_began = time.monotonic() - 0.4
     releaser._pause()
-    assert len(slept) == 1 and 1.2 <= slept[0] < 1.3
-    releaser.serving(False)  # the page was answered; the client asks for the next one at once
-    releaser._batch_began = time.monotonic() - 0.1
+    assert len(slept) == 1 and 1.15 <= slept[0] < 1.3
+    releaser.serving(False)  # the page was answered; a GET was in flight for a third of the next batch's 0.3 s
+    releaser._read_busy += 0.1
+    releaser._batch_began = time.monotonic() - 0.3
     releaser._pause()
-    assert len(slept) == 2 and 0.3 <= slept[1] < 0.35
+    assert len(slept) == 2 and 0.55 <= slept[1] < 0.65  # 3 x 0.3 s x (2 x 1/3)
+    releaser._read_busy += 0.2  # busy for 0.2 s of the next 0.4 s: half the time or more is a bulk pull
+    releaser._batch_began = time.monotonic() - 0.4
+    releaser._pause()
+    assert len(slept) == 3 and 1.15 <= slept[2] < 1.3
     releaser._last_read = time.monotonic() - 1.0  # no request for a second: the release goes on at full speed
     releaser._batch_began = time.monotonic() - 0.4
     releaser._pause()
-    assert len(slept) == 2
+    assert len(slept) == 3
+
+
+def test_a_partner_polling_for_what_is_being_released_barely_slows_it(releaser, monkeypatch):
+    """A sync agent waiting for the release (short pages every half second) is not a bulk pull:
+    yielding to it would only delay what it waits for (the live US->ROK sync took 2.4x the release
+    alone). A GET in flight for under a quarter of the batch's time does not pause the release."""
+    slept: list[float] = []
+    monkeypatch.setattr(server.time, "sleep", slept.append)
+    releaser._mark_batch()
+    releaser._batch_began -= 0.4
+    releaser.serving(True)
+    releaser._busy_since -= 0.05  # one poll of 50 ms during the 0.4 s batch, just answered
+    releaser.serving(False)
+    releaser._pause()
+    assert slept == []
 
 
 def test_only_taxii_reads_slow_the_release(tmp_path):
