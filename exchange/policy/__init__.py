@@ -13,13 +13,25 @@ no HTTP; they return new objects. Only ``model`` reads files (the policy YAML).
 May import only the top-level leaves (``errors``, ``stix``, ``config``, ``_yaml``).
 """
 
-from exchange.policy.engine import REDACT, SHARE, WITHHOLD, Decision, Explanation, companions, evaluate, explain
+from exchange.policy.engine import (
+    REDACT,
+    SHARE,
+    WITHHOLD,
+    Decision,
+    Explanation,
+    Judged,
+    companions,
+    evaluate,
+    evaluate_many,
+    explain,
+)
 from exchange.policy.model import Clause, Policy, current_policy, default_policy_dir, load_policy
 
 __all__ = [
     "Clause",
     "Decision",
     "Explanation",
+    "Judged",
     "Policy",
     "REDACT",
     "SHARE",
@@ -28,6 +40,7 @@ __all__ = [
     "current_policy",
     "default_policy_dir",
     "evaluate",
+    "evaluate_many",
     "explain",
     "load_policy",
 ]

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import copy
 import gc
-from collections.abc import Collection, Iterable, Mapping
+import secrets
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +49,7 @@ from exchange.policy import markings as mk
 from exchange.policy.model import Clause, Policy
 from exchange.stix import REQUIRED, parse_timestamp
 
-__all__ = ["Decision", "Explanation", "evaluate", "explain", "companions", "SHARE", "REDACT", "WITHHOLD"]
+__all__ = ["Decision", "Explanation", "Judged", "evaluate", "evaluate_many", "explain", "companions", "SHARE", "REDACT", "WITHHOLD"]
 
 SHARE, REDACT, WITHHOLD = "share", "redact", "withhold"
 COMPANION_TYPES = frozenset({"identity", "marking-definition", "extension-definition"})
@@ -103,9 +104,10 @@ def _check_route(policy: Policy, sender: str, recipient: str) -> None:
 class _Route:
     """Everything about (policy, sender, recipient) that does not depend on the object."""
 
-    def __init__(self, policy: Policy, sender: str, recipient: str) -> None:
+    def __init__(self, policy: Policy, sender: str, recipient: str, label: str | None = None) -> None:
         _check_route(policy, sender, recipient)
         self.policy, self.sender, self.recipient = policy, sender, recipient
+        self.label = recipient if label is None else label  # how reasons name the recipient (``evaluate_many``: a placeholder)
         self._parties()
         self._clauses()
         self._public_sources()
@@ -245,7 +247,7 @@ class _Route:
     def _verdict(self, level: int, *, own: bool) -> tuple[str, Clause, str] | None:
         name = mk.LEVEL_LABELS[level]
         lname = mk.LEVEL_NAMES[level]
-        policy, recipient = self.policy, self.recipient
+        policy, recipient, label = self.policy, self.recipient, self.label
         if self.c_never is not None and lname in self.c_never.rule.levels:
             return WITHHOLD, self.c_never, f"{name} is never released by automated exchange"
         for c in policy.clauses_of("release-any"):
@@ -254,11 +256,11 @@ class _Route:
         if own:
             for c in policy.clauses_of("own-withhold"):
                 if lname in c.rule.levels and recipient in c.rule.recipients:
-                    return WITHHOLD, c, f"the sender's own {name} objects are not released automatically to {recipient}"
+                    return WITHHOLD, c, f"the sender's own {name} objects are not released automatically to {label}"
             for c in policy.clauses_of("own-release"):
                 r = c.rule
                 if lname in r.levels and self._inside(r.community) and (not r.recipients or recipient in r.recipients):
-                    return SHARE, c, f"the sender's own {name} object goes to {recipient} ({r.community})"
+                    return SHARE, c, f"the sender's own {name} object goes to {label} ({r.community})"
         else:
             for c in policy.clauses_of("onward-community"):
                 r = c.rule
@@ -269,15 +271,44 @@ class _Route:
             for c in policy.clauses_of("onward-clients"):
                 r = c.rule
                 if lname in r.levels and recipient in r.clients.get(self.sender, ()):
-                    return SHARE, c, f"received {name} may go to {recipient}, a client of {self.sender} named by the policy"
+                    return SHARE, c, f"received {name} may go to {label}, a client of {self.sender} named by the policy"
         return None
 
 
-def _route(policy: Policy, sender: str, recipient: str) -> _Route:
-    key = ("route", sender, recipient)
+    def signature(self) -> tuple:
+        """Everything the route decides by, with the recipient's name as ``label`` (``evaluate_many``).
+
+        Two recipients whose routes (built with the same placeholder label) have equal signatures
+        get the same decisions for the same inputs, save the recipient's identity, which only the
+        clause ``sighting-to-producer`` looks at (``evaluate_many`` compares it where it matters).
+        """
+        sig = self.__dict__.get("_signature")
+        if sig is None:
+            skip = {"policy", "sender", "recipient", "label", "_signature"}
+            sig = self.__dict__["_signature"] = tuple(
+                (k, _frozen(v)) for k, v in sorted(self.__dict__.items()) if k not in skip
+            )
+        return sig
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable, comparable copy of a route attribute (clauses by id)."""
+    if isinstance(value, Clause):
+        return ("clause", value.id)
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _frozen(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_frozen(v) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_frozen(v) for v in value))
+    return value
+
+
+def _route(policy: Policy, sender: str, recipient: str, label: str | None = None) -> _Route:
+    key = ("route", sender, recipient, label)
     route = policy._cache.get(key)
     if route is None:
-        route = policy._cache[key] = _Route(policy, sender, recipient)
+        route = policy._cache[key] = _Route(policy, sender, recipient, label)
     return route
 
 
@@ -535,7 +566,7 @@ def _unmarked_level(w: _Work, marks: _Marks, own: bool, route: _Route, trace: li
         assert route.c_ci is not None
         if trace is not None:
             trace.append(f"[{route.c_ci.id}]: own critical-infrastructure notification, treated as {mk.level_name(route.ci_level)} "
-                         f"for {route.recipient}")
+                         f"for {route.label}")
         return route.ci_level, (route.c_ci.id,)
     return _unmarked_default(w, route, trace)
 
@@ -570,7 +601,7 @@ def _release_verdict(obj: dict, level: int, own: bool, route: _Route) -> tuple[s
         verdict = _ransomware_onward(obj, level, route)
     if verdict is None:
         return WITHHOLD, route.c_norelease, (f"no clause releases {'own' if own else 'received'} "
-                                             f"{mk.LEVEL_LABELS[level]} objects to {route.recipient}")
+                                             f"{mk.LEVEL_LABELS[level]} objects to {route.label}")
     return verdict
 
 
@@ -691,7 +722,7 @@ def _sighting_to_producer(obj: dict, level: int, route: _Route, index: Mapping[s
         return None
     who = route.identity_party.get(producer, producer)
     return c, (f"a {mk.LEVEL_LABELS[level]} sighting of {target} goes only to its producer ({who}), "
-               f"not to {route.recipient}")
+               f"not to {route.label}")
 
 
 def _attribution_relationship(obj: dict, stype: Any, creator: Any, route: _Route, concurred: Collection[str]) -> tuple[Clause, str] | None:
@@ -700,7 +731,7 @@ def _attribution_relationship(obj: dict, stype: Any, creator: Any, route: _Route
         return None
     if _attribution_allowed(route.c_attr_rel.rule, route, creator, obj.get("id"), concurred):
         return None
-    return route.c_attr_rel, (f"attribution may not go to {route.recipient} before joint concurrence "
+    return route.c_attr_rel, (f"attribution may not go to {route.label} before joint concurrence "
                               f"(only joint products with recorded concurrence may)")
 
 
@@ -711,7 +742,7 @@ def _attribution_product(obj: dict, stype: Any, creator: Any, route: _Route, ind
         return None
     if _attribution_allowed(route.c_attr_prod.rule, route, creator, obj.get("id"), concurred):
         return None
-    return route.c_attr_prod, (f"a product about attribution may not go to {route.recipient} before joint "
+    return route.c_attr_prod, (f"a product about attribution may not go to {route.label} before joint "
                                f"concurrence (only joint products with recorded concurrence may)")
 
 
@@ -753,7 +784,7 @@ def _iep_affected_party(iep: mk.IepPolicy, route: _Route) -> tuple[Clause, str] 
     """Clause ``iep-affected-party`` (IEP 2.0 ``affected_party_notifications: must-not``): not passed to a third party."""
     if not (route.iep_affected_applies and iep.affected_party_notifications == "must-not"):
         return None
-    return route.c_iep_affected, f"IEP affected_party_notifications 'must-not': not passed to third party {route.recipient}"
+    return route.c_iep_affected, f"IEP affected_party_notifications 'must-not': not passed to third party {route.label}"
 
 
 def _iep_unmodified_resale(iep: mk.IepPolicy, route: _Route) -> tuple[Clause, str] | None:
@@ -1188,8 +1219,8 @@ def _fix_refs(w: _Work, current: dict, bad: list[tuple[str, str]], route: _Route
 def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any, context: Iterable[dict],
          held: Collection[str], concurred: Collection[str], trace_id: str | None = None,
          trace: list[str] | None = None, referenced: Collection[str] = (), transport: str | None = None,
-         producers: Mapping[str, str] | None = None) -> list[_Work]:
-    route = _route(policy, sender, recipient)
+         producers: Mapping[str, str] | None = None, label: str | None = None) -> list[_Work]:
+    route = _route(policy, sender, recipient, label)
     objs = objects if isinstance(objects, list) else list(objects)
     index: dict[str, dict] = {}
     mdefs: dict[str, dict] = {}
@@ -1284,6 +1315,79 @@ def evaluate(objects: Iterable[dict], policy: Policy, sender: str, recipient: st
     finally:
         if was_enabled:
             gc.enable()
+
+
+#: how reasons name the recipient when one evaluation serves several (``evaluate_many``); unguessable, so no
+#: text an object carries into a reason (an id, a name) can be taken for it
+_RECIPIENT = f"\x00recipient-{secrets.token_hex(8)}\x00"
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The decisions of ``evaluate_many`` for recipients on equivalent routes (evaluated once for all of them).
+
+    ``decisions[r]``: one ``Decision`` per input object, in input order, as ``evaluate`` would return for ``r``
+    (its reasons name ``r``); the ``shared`` copies are the same objects for every recipient of the group.
+    """
+
+    recipients: tuple[str, ...]
+    decisions: Mapping[str, list[Decision]]
+
+
+def evaluate_many(objects: Iterable[dict], policy: Policy, sender: str, recipients: Sequence[str], *, now: Any = None,
+                  context: Iterable[dict] = (), held: Mapping[str, Collection[str]] | None = None,
+                  concurred: Collection[str] = (), transport: str | None = None,
+                  producers: Mapping[str, str] | None = None) -> list[Judged]:
+    """``evaluate`` for several recipients at once, once per group of recipients on equivalent routes (issue 21).
+
+    Recipients are equivalent for this input when their routes' tables are equal
+    (``_Route.signature``, the recipient's name aside), they hold the same ids of
+    those the input needs (``held[r]``), and, if the input holds an object the
+    clause ``sighting-to-producer`` judges, they are the same identities.  Each
+    group is evaluated once; every member's decisions equal what ``evaluate``
+    returns for it, reasons included.  Groups come in the order of their first
+    recipient.
+    """
+    objs = objects if isinstance(objects, list) else list(objects)
+    context = context if isinstance(context, list) else list(context)
+    held = held or {}
+    groups: dict[Any, list[str]] = {}
+    for r in dict.fromkeys(recipients):
+        route = _route(policy, sender, r, _RECIPIENT)
+        who = route.creators_of([r]) if _judges_sightings(route, objs) else None
+        key = (route.signature(), frozenset(held.get(r, ())), who)
+        groups.setdefault(key, []).append(r)
+    out = []
+    was_enabled = gc.isenabled()
+    gc.disable()  # as in evaluate
+    try:
+        for members in groups.values():
+            first = members[0]
+            works = _run(objs, policy, sender, first, now=now, context=context, held=held.get(first, ()), concurred=concurred,
+                         transport=transport, producers=producers, label=_RECIPIENT)
+            generic = [_decision(w) for w in works]
+            out.append(Judged(tuple(members), {r: _named(generic, r) for r in members}))
+    finally:
+        if was_enabled:
+            gc.enable()
+    return out
+
+
+def _judges_sightings(route: _Route, objs: list[dict]) -> bool:
+    """Whether the clause ``sighting-to-producer`` (which compares the recipient's identity) may judge one of ``objs``."""
+    return route.c_sighting is not None and any(isinstance(o, dict) and o.get("type") in route.sighting_types for o in objs)
+
+
+def _named(generic: list[Decision], recipient: str) -> list[Decision]:
+    """``generic`` with the placeholder in each reason replaced by ``recipient`` (decisions without it are shared)."""
+    out = []
+    for d in generic:
+        if _RECIPIENT in d.reason:
+            d2 = _new(Decision)
+            _set(d2, "__dict__", {**d.__dict__, "reason": d.reason.replace(_RECIPIENT, recipient)})
+            d = d2
+        out.append(d)
+    return out
 
 
 def explain(object_id: str, objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any = None,

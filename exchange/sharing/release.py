@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from exchange.node.ops import OpenNode
-from exchange.policy import Policy, companions, current_policy, evaluate
+from exchange.policy import Policy, companions, current_policy, evaluate_many
 from exchange.policy.markings import OFFICIAL_OBJECTS, tlp_name
 from exchange.sharing import lifecycle
 from exchange.sharing.attribution import concurred_for
@@ -150,15 +150,20 @@ def _walk(
             concurred = concurred_for(opened, objs, policy)
             from_partner = {(r.stix_id, r.version) for r in judged_rows if is_partner_origin(r.origin, src.role)}
             work = _Work(opened, objs)  # what does not depend on the recipient, once for all of them
-            entries: list[audit.Entry] = []
+            behind: dict[Any, list[str]] = {}  # recipients by where their bookmark is in this batch (usually all alike)
             for p in recipients:
                 mark = marks[p]
-                mine = objs if mark is None or mark == after else [
-                    o for r, o in zip(judged_rows, objs, strict=True) if (r.date_added, r.seq) > mark
-                ]
-                if not mine:
+                behind.setdefault(None if mark is None or mark == after else mark, []).append(p)
+            batches: dict[str, _Batch] = {}
+            for mark, alike in behind.items():
+                mine = objs if mark is None else [o for r, o in zip(judged_rows, objs, strict=True) if (r.date_added, r.seq) > mark]
+                if mine:
+                    batches.update(_judge_and_write_many(opened, conn, alike, policy, src, mine, now, cache, concurred, from_partner, work))
+            entries: list[audit.Entry] = []
+            for p in recipients:  # in recipient order, as before
+                batch = batches.get(p)
+                if batch is None:
                     continue
-                batch = _judge_and_write(opened, conn, p, policy, src, mine, now, cache, concurred, from_partner, work)
                 entries += batch.entries
                 deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
                 if deferred:
@@ -245,26 +250,54 @@ def _judge_and_write(
     cache: dict[Any, dict | None], concurred: Any = (), from_partner: set[tuple[str, str]] | None = None,
     work: _Work | None = None,
 ) -> _Batch:
-    """Evaluate one batch for one partner, write shared copies and companions; its audit entries are returned.
+    """Evaluate one batch for one partner, write shared copies and companions; its audit entries are returned."""
+    return _judge_and_write_many(opened, conn, [partner], policy, src, objs, now, cache, concurred, from_partner, work)[partner]
 
-    ``work``: the batch's recipient-independent preparation, shared by its recipients.
+
+def _judge_and_write_many(
+    opened: OpenNode, conn: Any, partners: list[str], policy: Policy, src: Any, objs: list[dict], now: str | None,
+    cache: dict[Any, dict | None], concurred: Any = (), from_partner: set[tuple[str, str]] | None = None,
+    work: _Work | None = None,
+) -> dict[str, _Batch]:
+    """Evaluate one batch for several partners, write each one's shared copies and companions; its audit entries are returned.
+
+    Partners on equivalent routes that hold the same references are evaluated once
+    (``exchange.policy.evaluate_many``) and share their companions; each still gets its
+    own rows, audit entries and withdrawals.  ``work``: the batch's recipient-independent
+    preparation, shared by its recipients.
     """
     cfg = opened.node.config
-    store = opened.store
     work = work if work is not None else _Work(opened, objs)
-    target = cfg.partner_collection(partner, "partner-read")
+    targets = {p: cfg.partner_collection(p, "partner-read") for p in partners}
     batch_ids = {o["id"] for o in objs}
     outside = set().union(*(work.refs(o) for o in objs)) - batch_ids
+    revoked = {o["id"] for o in objs if o.get("revoked") is True}
     # scf.integrity-required-refs: the recipient holds what this node released to it, the official and
     # party objects the engine knows, and what it sent us itself; an id it pushed proves nothing about an
     # object of ours with that id (its copy is not ours: ``_held_by``)
-    held = _held_by(opened, partner, target.id, outside | {o["id"] for o in objs if o.get("revoked") is True})
+    held = {p: _held_by(opened, p, targets[p].id, outside | revoked) for p in partners}
     # marking definitions and identities are always needed to interpret the batch: from trusted sources only
     context = _context(opened, [r for r in outside if _is_context(r)], cache, src)
     # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
-    decisions = evaluate(objs, policy, cfg.node, partner, now=now, context=context, held=held, concurred=concurred,
-                         producers=work.producers(objs))  # CERT MOU: an AMBER sighting goes to its producer only
-    travel = companions(decisions, context + objs, policy, cfg.node, partner, now=now)
+    judged = evaluate_many(objs, policy, cfg.node, partners, now=now, context=context, held=held, concurred=concurred,
+                           producers=work.producers(objs))  # CERT MOU: an AMBER sighting goes to its producer only
+    plans: dict[str, tuple[list, list[dict], list[dict]]] = {}  # partner -> (decisions, companions to travel, rows to write)
+    for group in judged:
+        first = group.recipients[0]
+        travel = companions(group.decisions[first], context + objs, policy, cfg.node, first, now=now)  # alike for the group
+        for p in group.recipients:
+            plans[p] = (group.decisions[p], *_to_write(opened, targets[p], src, group.decisions[p], travel, from_partner, work))
+    # every partner's rows in one write: a body shared by several is made and stored once
+    opened.store.add_in_many(conn, [(targets[p].id, plans[p][2]) for p in partners], origin="release", index_signatures=False)
+    return {p: _judged(opened, conn, p, targets[p], policy, src, objs, plans[p][0], plans[p][1], work) for p in partners}
+
+
+def _to_write(
+    opened: OpenNode, target: Any, src: Any, decisions: list, travel: list[dict], from_partner: set[tuple[str, str]] | None,
+    work: _Work,
+) -> tuple[list[dict], list[dict]]:
+    """``(companions it does not hold yet, rows to write)`` of one partner: its shared copies, after their signatures."""
+    store = opened.store
     if travel:  # a companion already released at this version need not travel (nor be audited) again
         present = {(o["id"], object_version(o)) for o in store.versions_of(target.id, [(o["id"], object_version(o)) for o in travel])}
         travel = [o for o in travel if (o["id"], object_version(o)) not in present]
@@ -276,7 +309,14 @@ def _judge_and_write(
 
     signatures = release_signatures(opened, target.id, src, decisions, travel, relayed, work.leaves)
     # a partner's read collection is only paged in order (each signature before what it signs): no signature lookups
-    store.add_in(conn, target.id, interleaved(signatures, travel + shared), origin="release", index_signatures=False)
+    return travel, interleaved(signatures, travel + shared)
+
+
+def _judged(
+    opened: OpenNode, conn: Any, partner: str, target: Any, policy: Policy, src: Any, objs: list[dict], decisions: list,
+    travel: list[dict], work: _Work,
+) -> _Batch:
+    """After one partner's rows are written: its audit entries, withdrawals and tally."""
     companion_clause = policy.one("companions")
     entries = [
         audit.Entry(

@@ -61,6 +61,8 @@ def interleaved(signatures: Sequence[dict], objs: Sequence[dict]) -> list[dict]:
     first): one write in which a recipient paging in ``date_added`` order, or an envelope cut anywhere, finds a
     version's signature in the same page as the version or in an earlier one.  A batch signature comes once, before
     the first of its members; a signature none of ``objs`` needs comes first."""
+    if not signatures:
+        return list(objs)
     by_member: dict[str, list[int]] = {}
     head: list[dict] = []
     for i, sig in enumerate(signatures):

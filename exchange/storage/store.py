@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import operator
 import secrets
 import sys
 import threading
@@ -107,7 +108,8 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict]) -> None:
     cols = list(rows[0])
     mark = _placeholder(conn)
     sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
-    conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+    values = operator.itemgetter(*cols)
+    conn.exec_driver_sql(sql, [values(r) for r in rows] if len(cols) > 1 else [(r[cols[0]],) for r in rows])
 
 
 def body_hash(body: str) -> bytes:
@@ -123,8 +125,11 @@ def put_bodies(conn: Connection, texts: Iterable[str]) -> list[bytes]:
     """
     hashes: list[bytes] = []
     found: dict[bytes, list] = {}
+    known: dict[int, bytes] = {}  # one text object given for several rows (``add_in_many``) is hashed once
     for text_ in texts:
-        h = body_hash(text_)
+        h = known.get(id(text_))
+        if h is None:
+            h = known[id(text_)] = body_hash(text_)
         hashes.append(h)
         entry = found.get(h)
         if entry is None:
@@ -555,16 +560,43 @@ class Store:
         ``signatures_covering`` reads); ``False`` for a collection no one looks signatures up in (a release target,
         only ever paged in order, where each signature comes before what it signs).
         """
-        result = AddResult()
-        if not objs:
-            return result
-        latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)).scalar()
-        stamp = max(date_added or now_us(), (latest or 0) + 1)
-        result.date_added = stamp
-        self._add_locked(conn, collection_id, objs, stamp, result, origin, index_signatures)
-        if result.added:  # the audit entries of this transaction are stamped no earlier (its signed head covers these rows)
+        return self.add_in_many(conn, [(collection_id, objs)], date_added=date_added, origin=origin,
+                                index_signatures=index_signatures)[0]
+
+    def add_in_many(
+        self, conn: Connection, batches: Sequence[tuple[str, Sequence[dict]]], *, date_added: int | None = None,
+        origin: str | None = None, index_signatures: bool = True,
+    ) -> list[AddResult]:
+        """``add_in`` for several collections in one step (a release to several partners): one result per batch.
+
+        Each collection's rows are exactly what ``add_in`` would write for it; an object
+        given to several collections is serialised, hashed and stored as a body once,
+        and the rows of every collection are inserted together.
+        """
+        results = [AddResult() for _ in batches]
+        texts: dict[int, str] = {}  # id(object) -> its JSON text, for objects given to several collections
+        refs_memo: dict[int, list[str]] = {}  # id(object) -> its marking references, likewise
+        work: list[tuple[str, Sequence[dict], AddResult, int, dict, _Staged]] = []
+        for (collection_id, objs), result in zip(batches, results, strict=True):
+            if not objs:
+                continue
+            latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)).scalar()
+            stamp = max(date_added or now_us(), (latest or 0) + 1)
+            result.date_added = stamp
+            existing, staged = self._stage_locked(conn, collection_id, objs, stamp, result, origin, texts, refs_memo)
+            if staged.rows:
+                _flag_versions(conn, existing, staged.rows)
+                work.append((collection_id, objs, result, stamp, existing, staged))
+        _insert_versions(conn, [row for *_, staged in work for row in staged.rows.values()])
+        for collection_id, objs, result, stamp, _existing, staged in work:
+            if index_signatures:
+                _index_members(conn, collection_id, objs, staged.rows)
+            result.added = len(staged.rows)
+            result.new.update((r["stix_id"], r["version"]) for r in staged.rows.values())
+            self._inserted_since_check += len(staged.rows)
+            # the audit entries of this transaction are stamped no earlier (its signed head covers these rows)
             conn.info["cti_last_date_added"] = max(conn.info.get("cti_last_date_added", 0), stamp + result.added - 1)
-        return result
+        return results
 
     # -- sync bookmarks -----------------------------------------------------------
 
@@ -581,34 +613,38 @@ class Store:
         conn.execute(delete(sync_state).where(sync_state.c.name == name))
         conn.execute(insert(sync_state).values(name=name, value=value))
 
-    def _add_locked(
-        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None = None,
-        index_signatures: bool = True,
-    ) -> None:
-        """Stage the batch's new versions, settle collisions with stored ones, then write (all under the write lock)."""
-        staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs), origin)
+    def _stage_locked(
+        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None,
+        texts: dict[int, str], refs_memo: dict[int, list[str]],
+    ) -> tuple[dict[str, list], _Staged]:
+        """Stage the batch's new versions and settle collisions with stored ones (under the write lock); nothing written yet."""
+        staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs, refs_memo), origin, texts=texts)
         existing = _stored_versions(conn, collection_id, list(dict.fromkeys(o["id"] for o in objs)))
         compare = _stage_versions(objs, existing, staged, result)
         _settle_collisions(conn, compare, staged, result)
-        if not staged.rows:
-            return
-        _write_versions(conn, existing, staged.rows)
-        if index_signatures:
-            _index_members(conn, collection_id, objs, staged.rows)
-        result.added = len(staged.rows)
-        result.new.update((r["stix_id"], r["version"]) for r in staged.rows.values())
-        self._inserted_since_check += len(staged.rows)
+        return existing, staged
 
-    def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict]):  # type: ignore[no-untyped-def]
+    def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict],  # type: ignore[no-untyped-def]
+                          refs_memo: dict[int, list[str]] | None = None):
         """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
 
         Marking definitions are resolved from the batch itself, then from the same
         collection (where the release and the sync agents store them with the objects).
+        ``refs_memo``: the marking references of objects by ``id(object)``, shared by the
+        collections of one ``add_in_many``.
         """
         from exchange.policy.markings import LEVEL_OF, encryption_required, marking_refs
 
+        memo = refs_memo if refs_memo is not None else {}
+
+        def refs_of(obj: dict) -> list[str]:
+            found = memo.get(id(obj))
+            if found is None:
+                found = memo[id(obj)] = marking_refs(obj)
+            return found
+
         defs: dict[str, dict | None] = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
-        wanted = sorted({r for o in objs for r in marking_refs(o) if r not in LEVEL_OF and r not in defs})
+        wanted = sorted({r for o in objs for r in refs_of(o) if r not in LEVEL_OF and r not in defs})
         for chunk in _chunks(wanted, _CHUNK):
             for sid, body in conn.execute(
                 select(objects.c.stix_id, bodies.c.body).select_from(_WITH_BODY).where(
@@ -616,7 +652,12 @@ class Store:
                 )
             ):
                 defs.setdefault(sid, orjson.loads(body))
-        return lambda obj: encryption_required(obj, defs)
+
+        def check(obj: dict) -> bool:
+            refs = refs_of(obj)
+            return bool(refs) and not all(r in LEVEL_OF for r in refs) and encryption_required(obj, defs)  # TLP alone: never
+
+        return check
 
     def delete_object(self, sel: Selection, object_id: str) -> int:
         """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many.
@@ -928,7 +969,7 @@ class Store:
         return None if row is None else (row.account, orjson.loads(row.body))
 
 
-# -- objects: the steps of Store._add_locked (each runs once per batch) ---------------------------
+# -- objects: the steps of Store.add_in_many (each runs once per collection's batch) ---------------------------
 
 
 def _stored_versions(conn: Connection, collection_id: str, ids: Sequence[str]) -> dict[str, list]:
@@ -945,13 +986,19 @@ def _stored_versions(conn: Connection, collection_id: str, ids: Sequence[str]) -
 
 
 def _new_row(
-    collection_id: str, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool], origin: str | None
+    collection_id: str, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool], origin: str | None,
+    texts: dict[int, str] | None = None,
 ) -> dict:
-    """The ``objects`` row of one new object version."""
+    """The ``objects`` row of one new object version (``texts``: JSON texts already made, by ``id(obj)``)."""
+    text_ = texts.get(id(obj)) if texts is not None else None
+    if text_ is None:
+        text_ = orjson.dumps(obj).decode("utf-8")
+        if texts is not None:
+            texts[id(obj)] = text_
     return {
         "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"], "version": vstr, "version_key": vkey,
         "spec_version": obj.get("spec_version", "2.1"), "date_added": date_added, "is_first": False, "is_last": False,
-        "body": orjson.dumps(obj).decode("utf-8"), "encrypt_in_transit": needs_encryption(obj), "origin": origin,
+        "body": text_, "encrypt_in_transit": needs_encryption(obj), "origin": origin,
     }
 
 
@@ -971,6 +1018,7 @@ class _Staged:
     origin: str | None = None
     rows: dict[tuple[str, int], dict] = field(default_factory=dict)  # (id, version_key) -> row values, in date_added order
     unversioned: dict[str, int] = field(default_factory=dict)  # id -> version_key of an unversioned SCO staged in this batch
+    texts: dict[int, str] | None = None  # JSON texts by id(object), shared by the collections of one ``add_in_many``
 
     def add(self, obj: dict, vkey: int | None, vstr: str | None) -> str:
         """Stage ``obj`` as a new version; ``vkey`` ``None``: versioned by its own ``date_added``. Returns the version."""
@@ -978,7 +1026,7 @@ class _Staged:
         if vkey is None or vstr is None:
             vkey, vstr = date_added, format_timestamp(date_added)
             self.unversioned[obj["id"]] = vkey
-        self.rows[(obj["id"], vkey)] = _new_row(self.collection_id, obj, vkey, vstr, date_added, self.needs_encryption, self.origin)
+        self.rows[(obj["id"], vkey)] = _new_row(self.collection_id, obj, vkey, vstr, date_added, self.needs_encryption, self.origin, self.texts)
         return vstr
 
     def again(self, obj: dict, key: tuple[str, int], result: AddResult) -> None:
@@ -1065,8 +1113,8 @@ def _stored_version(body: str | None, posted: str) -> str:
     return object_version(orjson.loads(body)) or posted
 
 
-def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[tuple[str, int], dict]) -> None:
-    """Insert the pending rows, keeping ``is_first``/``is_last`` right over the stored and new versions of each id."""
+def _flag_versions(conn: Connection, existing: dict[str, list], pending: dict[tuple[str, int], dict]) -> None:
+    """Set ``is_first``/``is_last`` of the pending rows and clear them on stored rows no longer first or last (per id)."""
     by_id: dict[str, list[int]] = {}
     for sid, vkey in pending:
         by_id.setdefault(sid, []).append(vkey)
@@ -1085,7 +1133,12 @@ def _write_versions(conn: Connection, existing: dict[str, list], pending: dict[t
         conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_first=False))
     for chunk in _chunks(clear_last, _CHUNK):
         conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
-    rows = list(pending.values())
+
+
+def _insert_versions(conn: Connection, rows: list[dict]) -> None:
+    """Insert flagged new rows (of one or more collections), each body stored once (``put_bodies``)."""
+    if not rows:
+        return
     hashes = put_bodies(conn, [r["body"] for r in rows])
     insert_rows(conn, objects, [{**{k: v for k, v in r.items() if k != "body"}, "body_hash": h} for r, h in zip(rows, hashes, strict=True)])
 
