@@ -105,15 +105,20 @@ def serve(
     api_root = opened.node.config.api_root.path
     opened.close()
     listener = listening_socket(host, port)  # a port in use: one line, exit 1 (not gunicorn's retries)
-    tls = {"certfile": str(certfile) if certfile else None, "client_ca": str(client_ca) if client_ca else None}
+    tls = {"certfile": _text(certfile), "client_ca": _text(client_ca)}
     exec_master(MasterSpec(  # this process becomes a lean gunicorn master; each worker builds the app (exchange.node.master)
         fd=listener.detach(), api_root=api_root, workers=workers, threads=threads, request_timeout=request_timeout,
-        keyfile=str(keyfile) if keyfile else None, log_format=log_format, **tls,
+        keyfile=_text(keyfile), log_format=log_format, **tls,
         factory="exchange.sharing.background:data_dir_factory",
-        factory_args=[node, str(data_dir) if data_dir else None, database],
+        factory_args=[node, _text(data_dir), database],
         factory_kwargs={"strict_validation": strict_validation, "tls": certfile is not None,
                         "client_certificates": client_ca is not None, "public_url": public_url, **tls},
     ))
+
+
+def _text(path: Path | None) -> str | None:
+    """A path option as the master's spec carries it (JSON text), ``None`` when not given."""
+    return str(path) if path else None
 
 
 def _public_url(value: str | None) -> str | None:

@@ -56,10 +56,9 @@ class BackgroundReleaser:
     the push (1 pusher on 4 workers: 4,000 objects/s against 9,600 on 1).
 
     Reads come before the release too (issue 21): while GET requests keep this
-    worker busy (one under way, or one ended less than ``read_gap`` seconds ago:
-    a partner paging), a release pass pauses between its batches for up to three
-    times as long as its last batch ran, by the share of that time a GET was in
-    flight, so it takes at most about a quarter of the time while a
+    worker busy (a partner paging), a release pass pauses between its batches for
+    up to three times as long as its last batch ran, by the share of that time a
+    GET was in flight, so it takes at most about a quarter of the time while a
     bulk pull goes on (and still gets through a backlog under a never-ending one).
     The releaser shares the worker's interpreter with the request threads: a batch
     running beside a pull would otherwise take half of it (a partner pulling during
@@ -73,7 +72,6 @@ class BackgroundReleaser:
 
     def __init__(
         self, opened: Any, *, poll: float = 1.0, quiet: float = 0.2, quiet_elsewhere: float = 1.0, max_delay: float = 30.0,
-        read_gap: float = 0.25,
     ) -> None:
         self._opened = opened
         self._poll = poll
@@ -84,9 +82,7 @@ class BackgroundReleaser:
         self._last_write_us = 0  # wall clock of that write's acknowledgement: rows stamped before it are not news
         self._writing = 0  # POSTs under way in this worker
         self._writing_lock = threading.Lock()
-        self._read_gap = read_gap
         self._reading = 0  # GETs under way in this worker
-        self._last_read = 0.0
         self._read_busy = 0.0  # seconds with at least one GET under way here, up to the last time none was
         self._busy_since = 0.0  # when the GETs under way now began to overlap
         self._busy_at_batch = 0.0  # _read_busy when the running release batch began
@@ -121,17 +117,12 @@ class BackgroundReleaser:
                 self._reading -= 1
                 if self._reading == 0:
                     self._read_busy += now - self._busy_since
-            self._last_read = now
 
     def _read_share(self, since: float, held: float) -> float:
         """The share of the last ``held`` seconds (since ``_read_busy`` was ``since``) with a GET under way here."""
         with self._writing_lock:
             busy = self._read_busy - since + (time.monotonic() - self._busy_since if self._reading > 0 else 0.0)
         return min(1.0, busy / held) if held > 0 else 0.0
-
-    def _serving_reads(self) -> bool:
-        """Whether reads are being served here: one under way, or one ended less than ``read_gap`` s ago."""
-        return self._reading > 0 or time.monotonic() - self._last_read < self._read_gap
 
     def _quiet_in(self) -> float:
         """Seconds until writes to the release sources, here or through another worker, count as quiet (0: now)."""
@@ -160,10 +151,9 @@ class BackgroundReleaser:
         held = time.monotonic() - self._batch_began
         if self._quiet_in() > 0:
             time.sleep(min(max(2 * held, 0.05), 3.0))
-        elif self._serving_reads():
-            share = self._read_share(self._busy_at_batch, held)
-            if share >= _LIGHT_READS:  # a bulk pull (busy half the time or more: the client parses between pages) gets all of it
-                time.sleep(min(max(3 * held * min(1.0, 2 * share), 0.05), 10.0))
+        elif (share := self._read_share(self._busy_at_batch, held)) >= _LIGHT_READS:
+            # a bulk pull (busy half the time or more: the client parses between pages) gets all of it
+            time.sleep(min(max(3 * held * min(1.0, 2 * share), 0.05), 10.0))
         self._mark_batch()
 
     def _mark_batch(self) -> None:

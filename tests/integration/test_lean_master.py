@@ -4,7 +4,6 @@ worker can serve."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import psutil
@@ -38,23 +37,3 @@ def test_the_master_holds_no_database_driver_or_crypto_only_its_workers_do(tmp_p
             assert all(lib in _mapped(w.pid) for lib in _HEAVY)
     finally:
         node.stop()
-
-
-def test_a_port_in_use_is_still_one_line_before_the_master_starts(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    data = tmp_path / "us"
-    provision("us", data)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "exchange", "serve", "us", "--data-dir", str(data), "--port", str(port)],
-                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert out.returncode != 0
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and f"port {port}" in lines[0] and "in use" in lines[0]
-    assert time.monotonic() - t0 < 30

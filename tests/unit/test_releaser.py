@@ -23,7 +23,7 @@ def releaser(monkeypatch) -> BackgroundReleaser:
     r._last_write = time.monotonic() - 100  # no write through this worker
     r._last_write_us = 0
     r._writing, r._writing_lock = 0, threading.Lock()
-    r._read_gap, r._reading, r._last_read = 0.25, 0, time.monotonic() - 100
+    r._reading = 0
     r._read_busy, r._busy_since, r._busy_at_batch = 0.0, 0.0, 0.0
     r._batch_began = time.monotonic()
     r.newest = None
@@ -101,7 +101,7 @@ def test_a_release_pass_leaves_a_partner_pulling_three_quarters_of_the_time(rele
     releaser._batch_began = time.monotonic() - 0.4
     releaser._pause()
     assert len(slept) == 3 and 1.15 <= slept[2] < 1.3
-    releaser._last_read = time.monotonic() - 1.0  # no request for a second: the release goes on at full speed
+    # no request during the next batch: the release goes on at full speed
     releaser._batch_began = time.monotonic() - 0.4
     releaser._pause()
     assert len(slept) == 3
