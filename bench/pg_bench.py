@@ -90,7 +90,6 @@ class Setup:
 def setup_database(url: str, pg_host: str, db: str, n: int, batch: int, small: dict[str, int], seed: int, analyze: bool) -> Setup:
     """Provision node ``us`` in the database, load ``n`` into us-intel and the small collections, then
     move the release bookmarks to the end so the servers' background releaser has nothing to catch up on."""
-    from sqlalchemy import text
 
     from exchange.node.ops import add_account, open_node
 
@@ -117,15 +116,11 @@ def setup_database(url: str, pg_host: str, db: str, n: int, batch: int, small: d
             store.add_objects(cid, objs)
         res.collections[alias] = (cid, count)
     # release bookmarks at the end of every source: objects loaded in process are not for partners here
-    with store.engine.connect() as conn:
-        ends = {}
-        for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]:
-            row = conn.execute(
-                text("SELECT date_added, seq FROM objects WHERE collection_id = :c ORDER BY date_added DESC, seq DESC LIMIT 1"),
-                {"c": src.id},
-            ).first()
-            if row is not None:
-                ends[src] = [row[0], row[1]]
+    ends = {}
+    for src in [cfg.own_collection] + [c for c in cfg.collections if c.role == "partner-inbox"]:
+        row = store.last_key(src.id)
+        if row is not None:
+            ends[src] = [row[0], row[1]]
     with store.transaction() as conn:
         for src, end in ends.items():
             for p in cfg.partners:

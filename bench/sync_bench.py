@@ -526,7 +526,7 @@ def live_exchange(args: argparse.Namespace, work: Path, fig: Figures, procs: lis
     wait_idle(rok.proc.pid, 60)  # type: ignore[union-attr]
     fig.loadavg["before live"] = [round(x, 2) for x in os.getloadavg()]
     print(f"-- live exchange: US server + ROK agent (--interval 0.5) started together, {expected:,} objects to arrive ...", flush=True)
-    count = "SELECT count(*) FROM objects WHERE collection_id = ?"
+    count = "SELECT count(*) FROM objects WHERE coll = (SELECT key FROM collections WHERE collection_id = ?)"
     t0 = time.perf_counter()
     us = NodeProcess("us", us_dir).start()
     procs.append(us)

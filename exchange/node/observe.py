@@ -183,7 +183,7 @@ class StoreCollector:
                     tally[key] = tally.get(key, 0) + n
             length.add_metric([], conn.execute(select(func.count()).select_from(audit)).scalar() or 0)
             for coll in cfg.collections:
-                n = conn.execute(select(func.count()).select_from(objects).where(objects.c.collection_id == coll.id)).scalar() or 0
+                n = conn.execute(select(func.count()).select_from(objects).where(self._store.where_collection(conn, coll.id))).scalar() or 0
                 held.add_metric([coll.alias], n)
             states = dict(conn.execute(select(sync_state.c.name, sync_state.c.value).where(
                 sync_state.c.name.like("sync-cycle:%") | sync_state.c.name.like("push:%"))).all())
@@ -194,7 +194,7 @@ class StoreCollector:
                 if cfg.partners[partner].push_to:
                     read = cfg.partner_collection(partner, "partner-read")
                     mark = orjson.loads(states[f"push:{partner}"]).get("after") if states.get(f"push:{partner}") else None
-                    where = [objects.c.collection_id == read.id]
+                    where = [self._store.where_collection(conn, read.id)]
                     if mark:
                         where.append(tuple_(objects.c.date_added, objects.c.seq) > tuple(mark))
                     backlog.add_metric([partner], conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0)

@@ -394,8 +394,8 @@ def interrupted(opened: OpenNode, partner: str) -> str:
     read = cfg.partner_collection(partner, "partner-read") if cfg.partners[partner].push_to else None
     if read is not None:
         mark = _state(opened, f"push:{partner}").get("after")
-        where = [objects.c.collection_id == read.id]
         with store.engine.connect() as conn:
+            where = [store.where_collection(conn, read.id)]
             total = conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0
             done = 0 if not mark else conn.execute(
                 select(func.count()).select_from(objects).where(*where, tuple_(objects.c.date_added, objects.c.seq) <= tuple(mark))

@@ -234,7 +234,7 @@ def verify(
         with store.engine.connect() as conn:
             raw = conn.execute(select(meta.c.value).where(meta.c.key == HEAD_KEY)).scalar()
             verdict, count, prev, hashes = _walk(conn.execute(select(audit).order_by(audit.c.seq)), wanted)
-            newest = _newest_row(conn, audited)
+            newest = _newest_row(store, conn, audited)
     except SQLAlchemyError as exc:
         first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).splitlines()[0][:200]
         raise StorageError(f"cannot read the audit log: {exc.__class__.__name__}: {first}") from exc
@@ -250,12 +250,12 @@ def verify(
     return Verdict(True, count, checkpoints=len(checkpoints))
 
 
-def _newest_row(conn: Connection, audited: Sequence[str]) -> tuple[int, int] | None:
+def _newest_row(store: Store, conn: Connection, audited: Sequence[str]) -> tuple[int, int] | None:
     """``(rows, newest date_added)`` over the audited collections, or ``None`` if they are empty."""
     if not audited:
         return None
     n, newest = conn.execute(
-        select(func.count(), func.max(objects.c.date_added)).where(objects.c.collection_id.in_(list(audited)))
+        select(func.count(), func.max(objects.c.date_added)).where(store.where_collection(conn, list(audited)))
     ).one()
     return (int(n), int(newest)) if n else None
 

@@ -42,6 +42,7 @@ _TABLES_SINCE: dict[str, frozenset[str]] = {
     "0005": frozenset({"login_failures"}),
     "0007": frozenset({"bodies"}),
     "0008": frozenset({"signature_members"}),
+    "0009": frozenset({"collections"}),
 }
 _INIT_HINT = "--init (serve, load, release, sync, account add) makes a new node database of it"
 # files (device, inode) that passed quick_check: by which process (a server worker inherits its parent's notes), and when

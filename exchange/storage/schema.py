@@ -1,7 +1,8 @@
 """Database schema (SQLAlchemy Core), one database per node.
 
 ``objects`` is an index: one row per stored version of a STIX object per
-collection (its id, version, ``date_added`` in that collection, flags); the JSON
+collection (the collection's integer key from ``collections``, migration 0009; the
+object's id, version, ``date_added`` in that collection, flags); the JSON
 text of the version lives once in ``bodies``, keyed by the SHA-256 of its bytes
 (migration 0007), however many collections hold it.  A redacted copy released
 to a partner is simply another body.  ``seq`` is the tie-breaker of the ``(date_added,
@@ -32,11 +33,23 @@ metadata = MetaData()
 
 _SEQ = BigInteger().with_variant(Integer, "sqlite")  # INTEGER PRIMARY KEY = rowid on SQLite
 
+# each collection that ever held a row, by a small integer ``key`` (migration 0009): ``objects.coll`` holds the key, not
+# the collection's id (a 36-character UUID repeated in every row, its unique constraint and its five indexes).  A key is
+# made by the first write to the collection, in that write's transaction, and never changes nor goes
+collections = Table(
+    "collections",
+    metadata,
+    Column("key", Integer, primary_key=True, autoincrement=True),
+    Column("collection_id", String(64), nullable=False),
+    UniqueConstraint("collection_id", name="uq_collections_id"),
+)
+
 objects = Table(
     "objects",
     metadata,
     Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    Column("collection_id", String(64), nullable=False),
+    Column("coll", Integer, nullable=False),  # collections.key
+
     Column("stix_id", String(300), nullable=False),
     Column("stix_type", String(250), nullable=False),
     Column("version", String(64), nullable=False),
@@ -53,14 +66,15 @@ objects = Table(
     # collection), 'push:<partner>' / 'pull:<partner>' (arrived from that partner), 'partner:<partner>' (arrived from it
     # before origins were recorded), 'release' (written by the policy release); NULL: not known (treated by collection role)
     Column("origin", String(80), nullable=True),
-    UniqueConstraint("collection_id", "stix_id", "version_key", name="uq_objects_version"),
-    Index("ix_objects_all", "collection_id", "date_added", "seq"),
-    Index("ix_objects_last", "collection_id", "is_last", "date_added", "seq"),
-    Index("ix_objects_first", "collection_id", "is_first", "date_added", "seq"),
-    Index("ix_objects_type", "collection_id", "stix_type", "is_last", "date_added", "seq"),  # match[type]; migration 0004
+    # on ``coll`` since migration 0009 (on ``collection_id`` before)
+    UniqueConstraint("coll", "stix_id", "version_key", name="uq_objects_version"),
+    Index("ix_objects_all", "coll", "date_added", "seq"),
+    Index("ix_objects_last", "coll", "is_last", "date_added", "seq"),
+    Index("ix_objects_first", "coll", "is_first", "date_added", "seq"),
+    Index("ix_objects_type", "coll", "stix_type", "is_last", "date_added", "seq"),  # match[type]; migration 0004
     # only the rows flagged encrypt_in_transit (migration 0003)
     Index(
-        "ix_objects_encrypted", "collection_id", "date_added", "seq",
+        "ix_objects_encrypted", "coll", "date_added", "seq",
         sqlite_where=text("encrypt_in_transit = 1"), postgresql_where=text("encrypt_in_transit"),
     ),
 )

@@ -43,6 +43,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     literal,
@@ -53,13 +54,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from exchange.errors import ConfigError, StorageError
 from exchange.policy.markings import SIGNATURE_TYPE, signature_members
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
 from exchange.storage.schema import WITH_BODY as _WITH_BODY
-from exchange.storage.schema import accounts, bodies, grants, login_failures, meta, objects, statuses, sync_state
+from exchange.storage.schema import accounts, bodies, collections, grants, login_failures, meta, objects, statuses, sync_state
 from exchange.storage.schema import signature_members as members_table
 
 DB_FILE = "cti-exchange.sqlite"
@@ -71,6 +73,10 @@ _STATS_CHECK_ROWS = 5_000
 _STATS_MIN_PAGES = 250
 # failed logins this process records between two sweeps of every name's expired rows
 _LOGIN_SWEEP_EVERY = 256
+# ``Connection.info`` entry: the collection ids whose keys this connection's open transaction made (not committed yet)
+_NEW_KEYS = "cti_new_collection_keys"
+# a key no collection has (keys start at 1): the query of a collection without a key finds nothing
+_NO_KEY = 0
 
 
 class Login(NamedTuple):
@@ -231,6 +237,7 @@ class Store:
             self.dialect = self.engine.dialect.name
             if self.dialect == "sqlite":
                 _configure_sqlite(self.engine)
+            _forget_new_keys(self.engine)
             where = str(path) if path is not None else self.engine.url.render_as_string(hide_password=True)
             try:
                 self._open_schema(where, init=init, checked=path is not None)
@@ -242,6 +249,8 @@ class Store:
         # page request was 4 queries and 6 such round trips).  SQLite begins its own (in process).
         self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.dialect == "postgresql" else self.engine
         self._secret: bytes | None = None
+        # collection id -> its key (``collections``), once seen committed: a key never changes nor goes
+        self._keys: dict[str, int] = {}
         self._inserted_since_check = 0
         self._failures_noted = 0
         self._counters_lock = threading.Lock()
@@ -434,6 +443,49 @@ class Store:
             )
         return out
 
+    # -- collection keys --------------------------------------------------------------
+
+    def collection_key(self, conn: Connection, collection_id: str) -> int | None:
+        """The integer key of a collection (``collections.key``, what ``objects.coll`` holds), or ``None``: the
+        collection never held a row, so a query on it finds nothing.  Read on ``conn`` (inside its transaction, if
+        any) and cached once committed; looking a key up never makes one (the first write does, ``_key_for_write``)."""
+        key = self._keys.get(collection_id)
+        if key is not None:
+            return key
+        key = conn.execute(select(collections.c.key).where(collections.c.collection_id == collection_id)).scalar()
+        if key is not None and collection_id not in conn.info.get(_NEW_KEYS, ()):  # made by this open transaction: not yet
+            self._keys[collection_id] = key
+        return key
+
+    def collection_keys(self, conn: Connection, collection_ids: Iterable[str]) -> dict[str, int]:
+        """The keys of those of ``collection_ids`` that have one (``collection_key``), by collection id."""
+        out: dict[str, int] = {}
+        for cid in dict.fromkeys(collection_ids):
+            key = self.collection_key(conn, cid)
+            if key is not None:
+                out[cid] = key
+        return out
+
+    def where_collection(self, conn: Connection, collection_ids: str | Iterable[str]) -> ColumnElement[bool]:
+        """The condition on ``objects`` selecting the rows of a collection (a collection id) or of several (an
+        iterable of ids): ``objects.coll`` against their keys, false if none has a key.  For modules outside the store
+        that query ``objects`` themselves (metrics, the UI, the audit check): they never name the key column."""
+        if isinstance(collection_ids, str):
+            key = self.collection_key(conn, collection_ids)
+            return objects.c.coll == key if key is not None else false()
+        keys = list(self.collection_keys(conn, collection_ids).values())
+        if not keys:
+            return false()
+        return objects.c.coll == keys[0] if len(keys) == 1 else objects.c.coll.in_(keys)
+
+    def _key_for_write(self, conn: Connection, collection_id: str) -> int:
+        """The collection's key, made inside ``conn``'s write transaction if it has none (it goes if that rolls back)."""
+        key = self.collection_key(conn, collection_id)
+        if key is None:
+            key = conn.execute(insert(collections).values(collection_id=collection_id)).inserted_primary_key[0]
+            conn.info.setdefault(_NEW_KEYS, set()).add(collection_id)
+        return int(key)
+
     # -- objects: writing ---------------------------------------------------------
 
     def add_objects(
@@ -580,10 +632,11 @@ class Store:
         for (collection_id, objs), result in zip(batches, results, strict=True):
             if not objs:
                 continue
-            latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.collection_id == collection_id)).scalar()
+            key = self._key_for_write(conn, collection_id)
+            latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.coll == key)).scalar()
             stamp = max(date_added or now_us(), (latest or 0) + 1)
             result.date_added = stamp
-            existing, staged = self._stage_locked(conn, collection_id, objs, stamp, result, origin, texts, refs_memo)
+            existing, staged = self._stage_locked(conn, key, objs, stamp, result, origin, texts, refs_memo)
             if staged.rows:
                 _flag_versions(conn, existing, staged.rows)
                 work.append((collection_id, objs, result, stamp, existing, staged))
@@ -614,22 +667,23 @@ class Store:
         conn.execute(insert(sync_state).values(name=name, value=value))
 
     def _stage_locked(
-        self, conn: Connection, collection_id: str, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None,
+        self, conn: Connection, key: int, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None,
         texts: dict[int, str], refs_memo: dict[int, list[str]],
     ) -> tuple[dict[str, list], _Staged]:
-        """Stage the batch's new versions and settle collisions with stored ones (under the write lock); nothing written yet."""
-        staged = _Staged(collection_id, stamp, self._encryption_check(conn, collection_id, objs, refs_memo), origin, texts=texts)
-        existing = _stored_versions(conn, collection_id, list(dict.fromkeys(o["id"] for o in objs)))
+        """Stage the batch's new versions in the collection of ``key`` and settle collisions with stored ones (under
+        the write lock); nothing written yet."""
+        staged = _Staged(key, stamp, self._encryption_check(conn, key, objs, refs_memo), origin, texts=texts)
+        existing = _stored_versions(conn, key, list(dict.fromkeys(o["id"] for o in objs)))
         compare = _stage_versions(objs, existing, staged, result)
         _settle_collisions(conn, compare, staged, result)
         return existing, staged
 
-    def _encryption_check(self, conn: Connection, collection_id: str, objs: Sequence[dict],  # type: ignore[no-untyped-def]
+    def _encryption_check(self, conn: Connection, key: int, objs: Sequence[dict],  # type: ignore[no-untyped-def]
                           refs_memo: dict[int, list[str]] | None = None):
         """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
 
         Marking definitions are resolved from the batch itself, then from the same
-        collection (where the release and the sync agents store them with the objects).
+        collection (``key``; where the release and the sync agents store them with the objects).
         ``refs_memo``: the marking references of objects by ``id(object)``, shared by the
         collections of one ``add_in_many``.
         """
@@ -648,7 +702,7 @@ class Store:
         for chunk in _chunks(wanted, _CHUNK):
             for sid, body in conn.execute(
                 select(objects.c.stix_id, bodies.c.body).select_from(_WITH_BODY).where(
-                    objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk)
+                    objects.c.coll == key, objects.c.stix_id.in_(chunk)
                 )
             ):
                 defs.setdefault(sid, orjson.loads(body))
@@ -666,15 +720,18 @@ class Store:
         that the release withdraws them from whoever they were released to (``exchange.sharing.lifecycle``).
         """
         with self.transaction() as conn:
-            where = self._where(sel, object_id=object_id)
+            key = self.collection_key(conn, sel.collection_id)
+            if key is None:
+                return 0
+            where = self._where(sel, key, object_id=object_id)
             found = conn.execute(select(objects.c.seq, objects.c.version, objects.c.body_hash).where(*where)).all()
             seqs = [r.seq for r in found]
             for chunk in _chunks(seqs, _CHUNK):
                 conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
             drop_bodies(conn, [r.body_hash for r in found])
             if seqs:
-                _unindex_members(conn, sel.collection_id, object_id)
-                self._refresh_flags(conn, sel.collection_id, object_id)
+                _unindex_members(conn, key, sel.collection_id, object_id)
+                _refresh_flags(conn, key, object_id)
                 key = f"deleted:{sel.collection_id}"
                 noted = orjson.loads(self.get_state(key, conn) or "[]")
                 self.set_state(conn, key, orjson.dumps([*noted, [object_id, sorted(r.version for r in found)]]).decode())
@@ -683,10 +740,13 @@ class Store:
     def latest_in(self, conn: Connection, collection_id: str, ids: Iterable[str]) -> dict[str, dict]:
         """The last version of each of ``ids`` in a collection, parsed, read inside ``conn``'s transaction."""
         out: dict[str, dict] = {}
+        key = self.collection_key(conn, collection_id)
+        if key is None:
+            return out
         for chunk in _chunks(sorted(set(ids)), _CHUNK):
             for sid, body, last in conn.execute(
                 select(objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
-                    objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk)
+                    objects.c.coll == key, objects.c.stix_id.in_(chunk)
                 )
             ):
                 if last:
@@ -696,13 +756,19 @@ class Store:
     def versions_list(self, collection_id: str, object_id: str) -> list[str]:
         """The stored versions of one object in a collection."""
         with self._read() as conn:
+            key = self.collection_key(conn, collection_id)
+            if key is None:
+                return []
             return list(conn.execute(
-                select(objects.c.version).where(objects.c.collection_id == collection_id, objects.c.stix_id == object_id)
+                select(objects.c.version).where(objects.c.coll == key, objects.c.stix_id == object_id)
             ).scalars())
 
     def remove_in(self, conn: Connection, collection_id: str, object_id: str, versions: Iterable[str] | None = None) -> int:
         """Delete an object's versions (all, or those named) from a collection inside ``conn``'s transaction."""
-        where = [objects.c.collection_id == collection_id, objects.c.stix_id == object_id]
+        key = self.collection_key(conn, collection_id)
+        if key is None:
+            return 0
+        where = [objects.c.coll == key, objects.c.stix_id == object_id]
         if versions is not None:
             where.append(objects.c.version_key.in_([parse_timestamp(v) for v in versions]))
         gone = list(conn.execute(select(objects.c.seq, objects.c.body_hash).where(*where)))
@@ -711,28 +777,16 @@ class Store:
         drop_bodies(conn, [r.body_hash for r in gone])
         n = len(gone)
         if n:
-            _unindex_members(conn, collection_id, object_id)
-            self._refresh_flags(conn, collection_id, object_id)
+            _unindex_members(conn, key, collection_id, object_id)
+            _refresh_flags(conn, key, object_id)
         return n
-
-    def _refresh_flags(self, conn: Connection, collection_id: str, object_id: str) -> None:
-        rows = conn.execute(
-            select(objects.c.seq, objects.c.version_key).where(
-                objects.c.collection_id == collection_id, objects.c.stix_id == object_id
-            )
-        ).all()
-        if not rows:
-            return
-        lo = min(r.version_key for r in rows)
-        hi = max(r.version_key for r in rows)
-        base = and_(objects.c.collection_id == collection_id, objects.c.stix_id == object_id)
-        conn.execute(update(objects).where(base).values(is_first=objects.c.version_key == lo, is_last=objects.c.version_key == hi))
 
     # -- objects: reading -----------------------------------------------------------
 
-    def _where(self, sel: Selection, *, object_id: str | None = None) -> list:
+    def _where(self, sel: Selection, key: int, *, object_id: str | None = None) -> list:
+        """The conditions of ``sel`` on ``objects``; ``key``: the key of ``sel.collection_id``."""
         c = objects.c
-        where: list = [c.collection_id == sel.collection_id]
+        where: list = [c.coll == key]
         if object_id is not None:
             where.append(c.stix_id == object_id)
         if sel.ids:
@@ -777,9 +831,12 @@ class Store:
                      for t in dict.fromkeys(sel.types)]
             merged = list(heapq.merge(*(rows for rows, _ in parts), key=lambda r: (r.date_added, r.seq)))
             return merged[:limit], len(merged) > limit or any(more for _, more in parts)
-        stmt = self.page_statement(sel, limit=limit, after=after, object_id=object_id, with_body=with_body)
         try:
             with self._read() as conn:
+                key = self.collection_key(conn, sel.collection_id)
+                if key is None:  # never held a row
+                    return [], False
+                stmt = self.page_statement(sel, limit=limit, after=after, object_id=object_id, with_body=with_body, key=key)
                 # fetchall: one driver call for the page (iterating the result fetches row by row)
                 fetched = conn.execute(stmt).fetchall()
             fetched.sort(key=_keyset)  # already in keyset order but for PostgreSQL's join (``page_statement``): linear then
@@ -791,14 +848,22 @@ class Store:
 
     def page_statement(
         self, sel: Selection, *, limit: int, after: tuple[int, int] | None = None, object_id: str | None = None, with_body: bool = True,
+        key: int | None = None,
     ):  # type: ignore[no-untyped-def]
-        """The query of one page of one type (``page``): ``limit + 1`` rows in keyset order, bodies joined by hash."""
+        """The query of one page of one type (``page``): ``limit + 1`` rows in keyset order, bodies joined by hash.
+
+        ``key``: the collection's key, looked up if not given (a collection without one: a query finding nothing).
+        """
+        if key is None:
+            with self._read() as conn:
+                key = self.collection_key(conn, sel.collection_id)
+            key = _NO_KEY if key is None else key
         c = objects.c
         cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
         cols.append(bodies.c.body if with_body else c.stix_type)
         cols.append(c.encrypt_in_transit)
         cols.append(c.origin)
-        where = self._where(sel, object_id=object_id)
+        where = self._where(sel, key, object_id=object_id)
         if after is not None:
             where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
         if not with_body:
@@ -818,16 +883,22 @@ class Store:
     def last_key(self, collection_id: str) -> tuple[int, int] | None:
         """The ``(date_added, seq)`` of a collection's newest row (an index probe), or ``None`` if empty."""
         c = objects.c
-        stmt = select(c.date_added, c.seq).where(c.collection_id == collection_id).order_by(c.date_added.desc(), c.seq.desc()).limit(1)
         with self._read() as conn:
+            key = self.collection_key(conn, collection_id)
+            if key is None:
+                return None
+            stmt = select(c.date_added, c.seq).where(c.coll == key).order_by(c.date_added.desc(), c.seq.desc()).limit(1)
             row = conn.execute(stmt).first()
         return (row[0], row[1]) if row is not None else None
 
     def exists(self, collection_id: str, object_id: str, *, plain_transport: bool = False) -> bool:
-        where = [objects.c.collection_id == collection_id, objects.c.stix_id == object_id]
-        if plain_transport:
-            where.append(objects.c.encrypt_in_transit == False)  # noqa: E712
         with self._read() as conn:
+            key = self.collection_key(conn, collection_id)
+            if key is None:
+                return False
+            where = [objects.c.coll == key, objects.c.stix_id == object_id]
+            if plain_transport:
+                where.append(objects.c.encrypt_in_transit == False)  # noqa: E712
             return conn.execute(select(objects.c.seq).where(*where).limit(1)).first() is not None
 
     def withheld_in_range(
@@ -837,14 +908,17 @@ class Store:
         from dataclasses import replace
 
         c = objects.c
-        where = self._where(replace(sel, plain_transport=False), object_id=object_id)
-        where.append(c.encrypt_in_transit == True)  # noqa: E712
-        if after is not None:
-            where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
-        if upto is not None:
-            where.append(tuple_(c.date_added, c.seq) <= tuple_(*upto))
-        stmt = select(c.stix_id, c.version).where(*where).order_by(c.date_added, c.seq).limit(limit)
         with self._read() as conn:
+            key = self.collection_key(conn, sel.collection_id)
+            if key is None:
+                return []
+            where = self._where(replace(sel, plain_transport=False), key, object_id=object_id)
+            where.append(c.encrypt_in_transit == True)  # noqa: E712
+            if after is not None:
+                where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
+            if upto is not None:
+                where.append(tuple_(c.date_added, c.seq) <= tuple_(*upto))
+            stmt = select(c.stix_id, c.version).where(*where).order_by(c.date_added, c.seq).limit(limit)
             return [(r[0], r[1]) for r in conn.execute(stmt)]
 
     def iter_rows(self, sel: Selection, *, after: tuple[int, int] | None = None, batch: int = 1000) -> Iterator[Row]:
@@ -859,9 +933,12 @@ class Store:
     def latest(self, collection_id: str, object_id: str) -> dict | None:
         """The last version of one object in a collection, parsed, or ``None``."""
         with self._read() as conn:
+            key = self.collection_key(conn, collection_id)
+            if key is None:
+                return None
             body = conn.execute(
                 select(bodies.c.body).select_from(_WITH_BODY).where(
-                    objects.c.collection_id == collection_id, objects.c.stix_id == object_id, objects.c.is_last == True  # noqa: E712
+                    objects.c.coll == key, objects.c.stix_id == object_id, objects.c.is_last == True  # noqa: E712
                 )
             ).scalar()
         return None if body is None else orjson.loads(body)
@@ -871,10 +948,13 @@ class Store:
         wanted = list(ids)
         found: set[str] = set()
         with self.engine.connect() as conn:
+            key = self.collection_key(conn, collection_id)
+            if key is None:
+                return found
             for chunk in _chunks(wanted, _CHUNK):
                 found.update(
                     conn.execute(
-                        select(objects.c.stix_id).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk)).distinct()
+                        select(objects.c.stix_id).where(objects.c.coll == key, objects.c.stix_id.in_(chunk)).distinct()
                     ).scalars()
                 )
         return found
@@ -884,14 +964,14 @@ class Store:
         wanted = list(dict.fromkeys(ids))
         out: dict[str, dict] = {}
         with self.engine.connect() as conn:
-            for cid in dict.fromkeys(collection_ids):
+            for key in self.collection_keys(conn, collection_ids).values():
                 missing = [i for i in wanted if i not in out]
                 for chunk in _chunks(missing, _CHUNK):
-                    # (collection_id, stix_id) leads the unique index; is_last is checked here, not in SQL,
+                    # (coll, stix_id) leads the unique index; is_last is checked here, not in SQL,
                     # so that no planner prefers the date-ordered index and scans the collection
                     for sid, body, last in conn.execute(
                         select(objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
-                            objects.c.collection_id == cid, objects.c.stix_id.in_(chunk)
+                            objects.c.coll == key, objects.c.stix_id.in_(chunk)
                         )
                     ):
                         if last:
@@ -915,11 +995,12 @@ class Store:
         """Stored object versions by ``(id, version)``, parsed, in ``keys`` order (missing ones skipped)."""
         found: dict[tuple[str, str], dict] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(keys), _CHUNK):
+            key = self.collection_key(conn, collection_id)
+            for chunk in _chunks(list(keys) if key is not None else [], _CHUNK):
                 ids = list({k[0] for k in chunk})
                 for sid, version, body in conn.execute(
                     select(objects.c.stix_id, objects.c.version, bodies.c.body).select_from(_WITH_BODY).where(
-                        objects.c.collection_id == collection_id, objects.c.stix_id.in_(ids)
+                        objects.c.coll == key, objects.c.stix_id.in_(ids)
                     )
                 ):
                     found[(sid, version)] = orjson.loads(body)
@@ -937,10 +1018,13 @@ class Store:
         return resolve
 
     def count(self, collection_id: str, *, all_versions: bool = False) -> int:
-        where = [objects.c.collection_id == collection_id]
-        if not all_versions:
-            where.append(objects.c.is_last == True)  # noqa: E712
         with self._read() as conn:
+            key = self.collection_key(conn, collection_id)
+            if key is None:
+                return 0
+            where = [objects.c.coll == key]
+            if not all_versions:
+                where.append(objects.c.is_last == True)  # noqa: E712
             return conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0
 
     # -- statuses ------------------------------------------------------------------
@@ -972,31 +1056,32 @@ class Store:
 # -- objects: the steps of Store.add_in_many (each runs once per collection's batch) ---------------------------
 
 
-def _stored_versions(conn: Connection, collection_id: str, ids: Sequence[str]) -> dict[str, list]:
-    """The stored versions of ``ids`` in the collection (seq, version key, first/last flags), by id."""
+def _stored_versions(conn: Connection, key: int, ids: Sequence[str]) -> dict[str, list]:
+    """The stored versions of ``ids`` in the collection of ``key`` (seq, version key, first/last flags), by id."""
     existing: dict[str, list] = {}
     for chunk in _chunks(ids, _CHUNK):
         for row in conn.execute(
             select(
                 objects.c.seq, objects.c.stix_id, objects.c.version_key, objects.c.is_first, objects.c.is_last
-            ).where(objects.c.collection_id == collection_id, objects.c.stix_id.in_(chunk))
+            ).where(objects.c.coll == key, objects.c.stix_id.in_(chunk))
         ):
             existing.setdefault(row.stix_id, []).append(row)
     return existing
 
 
 def _new_row(
-    collection_id: str, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool], origin: str | None,
+    key: int, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool], origin: str | None,
     texts: dict[int, str] | None = None,
 ) -> dict:
-    """The ``objects`` row of one new object version (``texts``: JSON texts already made, by ``id(obj)``)."""
+    """The ``objects`` row of one new object version in the collection of ``key`` (``texts``: JSON texts already made,
+    by ``id(obj)``)."""
     text_ = texts.get(id(obj)) if texts is not None else None
     if text_ is None:
         text_ = orjson.dumps(obj).decode("utf-8")
         if texts is not None:
             texts[id(obj)] = text_
     return {
-        "collection_id": collection_id, "stix_id": obj["id"], "stix_type": obj["type"], "version": vstr, "version_key": vkey,
+        "coll": key, "stix_id": obj["id"], "stix_type": obj["type"], "version": vstr, "version_key": vkey,
         "spec_version": obj.get("spec_version", "2.1"), "date_added": date_added, "is_first": False, "is_last": False,
         "body": text_, "encrypt_in_transit": needs_encryption(obj), "origin": origin,
     }
@@ -1012,7 +1097,7 @@ class _Staged:
     never skips the rest of an envelope that shares its page's last stamp.
     """
 
-    collection_id: str
+    key: int  # the collection's (``collections.key``)
     stamp: int
     needs_encryption: Callable[[dict], bool]
     origin: str | None = None
@@ -1026,7 +1111,7 @@ class _Staged:
         if vkey is None or vstr is None:
             vkey, vstr = date_added, format_timestamp(date_added)
             self.unversioned[obj["id"]] = vkey
-        self.rows[(obj["id"], vkey)] = _new_row(self.collection_id, obj, vkey, vstr, date_added, self.needs_encryption, self.origin, self.texts)
+        self.rows[(obj["id"], vkey)] = _new_row(self.key, obj, vkey, vstr, date_added, self.needs_encryption, self.origin, self.texts)
         return vstr
 
     def again(self, obj: dict, key: tuple[str, int], result: AddResult) -> None:
@@ -1078,13 +1163,13 @@ def _settle_collisions(conn: Connection, compare: list[tuple[dict, str | None, i
     A changed SCO without a version of its own is staged as a new version (at its own ``date_added``).
     """
     for chunk in _chunks(compare, _CHUNK):
-        # by (collection_id, stix_id): the unique index; a row-value IN would scan the collection on SQLite
+        # by (coll, stix_id): the unique index; a row-value IN would scan the collection on SQLite
         keys = {(o["id"], k) for o, _, k in chunk}
         stored = {
             (r.stix_id, r.version_key): r.body
             for r in conn.execute(
                 select(objects.c.stix_id, objects.c.version_key, bodies.c.body).select_from(_WITH_BODY).where(
-                    objects.c.collection_id == staged.collection_id, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
+                    objects.c.coll == staged.key, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
                 )
             )
             if (r.stix_id, r.version_key) in keys
@@ -1161,13 +1246,24 @@ def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], s
         conn.exec_driver_sql(f"INSERT INTO {members_table.name} (collection_id, member, signature_id) VALUES ({mark}, {mark}, {mark})", rows)
 
 
-def _unindex_members(conn: Connection, collection_id: str, object_id: str) -> None:
-    """A batch signature's ``signature_members`` rows go once it has no version left in the collection."""
+def _unindex_members(conn: Connection, key: int, collection_id: str, object_id: str) -> None:
+    """A batch signature's ``signature_members`` rows go once it has no version left in the collection (``key``: its key)."""
     if not object_id.startswith(SIGNATURE_TYPE + "--"):
         return
-    left = conn.execute(select(objects.c.seq).where(objects.c.collection_id == collection_id, objects.c.stix_id == object_id).limit(1)).first()
+    left = conn.execute(select(objects.c.seq).where(objects.c.coll == key, objects.c.stix_id == object_id).limit(1)).first()
     if left is None:
         conn.execute(delete(members_table).where(members_table.c.collection_id == collection_id, members_table.c.signature_id == object_id))
+
+
+def _refresh_flags(conn: Connection, key: int, object_id: str) -> None:
+    """Recompute ``is_first``/``is_last`` of an object's remaining versions in the collection of ``key``."""
+    rows = conn.execute(select(objects.c.seq, objects.c.version_key).where(objects.c.coll == key, objects.c.stix_id == object_id)).all()
+    if not rows:
+        return
+    lo = min(r.version_key for r in rows)
+    hi = max(r.version_key for r in rows)
+    base = and_(objects.c.coll == key, objects.c.stix_id == object_id)
+    conn.execute(update(objects).where(base).values(is_first=objects.c.version_key == lo, is_last=objects.c.version_key == hi))
 
 
 def _keyset(row: Sequence) -> tuple[int, int]:
@@ -1198,6 +1294,20 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 #: releaser), each filling its cache on a large database: 16 MiB each was ~60 MB of a worker's memory at 100k
 #: objects (issue 21). Pages not in it are read from the OS page cache, which holds the file anyway.
 SQLITE_CACHE_KIB = 4096
+
+
+def _forget_new_keys(engine: Engine) -> None:
+    """At the end of every transaction, whether committed or rolled back, forget which collection keys it made
+    (``Connection.info`` outlives the transaction: it belongs to the pooled connection).  A key read afterwards is a
+    committed one and may be cached; one rolled back is not there to read."""
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.info.pop(_NEW_KEYS, None)
+
+    @event.listens_for(engine, "rollback")
+    def _on_rollback(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.info.pop(_NEW_KEYS, None)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -127,7 +127,9 @@ def test_a_us_object_relayed_by_rok_reaches_japan_verified_as_us_signed(signed_p
     try:  # ROK recorded where it came from: the US node's push, whatever the object claims
         inbox = opened.node.config.collection("us-inbox").id
         with opened.store.engine.connect() as conn:
-            origin = conn.exec_driver_sql("SELECT origin FROM objects WHERE collection_id = ? AND stix_id = ?", (inbox, obj["id"])).scalar()
+            origin = conn.exec_driver_sql(
+                "SELECT origin FROM objects WHERE coll = (SELECT key FROM collections WHERE collection_id = ?) AND stix_id = ?", (inbox, obj["id"])
+            ).scalar()
     finally:
         opened.close()
     assert origin == "push:us"

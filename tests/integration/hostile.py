@@ -95,13 +95,14 @@ def fingerprint(store, collection_ids: list[str]) -> tuple:
     """What a rejected request must not change: per collection, row count and last row; the status count."""
     from sqlalchemy import func, select
 
-    from exchange.storage.schema import objects, statuses
+    from exchange.storage.schema import collections, objects, statuses
 
     with store.engine.connect() as conn:
         rows = conn.execute(
-            select(objects.c.collection_id, func.count(), func.max(objects.c.seq))
-            .where(objects.c.collection_id.in_(collection_ids))
-            .group_by(objects.c.collection_id)
+            select(collections.c.collection_id, func.count(), func.max(objects.c.seq))
+            .select_from(objects.join(collections, collections.c.key == objects.c.coll))
+            .where(collections.c.collection_id.in_(collection_ids))
+            .group_by(collections.c.collection_id)
         ).all()
         n_status = conn.execute(select(func.count()).select_from(statuses)).scalar()
     return tuple(sorted(tuple(r) for r in rows)) + (("statuses", n_status),)

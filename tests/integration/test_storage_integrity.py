@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, select, text
 
 from exchange.node.ops import open_node
 from exchange.sharing.release import release_all
-from exchange.storage.schema import objects
+from exchange.storage.schema import collections, objects
 from exchange.storage.store import DB_FILE, normalise_url
 from tests.conftest import PASSWORDS, NodeProcess, new_indicator, node_args, provision
 
@@ -102,7 +102,10 @@ def _date_added_by_collection(url: str | None, data_dir: Path) -> dict[str, list
     engine = create_engine(normalise_url(url) if url else f"sqlite:///{data_dir / DB_FILE}")
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(objects.c.collection_id, objects.c.date_added).order_by(objects.c.seq)).all()
+            rows = conn.execute(
+                select(collections.c.collection_id, objects.c.date_added)
+                .select_from(objects.join(collections, collections.c.key == objects.c.coll)).order_by(objects.c.seq)
+            ).all()
     finally:
         engine.dispose()
     out: dict[str, list[int]] = {}

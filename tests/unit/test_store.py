@@ -132,7 +132,8 @@ def test_postgresql_bulk_load_into_a_fresh_table_gets_statistics(tmp_path):
                 analyzed = conn.execute(text(
                     "SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'objects'"
                 )).scalar()
-                plan = conn.execute(text(f"EXPLAIN SELECT seq FROM objects WHERE collection_id = '{CID}'")).first()[0]
+                key = store.collection_key(conn, CID)
+                plan = conn.execute(text(f"EXPLAIN SELECT seq FROM objects WHERE coll = {key}")).first()[0]
         finally:
             store.close()
     assert analyzed

@@ -23,7 +23,7 @@ def store(tmp_path, database):
 
 def _stamps(store: Store, cid: str) -> list[int]:
     with store.engine.connect() as conn:
-        return list(conn.execute(select(objects.c.date_added).where(objects.c.collection_id == cid).order_by(objects.c.seq)).scalars())
+        return list(conn.execute(select(objects.c.date_added).where(store.where_collection(conn, cid)).order_by(objects.c.seq)).scalars())
 
 
 def _strictly_increasing(values: list[int]) -> bool:

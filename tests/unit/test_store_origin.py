@@ -17,7 +17,7 @@ def _origins(data_dir) -> dict[str, set]:
     db = sqlite3.connect(data_dir / DB_FILE)
     try:
         out: dict[str, set] = {}
-        for cid, origin in db.execute("SELECT collection_id, origin FROM objects"):
+        for cid, origin in db.execute("SELECT c.collection_id, o.origin FROM objects o JOIN collections c ON c.key = o.coll"):
             out.setdefault(cid, set()).add(origin)
         return out
     finally:

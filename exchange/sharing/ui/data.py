@@ -205,12 +205,14 @@ def versions(store: Store, collection_aliases: dict[str, str], readable: frozens
     if not ids:
         return []
     with store.engine.connect() as conn:
+        named = {key: cid for cid, key in store.collection_keys(conn, ids).items()}
         rows = conn.execute(
-            select(objects.c.collection_id, objects.c.version, objects.c.date_added, bodies.c.body, objects.c.encrypt_in_transit)
-            .select_from(WITH_BODY).where(objects.c.collection_id.in_(ids), objects.c.stix_id == object_id)
-            .order_by(objects.c.version_key, objects.c.collection_id)
+            select(objects.c.coll, objects.c.version_key, objects.c.version, objects.c.date_added, bodies.c.body, objects.c.encrypt_in_transit)
+            .select_from(WITH_BODY).where(store.where_collection(conn, ids), objects.c.stix_id == object_id)
         ).all()
-    return [StoredVersion(collection_aliases[r.collection_id], r.version, r.date_added,
+    # by version, then collection id (the rows name their collection by its key: ``Store.collection_keys``)
+    rows.sort(key=lambda r: (r.version_key, named[r.coll]))
+    return [StoredVersion(collection_aliases[named[r.coll]], r.version, r.date_added,
                           None if (r.encrypt_in_transit and not tls) else orjson.loads(r.body), bool(r.encrypt_in_transit)) for r in rows]
 
 
@@ -220,13 +222,14 @@ def sightings(store: Store, collection_aliases: dict[str, str], readable: frozen
     if not ids:
         return []
     needle = "%" + _like('"sighting_of_ref":' + orjson.dumps(object_id).decode()) + "%"
-    cond = [objects.c.collection_id.in_(ids), objects.c.stix_type == "sighting", objects.c.is_last.is_(True),
-            bodies.c.body.like(needle, escape="\\")]
-    if not tls:
-        cond.append(objects.c.encrypt_in_transit.is_(False))
     with store.engine.connect() as conn:
-        rows = conn.execute(select(objects.c.collection_id, bodies.c.body).select_from(WITH_BODY).where(*cond).limit(200)).all()
-    return [(collection_aliases[r.collection_id], orjson.loads(r.body)) for r in rows]
+        named = {key: cid for cid, key in store.collection_keys(conn, ids).items()}
+        cond = [store.where_collection(conn, ids), objects.c.stix_type == "sighting", objects.c.is_last.is_(True),
+                bodies.c.body.like(needle, escape="\\")]
+        if not tls:
+            cond.append(objects.c.encrypt_in_transit.is_(False))
+        rows = conn.execute(select(objects.c.coll, bodies.c.body).select_from(WITH_BODY).where(*cond).limit(200)).all()
+    return [(collection_aliases[named[r.coll]], orjson.loads(r.body)) for r in rows]
 
 
 def sync_states(store: Store) -> list[tuple[str, Any]]:
