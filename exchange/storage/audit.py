@@ -202,6 +202,9 @@ def grouped(entries: Iterable[Entry]) -> list[Entry]:
     of its first member; an entry alike to none stays as it was; a partner never appears
     twice in one group.
     """
+    entries = list(entries)
+    if len({e.partner for e in entries if e.partner and e.event in GROUPED_EVENTS}) < 2:
+        return entries  # one recipient (or none): nothing to merge, and nothing to template
     slots: list[Entry | list] = []  # an entry as it was, or [template entry, member names, first member entry]
     open_groups: dict[tuple, list] = {}
     for e in entries:
