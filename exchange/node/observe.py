@@ -159,6 +159,7 @@ class StoreCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         from sqlalchemy import func, select, tuple_
 
+        from exchange.storage import audit as audit_log
         from exchange.storage.schema import audit, objects, sync_state
 
         cfg = self._node.config
@@ -173,14 +174,16 @@ class StoreCollector:
         tally: dict[tuple[str, str, str], int] = {}
         with self._store.engine.connect() as conn:
             rows = conn.execute(
-                select(audit.c.partner, audit.c.decision, audit.c.clauses, func.count())
+                select(audit.c.partner, audit.c.partners, audit.c.decision, audit.c.clauses, func.count())
                 .where(audit.c.event.in_(("share", "redact", "withhold")))
-                .group_by(audit.c.partner, audit.c.decision, audit.c.clauses)
+                .group_by(audit.c.partner, audit.c.partners, audit.c.decision, audit.c.clauses)
             ).all()
-            for partner, decision, clauses, n in rows:
-                for clause in orjson.loads(clauses or "[]") or ["(none)"]:
-                    key = (partner or "", decision or "", clause)
-                    tally[key] = tally.get(key, 0) + n
+            for partner, members, decision, clauses, n in rows:
+                # a group entry (exchange.storage.audit.grouped) is one decision for each of its members
+                for name in audit_log.partners_of(members) or (partner,):
+                    for clause in orjson.loads(clauses or "[]") or ["(none)"]:
+                        key = (name or "", decision or "", clause)
+                        tally[key] = tally.get(key, 0) + n
             length.add_metric([], conn.execute(select(func.count()).select_from(audit)).scalar() or 0)
             for coll in cfg.collections:
                 n = conn.execute(select(func.count()).select_from(objects).where(self._store.where_collection(conn, coll.id))).scalar() or 0

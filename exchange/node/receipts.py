@@ -84,14 +84,15 @@ def receipt_items(entries: Iterable[dict], inbox_ids: set[str] | None = None) ->
 
 def _entries_after(conn: Connection, partner: str, seq: int) -> tuple[list[dict], int]:
     rows = conn.execute(
-        select(audit_table).where(audit_table.c.seq > seq, audit_table.c.partner == partner,
+        select(audit_table).where(audit_table.c.seq > seq, audit.involving(partner),
                                   audit_table.c.event.in_(sorted(_ACCEPTED | {"inbound-reject", "withdraw"})))
         .order_by(audit_table.c.seq)
     ).all()
     last = conn.execute(select(audit_table.c.seq).order_by(audit_table.c.seq.desc()).limit(1)).scalar() or seq
-    return [
-        {"seq": r.seq, "at": r.at, "event": r.event, "object_id": r.object_id, "version": r.version,
-         "clauses": orjson.loads(r.clauses), "detail": orjson.loads(r.detail)} for r in rows
+    return [  # a group row (withdrawals to several partners): this partner's entry of it
+        {"seq": e["seq"], "at": e["at"], "event": e["event"], "object_id": e["object_id"], "version": e["version"],
+         "clauses": e["clauses"], "detail": e["detail"]}
+        for r in rows for e in audit.row_entries(r) if e["partner"] == partner
     ], last
 
 

@@ -175,7 +175,7 @@ def _walk(
                     new = old + [[d.id, d.version] for d in deferred]
                     store.set_state(conn, dkey, orjson.dumps(new[-_MAX_DEFERRED:]).decode())
                 totals[p].add(batch.tally)
-            audit.append(conn, entries)  # every recipient's decisions, in recipient order: one chain extension per batch
+            audit.append(conn, audit.grouped(entries))  # every recipient's decisions, alike ones as one group entry: one chain extension per batch
             for p in recipients:
                 store.set_state(conn, keys[p], orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
         if not more:
@@ -399,7 +399,7 @@ def _retry_deferred(
             return Released()
         objs = opened.store.versions_of(src.id, pending)
         batch = _judge_and_write(opened, conn, partner, policy, src, objs, now, cache, concurred_for(opened, objs, policy))
-        audit.append(conn, batch.entries)
+        audit.append(conn, audit.grouped(batch.entries))
         still = [[d.id, d.version] for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & kinds]
         opened.store.set_state(conn, dkey, orjson.dumps(still).decode())
     return Released(shared=batch.tally.shared, redacted=batch.tally.redacted, companions=batch.tally.companions)

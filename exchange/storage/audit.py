@@ -13,18 +13,29 @@ prove what the log already held: ``verify(..., checkpoints=...)`` fails unless
 the local chain extends each of them.  Entries are appended inside the same
 transaction as the data they describe, so the log and the collections never
 disagree.
+
+Group entries (issue 21): the release's decisions for several partners about one
+object version are usually alike but for the recipient.  ``grouped`` merges such
+entries into one entry naming every member in ``partners`` (its ``partner`` is
+``None``), with the recipient's name in ``detail["reason"]`` replaced by
+``PARTNER_SLOT``, only where expanding it back gives each member's own reason.
+Readers (``entries``, ``select_entries``, ``row_entries``) see one entry per member
+as before, plus ``"group"``: the member names.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import StorageError
@@ -133,7 +144,12 @@ def signature_ok(head: Head, check: Callable[[bytes, bytes], bool]) -> bool:
 
 @dataclass(frozen=True)
 class Entry:
-    """One audit entry before it is chained."""
+    """One audit entry before it is chained.
+
+    A *group entry* (``partners``: two or more names, ``partner`` ``None``) stands for one
+    entry per member, alike but for the partner; ``PARTNER_SLOT`` in ``detail["reason"]``
+    stands for the member's name (``grouped`` makes them, ``expand`` undoes them).
+    """
 
     event: str
     partner: str | None = None
@@ -142,14 +158,136 @@ class Entry:
     decision: str | None = None
     clauses: tuple[str, ...] = ()
     detail: dict = field(default_factory=dict)
+    partners: tuple[str, ...] = ()
+
+
+# the release decisions (and withdrawals) that ``grouped`` merges; other events pass through
+GROUPED_EVENTS = frozenset({"share", "redact", "withhold", "withdraw"})
+# stands for the member's name in a group entry's reason (a reason that holds it is never grouped)
+PARTNER_SLOT = "\u27e8partner\u27e9"
+
+
+@cache
+def _name_re(name: str) -> re.Pattern[str]:
+    """``name`` as a whole word (partner names are ``[a-z][a-z0-9_-]*``: a neighbouring ``-`` or ``_`` continues it)."""
+    return re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+
+
+def _templated(detail: dict, name: str) -> dict | None:
+    """``detail`` with ``name`` in its reason replaced by ``PARTNER_SLOT``, or ``None`` if that would not be lossless."""
+    reason = detail.get("reason")
+    if not isinstance(reason, str):
+        return detail
+    template = _name_re(name).sub(lambda _m: PARTNER_SLOT, reason)
+    if template.replace(PARTNER_SLOT, name) != reason:
+        return None  # the reason already holds the slot: expanding it would not give this reason back
+    return detail if template == reason else {**detail, "reason": template}
+
+
+def _filled(detail: dict, name: str) -> dict:
+    """A group entry's ``detail`` for one member (its name in place of ``PARTNER_SLOT``)."""
+    reason = detail.get("reason")
+    if isinstance(reason, str) and PARTNER_SLOT in reason:
+        return {**detail, "reason": reason.replace(PARTNER_SLOT, name)}
+    return detail
+
+
+def grouped(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries with each set of decisions alike but for the partner merged into one group entry (pure).
+
+    Entries of ``GROUPED_EVENTS`` with a ``partner`` merge when their event, object id,
+    version, decision, clauses and detail are equal once each one's own name in its reason
+    is ``PARTNER_SLOT``, and only where expanding the slot back gives each member's reason
+    exactly (a name that occurs in another role stays apart).  A group takes the position
+    of its first member; an entry alike to none stays as it was; a partner never appears
+    twice in one group.
+    """
+    entries = list(entries)
+    if len({e.partner for e in entries if e.partner and e.event in GROUPED_EVENTS}) < 2:
+        return entries  # one recipient (or none): nothing to merge, and nothing to template
+    slots: list[Entry | list] = []  # an entry as it was, or [template entry, member names, first member entry]
+    open_groups: dict[tuple, list] = {}
+    for e in entries:
+        template = _templated(e.detail, e.partner) if e.event in GROUPED_EVENTS and e.partner and not e.partners else None
+        if template is None:
+            slots.append(e)
+            continue
+        key = (e.event, e.object_id, e.version, e.decision, e.clauses, orjson.dumps(template, option=orjson.OPT_SORT_KEYS))
+        group = open_groups.get(key)
+        if group is not None and e.partner not in group[1]:
+            group[1].append(e.partner)
+            continue
+        group = [Entry(e.event, None, e.object_id, e.version, e.decision, e.clauses, template), [e.partner], e]
+        open_groups[key] = group
+        slots.append(group)
+    out: list[Entry] = []
+    for slot in slots:
+        if isinstance(slot, Entry):
+            out.append(slot)
+        elif len(slot[1]) == 1:
+            out.append(slot[2])  # alone: exactly as it came
+        else:
+            t = slot[0]
+            out.append(Entry(t.event, None, t.object_id, t.version, t.decision, t.clauses, t.detail, tuple(slot[1])))
+    return out
+
+
+def expand(e: Entry) -> list[Entry]:
+    """One entry per member of a group entry (the entry itself if it is not one; pure)."""
+    if not e.partners:
+        return [e]
+    return [Entry(e.event, name, e.object_id, e.version, e.decision, e.clauses, _filled(e.detail, name)) for name in e.partners]
 
 
 def _digest(prev: str, seq: int, at: int, e: Entry) -> str:
-    body = orjson.dumps(
-        [seq, at, e.event, e.partner, e.object_id, e.version, e.decision, list(e.clauses), e.detail],
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """SHA-256 of the previous hash and the entry; a group entry's member list is hashed after the detail
+    (an entry without one hashes exactly as before group entries existed)."""
+    fields = [seq, at, e.event, e.partner, e.object_id, e.version, e.decision, list(e.clauses), e.detail]
+    if e.partners:
+        fields.append(list(e.partners))
+    body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(prev.encode("ascii") + b"|" + body).hexdigest()
+
+
+def _check_group(e: Entry) -> None:
+    if e.partners and (len(e.partners) < 2 or e.partner is not None or len(set(e.partners)) != len(e.partners)
+                       or not all(isinstance(p, str) and p for p in e.partners)):
+        raise ValueError(f"a group audit entry names two or more distinct partners and no single partner: {e.partners!r}")
+
+
+def partners_of(raw: str | None) -> tuple[str, ...]:
+    """A stored ``audit.partners`` value as names (``()``: not a group entry); ``ValueError`` if it is not a list of names."""
+    if raw is None:
+        return ()
+    names = orjson.loads(raw)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("audit.partners is not a list of names")
+    return tuple(names)
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def involving(partner: str) -> ColumnElement[bool]:
+    """SQL: the rows whose entry, or one of whose group members, is about ``partner``."""
+    member = "%" + _like(orjson.dumps(partner).decode()) + "%"
+    return or_(audit.c.partner == partner, audit.c.partners.like(member, escape="\\"))
+
+
+def row_entries(row: Any) -> list[dict]:
+    """The entries of one ``audit`` row as dicts (``entries`` shape): one per member of a group row, each
+    with ``"group"`` (every member's name) besides; ``ValueError`` for an unreadable ``partners`` value."""
+    base = {
+        "seq": row.seq, "at": row.at, "event": row.event, "partner": row.partner, "object_id": row.object_id,
+        "version": row.version, "decision": row.decision, "clauses": orjson.loads(row.clauses),
+        "detail": orjson.loads(row.detail), "hash": row.hash,
+    }
+    names = partners_of(row.partners)
+    if not names:
+        return [base]
+    group = list(names)
+    return [{**base, "partner": name, "detail": _filled(base["detail"], name), "group": group} for name in names]
 
 
 def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None) -> int:
@@ -162,6 +300,7 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
     for e in entries:
         if e.event not in EVENTS:
             raise ValueError(f"unknown audit event {e.event!r}")
+        _check_group(e)
         seq += 1
         h = _digest(prev, seq, stamp, e)
         rows.append(
@@ -169,6 +308,7 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
                 "seq": seq, "at": stamp, "event": e.event, "partner": e.partner, "object_id": e.object_id,
                 "version": e.version, "decision": e.decision, "clauses": orjson.dumps(list(e.clauses)).decode(),
                 "detail": orjson.dumps(e.detail, option=orjson.OPT_SORT_KEYS).decode(), "prev": prev, "hash": h,
+                "partners": orjson.dumps(list(e.partners)).decode() if e.partners else None,
             }
         )
         prev = h
@@ -315,8 +455,9 @@ def _walk(rows: Iterable, wanted: set[int] | frozenset[int] = frozenset()) -> tu
             e = Entry(
                 event=row.event, partner=row.partner, object_id=row.object_id, version=row.version,
                 decision=row.decision, clauses=tuple(orjson.loads(row.clauses)), detail=orjson.loads(row.detail),
+                partners=partners_of(row.partners),
             )
-        except (orjson.JSONDecodeError, TypeError):
+        except (orjson.JSONDecodeError, TypeError, ValueError):
             return Verdict(False, expected_seq - 1, f"entry {row.seq}: unreadable"), expected_seq - 1, prev, hashes
         if _digest(prev, row.seq, row.at, e) != row.hash:
             return Verdict(False, expected_seq - 1, f"entry {row.seq}: content does not match its hash (edited)"), expected_seq - 1, prev, hashes
@@ -327,21 +468,20 @@ def _walk(rows: Iterable, wanted: set[int] | frozenset[int] = frozenset()) -> tu
 
 
 def entries(store: Store) -> Iterator[dict]:
-    """Every entry as a dict, in order (for reports)."""
+    """Every entry as a dict, in order (for reports); a group row is one entry per member (``row_entries``)."""
     with store.engine.connect() as conn:
         for row in conn.execute(select(audit).order_by(audit.c.seq)):
-            yield {
-                "seq": row.seq, "at": row.at, "event": row.event, "partner": row.partner, "object_id": row.object_id,
-                "version": row.version, "decision": row.decision, "clauses": orjson.loads(row.clauses),
-                "detail": orjson.loads(row.detail), "hash": row.hash,
-            }
+            yield from row_entries(row)
 
 
 def select_entries(
     store: Store, *, since: int | None = None, event: Sequence[str] = (), object_id: str | None = None,
     partner: str | None = None, after_seq: int = 0,
 ) -> Iterator[dict]:
-    """Entries matching every filter given, in ``seq`` order (``since``: µs, inclusive; ``object_id``: indexed)."""
+    """Entries matching every filter given, in ``seq`` order (``since``: µs, inclusive; ``object_id``: indexed).
+
+    A group row is one entry per member; ``partner`` keeps that member's only.
+    """
     stmt = select(audit).where(audit.c.seq > after_seq).order_by(audit.c.seq)
     if since is not None:
         stmt = stmt.where(audit.c.at >= since)
@@ -350,11 +490,9 @@ def select_entries(
     if object_id is not None:
         stmt = stmt.where(audit.c.object_id == object_id)
     if partner is not None:
-        stmt = stmt.where(audit.c.partner == partner)
+        stmt = stmt.where(involving(partner))
     with store.engine.connect() as conn:
         for row in conn.execute(stmt):
-            yield {
-                "seq": row.seq, "at": row.at, "event": row.event, "partner": row.partner, "object_id": row.object_id,
-                "version": row.version, "decision": row.decision, "clauses": orjson.loads(row.clauses),
-                "detail": orjson.loads(row.detail), "hash": row.hash,
-            }
+            for e in row_entries(row):
+                if partner is None or e["partner"] == partner:
+                    yield e

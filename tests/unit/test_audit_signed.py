@@ -101,7 +101,7 @@ def _rechain(data: Path, from_seq: int) -> tuple[int, str, int]:
         for r in rows:
             if r["seq"] >= from_seq:
                 e = audit.Entry(r["event"], r["partner"], r["object_id"], r["version"], r["decision"],
-                                tuple(orjson.loads(r["clauses"])), orjson.loads(r["detail"]))
+                                tuple(orjson.loads(r["clauses"])), orjson.loads(r["detail"]), audit.partners_of(r["partners"]))
                 h = audit._digest(prev, r["seq"], r["at"], e)
                 db.execute("UPDATE audit SET prev = ?, hash = ? WHERE seq = ?", (prev, h, r["seq"]))
                 prev = h

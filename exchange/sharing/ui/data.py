@@ -61,7 +61,7 @@ class AuditView:
     def refresh(self, batch: int = 20_000) -> None:
         """Fold the entries appended since the last look, checking their hash chain."""
         cols = (audit.c.seq, audit.c.at, audit.c.event, audit.c.partner, audit.c.object_id, audit.c.version, audit.c.decision,
-                audit.c.clauses, audit.c.detail, audit.c.prev, audit.c.hash)
+                audit.c.clauses, audit.c.detail, audit.c.prev, audit.c.hash, audit.c.partners)
         with self._lock:
             while self._problem is None:
                 with self.store.engine.connect() as conn:
@@ -73,7 +73,7 @@ class AuditView:
                     break
 
     def _fold(self, seq: int, at: int, event: str, partner: str | None, object_id: str | None, version: str | None,
-              decision: str | None, clauses_text: str, detail_text: str, prev: str, digest: str) -> bool:
+              decision: str | None, clauses_text: str, detail_text: str, prev: str, digest: str, partners_text: str | None = None) -> bool:
         """Check one entry's link in the chain (as ``audit.verify``) and fold it into the tally."""
         if seq != self._seq + 1:
             self._problem = f"entry {self._seq + 1} is missing (next is {seq})"
@@ -83,15 +83,18 @@ class AuditView:
             return False
         try:
             clauses, detail = orjson.loads(clauses_text), orjson.loads(detail_text)
-        except orjson.JSONDecodeError:
+            members = audit_log.partners_of(partners_text)
+        except (orjson.JSONDecodeError, ValueError):
             self._problem = f"entry {seq}: unreadable"
             return False
-        if audit_log._digest(prev, seq, at, audit_log.Entry(event, partner, object_id, version, decision, tuple(clauses), detail)) != digest:
+        entry = audit_log.Entry(event, partner, object_id, version, decision, tuple(clauses), detail, members)
+        if audit_log._digest(prev, seq, at, entry) != digest:
             self._problem = f"entry {seq}: content does not match its hash (edited)"
             return False
         self._seq, self._prev = seq, digest
-        self.tally.add(self.node, {"seq": seq, "at": at, "event": event, "partner": partner, "object_id": object_id, "version": version,
-                                   "decision": decision, "clauses": clauses, "detail": detail})
+        for e in audit_log.expand(entry):  # a group entry: one decision per member partner
+            self.tally.add(self.node, {"seq": seq, "at": at, "event": e.event, "partner": e.partner, "object_id": object_id,
+                                       "version": version, "decision": decision, "clauses": clauses, "detail": e.detail})
         return True
 
     def snapshot(self) -> Snapshot:
@@ -152,7 +155,7 @@ class DecisionFilter:
     def where(self) -> list:
         cond = [audit.c.event.in_(DECISIONS)]
         if self.partner:
-            cond.append(audit.c.partner == self.partner)
+            cond.append(audit_log.involving(self.partner))  # also the group entries that include it
         if self.decision:
             cond.append(audit.c.decision == self.decision)
         if self.clause:
@@ -169,24 +172,46 @@ class DecisionFilter:
 
 
 def decisions_page(store: Store, flt: DecisionFilter, page: int, per_page: int) -> tuple[list[dict], int]:
-    """One page of release decision records (newest first) matching ``flt``, and how many match."""
+    """One page of release decision records (newest first) matching ``flt``, and how many match.
+
+    A group row (``exchange.storage.audit.grouped``) is one record per member partner (with ``partner``:
+    that member's only), so counts and pages are in records, as before group rows.
+    """
     cond = and_(*flt.where())
     with store.engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(audit).where(cond)).scalar() or 0
-        rows = conn.execute(select(audit).where(cond).order_by(audit.c.seq.desc()).limit(per_page).offset((page - 1) * per_page)).all()
-    return [_entry(r) for r in rows], total
+        if flt.partner:  # each matching row is one record: the partner's
+            total = conn.execute(select(func.count()).select_from(audit).where(cond)).scalar() or 0
+            rows = conn.execute(select(audit).where(cond).order_by(audit.c.seq.desc()).limit(per_page).offset((page - 1) * per_page)).all()
+            return [e for r in rows for e in _entries(r) if e["partner"] == flt.partner], total
+        total = sum(n * max(1, len(audit_log.partners_of(members)))
+                    for members, n in conn.execute(select(audit.c.partners, func.count()).where(cond).group_by(audit.c.partners)))
+        skip = (page - 1) * per_page
+        start: int | None = None  # the seq of the page's first row, and how many of its records the page skips
+        for seq, members in conn.execute(select(audit.c.seq, audit.c.partners).where(cond).order_by(audit.c.seq.desc())):
+            n = max(1, len(audit_log.partners_of(members)))
+            if skip < n:
+                start = seq
+                break
+            skip -= n
+        if start is None:
+            return [], total
+        out: list[dict] = []
+        rows = conn.execute(select(audit).where(cond, audit.c.seq <= start).order_by(audit.c.seq.desc()).limit(per_page)).all()
+        for r in rows:
+            out += _entries(r)
+    return out[skip:skip + per_page], total
 
 
-def _entry(r: Any) -> dict:
-    return {"seq": r.seq, "at": r.at, "event": r.event, "partner": r.partner, "object_id": r.object_id, "version": r.version,
-            "decision": r.decision, "clauses": orjson.loads(r.clauses), "detail": orjson.loads(r.detail)}
+def _entries(r: Any) -> list[dict]:
+    """One row's records (one per member of a group row), without the hash."""
+    return [{k: v for k, v in e.items() if k != "hash"} for e in audit_log.row_entries(r)]
 
 
 def journey(store: Store, object_id: str) -> list[dict]:
-    """Every audit entry about ``object_id``, oldest first, whatever its event type."""
+    """Every audit entry about ``object_id``, oldest first, whatever its event type (a group row: one per member)."""
     with store.engine.connect() as conn:
         rows = conn.execute(select(audit).where(audit.c.object_id == object_id).order_by(audit.c.seq)).all()
-    return [_entry(r) for r in rows]
+    return [e for r in rows for e in _entries(r)]
 
 
 @dataclass
