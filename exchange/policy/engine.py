@@ -40,7 +40,7 @@ import copy
 import gc
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -1332,6 +1332,12 @@ class Judged:
 
     recipients: tuple[str, ...]
     decisions: Mapping[str, list[Decision]]
+    generic_reasons: tuple[str, ...] = field(default=(), repr=False)  # each reason with the recipient as a placeholder
+
+    def reasons(self, slot: str) -> list[str | None]:
+        """Each decision's reason with ``slot`` where it names the recipient, for one record standing for every
+        member (``None`` where the reason holds ``slot`` already: filling it in would not give each reason back)."""
+        return [None if slot in r else r.replace(_RECIPIENT, slot) for r in self.generic_reasons]
 
 
 def evaluate_many(objects: Iterable[dict], policy: Policy, sender: str, recipients: Sequence[str], *, now: Any = None,
@@ -1366,7 +1372,7 @@ def evaluate_many(objects: Iterable[dict], policy: Policy, sender: str, recipien
             works = _run(objs, policy, sender, first, now=now, context=context, held=held.get(first, ()), concurred=concurred,
                          transport=transport, producers=producers, label=_RECIPIENT)
             generic = [_decision(w) for w in works]
-            out.append(Judged(tuple(members), {r: _named(generic, r) for r in members}))
+            out.append(Judged(tuple(members), {r: _named(generic, r) for r in members}, tuple(d.reason for d in generic)))
     finally:
         if was_enabled:
             gc.enable()

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from exchange.node.ops import OpenNode
-from exchange.policy import Policy, companions, current_policy, evaluate_many
+from exchange.policy import Judged, Policy, companions, current_policy, evaluate_many
 from exchange.policy.markings import OFFICIAL_OBJECTS, tlp_name
 from exchange.sharing import lifecycle
 from exchange.sharing.attribution import concurred_for
@@ -309,7 +309,32 @@ def _judge_and_write_many(
             plans[p] = (group.decisions[p], *_to_write(opened, targets[p], src, group.decisions[p], travel, from_partner, work))
     # every partner's rows in one write: a body shared by several is made and stored once
     opened.store.add_in_many(conn, [(targets[p].id, plans[p][2]) for p in partners], origin="release", index_signatures=False)
-    return {p: _judged(opened, conn, p, targets[p], policy, src, objs, plans[p][0], plans[p][1], work) for p in partners}
+    out: dict[str, _Batch] = {}
+    for group in judged:
+        together = _decision_entries(group, src, objs, work) if len(group.recipients) > 1 else None
+        for i, p in enumerate(group.recipients):
+            out[p] = _judged(opened, conn, p, targets[p], policy, src, objs, plans[p][0], plans[p][1], work,
+                             decision_entries=together is None)
+            if together is not None and i == 0:
+                out[p].entries[:0] = together  # the group's decisions, recorded once for all its members
+    return {p: out[p] for p in partners}
+
+
+def _decision_entries(group: Judged, src: Any, objs: list[dict], work: _Work) -> list[audit.Entry]:
+    """The audit entries of a group's decisions: one group entry per object for all members (``audit.Entry.partners``),
+    each reason with ``audit.PARTNER_SLOT`` for the member's name; per member where that would not be lossless."""
+    members = group.recipients
+    first = group.decisions[members[0]]
+    out: list[audit.Entry] = []
+    for i, (d, reason, obj) in enumerate(zip(first, group.reasons(audit.PARTNER_SLOT), objs, strict=True)):
+        base = {"type": d.type, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": work.tlp(obj)}
+        if reason is None:  # the reason holds the slot already: each member's own entry
+            out += [audit.Entry(d.decision, p, d.id, d.version, d.decision, tuple(d.clauses),
+                                {**base, "reason": group.decisions[p][i].reason}) for p in members]
+        else:
+            out.append(audit.Entry(d.decision, None, d.id, d.version, d.decision, tuple(d.clauses), {**base, "reason": reason},
+                                   members))
+    return out
 
 
 def _to_write(
@@ -334,9 +359,12 @@ def _to_write(
 
 def _judged(
     opened: OpenNode, conn: Any, partner: str, target: Any, policy: Policy, src: Any, objs: list[dict], decisions: list,
-    travel: list[dict], work: _Work,
+    travel: list[dict], work: _Work, *, decision_entries: bool = True,
 ) -> _Batch:
-    """After one partner's rows are written: its audit entries, withdrawals and tally."""
+    """After one partner's rows are written: its audit entries, withdrawals and tally.
+
+    ``decision_entries``: ``False`` when its group's decisions are recorded together (``_decision_entries``).
+    """
     companion_clause = policy.one("companions")
     entries = [
         audit.Entry(
@@ -344,7 +372,7 @@ def _judged(
             {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": work.tlp(obj)},
         )
         for d, obj in zip(decisions, objs, strict=True)  # evaluate: one decision per object, in order
-    ]
+    ] if decision_entries else []
     entries += [
         audit.Entry(
             "share", partner, o["id"], object_version(o), "share",

@@ -172,7 +172,7 @@ audit = Table(
     Column("detail", Text, nullable=False),
     Column("prev", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
-    # a group entry (issue 21, migration 0009): the JSON list of the partners it stands for, e.g. ``["p1","p2"]``
+    # a group entry (issue 21, migration 0010): the JSON list of the partners it stands for, e.g. ``["p1","p2"]``
     # (``partner`` is then NULL); NULL for an entry about one partner or none (``exchange.storage.audit.grouped``)
     Column("partners", Text, nullable=True),
     Index("ix_audit_object", "object_id"),

@@ -2,8 +2,8 @@
 release's decisions for several partners that differ only in the partner, ``exchange.storage.audit.grouped``).
 Nothing to carry over: every entry written before is about one partner or none (NULL), and hashes as before.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-04
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
