@@ -175,7 +175,8 @@ def test_a_rewrite_with_the_key_after_a_checkpoint_is_caught_by_the_partner(exch
         prev = audit.GENESIS
         for r in db.execute("SELECT * FROM audit ORDER BY seq").fetchall():
             e = audit.Entry(r["event"], r["partner"], r["object_id"], r["version"], r["decision"],
-                            tuple(orjson.loads(r["clauses"])), orjson.loads(r["detail"]))
+                            tuple(orjson.loads(r["clauses"])), orjson.loads(r["detail"]),
+                            audit.partners_of(r["partners"]))  # a group entry's members are hashed too
             h = audit._digest(prev, r["seq"], r["at"], e)
             db.execute("UPDATE audit SET prev = ?, hash = ? WHERE seq = ?", (prev, h, r["seq"]))
             prev, last = h, r
