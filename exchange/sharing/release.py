@@ -311,24 +311,23 @@ def _judge_and_write_many(
     opened.store.add_in_many(conn, [(targets[p].id, plans[p][2]) for p in partners], origin="release", index_signatures=False)
     out: dict[str, _Batch] = {}
     for group in judged:
-        together = _decision_entries(group, src, objs, work) if len(group.recipients) > 1 else None
-        for i, p in enumerate(group.recipients):
-            out[p] = _judged(opened, conn, p, targets[p], policy, src, objs, plans[p][0], plans[p][1], work,
-                             decision_entries=together is None)
-            if together is not None and i == 0:
-                out[p].entries[:0] = together  # the group's decisions, recorded once for all its members
+        for p in group.recipients:
+            out[p] = _judged(opened, conn, p, targets[p], policy, src, objs, plans[p][0], plans[p][1])
+        out[group.recipients[0]].entries[:0] = _decision_entries(group, src, objs, work)  # recorded once for the group
     return {p: out[p] for p in partners}
 
 
 def _decision_entries(group: Judged, src: Any, objs: list[dict], work: _Work) -> list[audit.Entry]:
-    """The audit entries of a group's decisions: one group entry per object for all members (``audit.Entry.partners``),
-    each reason with ``audit.PARTNER_SLOT`` for the member's name; per member where that would not be lossless."""
+    """The audit entries of a group's decisions, one per object: for a group of several, one group entry for all
+    members (``audit.Entry.partners``), each reason with ``audit.PARTNER_SLOT`` for the member's name; per member
+    where that would not be lossless."""
     members = group.recipients
     first = group.decisions[members[0]]
+    alone = len(members) == 1
     out: list[audit.Entry] = []
     for i, (d, reason, obj) in enumerate(zip(first, group.reasons(audit.PARTNER_SLOT), objs, strict=True)):
         base = {"type": d.type, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": work.tlp(obj)}
-        if reason is None:  # the reason holds the slot already: each member's own entry
+        if alone or reason is None:  # one member, or the reason holds the slot already: each member's own entry
             out += [audit.Entry(d.decision, p, d.id, d.version, d.decision, tuple(d.clauses),
                                 {**base, "reason": group.decisions[p][i].reason}) for p in members]
         else:
@@ -359,21 +358,12 @@ def _to_write(
 
 def _judged(
     opened: OpenNode, conn: Any, partner: str, target: Any, policy: Policy, src: Any, objs: list[dict], decisions: list,
-    travel: list[dict], work: _Work, *, decision_entries: bool = True,
+    travel: list[dict],
 ) -> _Batch:
-    """After one partner's rows are written: its audit entries, withdrawals and tally.
-
-    ``decision_entries``: ``False`` when its group's decisions are recorded together (``_decision_entries``).
-    """
+    """After one partner's rows are written: the audit entries of its companions and withdrawals, and its tally
+    (its decisions' entries are its group's: ``_decision_entries``)."""
     companion_clause = policy.one("companions")
     entries = [
-        audit.Entry(
-            d.decision, partner, d.id, d.version, d.decision, tuple(d.clauses),
-            {"type": d.type, "reason": d.reason, "removed_fields": list(d.removed_fields), "source": src.alias, "tlp": work.tlp(obj)},
-        )
-        for d, obj in zip(decisions, objs, strict=True)  # evaluate: one decision per object, in order
-    ] if decision_entries else []
-    entries += [
         audit.Entry(
             "share", partner, o["id"], object_version(o), "share",
             (companion_clause.id,) if companion_clause else (),
@@ -427,7 +417,7 @@ def _retry_deferred(
             return Released()
         objs = opened.store.versions_of(src.id, pending)
         batch = _judge_and_write(opened, conn, partner, policy, src, objs, now, cache, concurred_for(opened, objs, policy))
-        audit.append(conn, audit.grouped(batch.entries))
+        audit.append(conn, batch.entries)  # one partner: nothing to group
         still = [[d.id, d.version] for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & kinds]
         opened.store.set_state(conn, dkey, orjson.dumps(still).decode())
     return Released(shared=batch.tally.shared, redacted=batch.tally.redacted, companions=batch.tally.companions)
