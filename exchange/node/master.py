@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from exchange.errors import ExchangeError
-from exchange.node.worker import DEFAULT_REQUEST_TIMEOUT, worker_class
+from exchange.node.worker import DEFAULT_REQUEST_TIMEOUT, ConnectionBoard, worker_class
 
 __all__ = ["MasterSpec", "exec_master", "listening_socket", "serve"]
 
@@ -129,11 +129,15 @@ def serve(spec: MasterSpec, out: Any = None) -> None:
 
         threading.Thread(target=announce, name="cti-exchange-announce", daemon=True).start()
 
+    # each worker's count of connections, for spreading keep-alive clients (room for workers replaced meanwhile)
+    board = ConnectionBoard(2 * spec.workers + 2)
     options: dict[str, Any] = {
         "bind": f"fd://{spec.fd}",  # gunicorn takes the descriptor over
         "workers": spec.workers,
         "threads": spec.threads,
-        "worker_class": worker_class(spec.request_timeout),  # gthread with a request deadline
+        "worker_class": worker_class(spec.request_timeout, board),  # gthread with a request deadline
+        "pre_fork": lambda server, worker: board.assign(worker, server.WORKERS.values()),
+        "child_exit": lambda _server, worker: board.release(worker),
         "timeout": 60,
         "graceful_timeout": 10,
         "keepalive": 5,

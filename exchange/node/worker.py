@@ -63,12 +63,14 @@ import contextlib
 import ctypes
 import errno
 import functools
+import mmap
 import os
 import select
 import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -93,7 +95,7 @@ _LINGER_SECONDS, _LINGER_BYTES = 2.0, 64 * 1024  # as gunicorn's close_graceful
 _DRAIN_SECONDS, _DRAIN_BYTES = 5.0, 64 * 1024 * 1024  # after answering a request whose body was not read
 _MAX_LINGERING = 512  # closing sockets per worker; beyond, the oldest is closed at once
 _ACCEPT_BATCH = 64  # connections accepted per turn of the main loop (one with several workers: see accept)
-_SPREAD_PAUSE, _SPREAD_PAUSE_MAX = 0.005, 0.05  # seconds per connection held, and at most (see accept)
+_SPREAD_PAUSE, _SPREAD_PAUSE_MAX = 0.005, 0.1  # seconds between looks at the board while deferring, and at most (see accept)
 _ORPHAN_GRACE = 1.0  # seconds a worker whose master died has to finish in-flight requests (no PR_SET_PDEATHSIG)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -219,18 +221,66 @@ class _Body:
         return line
 
 
-def worker_class(request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> type:
-    """A gthread worker class whose requests must arrive within ``request_timeout`` seconds."""
+class ConnectionBoard:
+    """How many connections each worker holds, in memory the master maps before it forks them.
+
+    One signed 64-bit count per slot (-1: no live worker there).  The master gives each
+    worker a slot before forking it (``assign``) and frees it when the worker exits
+    (``release``); the worker publishes its count on every turn of its main loop and after
+    each accept, and defers accepting while another worker holds fewer (see
+    ``_ExchangeWorker.accept``).  Aligned 8-byte stores and loads: a reader sees an old or a
+    new count, never a torn one.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, 8 * slots)  # anonymous and MAP_SHARED: the forked workers see the same pages
+        for slot in range(slots):
+            self.set(slot, -1)
+
+    def set(self, slot: int, count: int) -> None:
+        struct.pack_into("q", self._map, 8 * slot, count)
+
+    def get(self, slot: int) -> int:
+        return struct.unpack_from("q", self._map, 8 * slot)[0]
+
+    def fewest_besides(self, slot: int) -> int | None:
+        """The fewest connections a live worker other than ``slot``'s holds (None: no other)."""
+        counts = [c for i in range(self.slots) if i != slot and (c := self.get(i)) >= 0]
+        return min(counts) if counts else None
+
+    def assign(self, worker: Any, others: Any) -> None:
+        """Give ``worker`` (not yet forked) the first slot no worker of ``others`` holds (none if all are held)."""
+        held = {getattr(w, "board_slot", None) for w in others}
+        worker.board_slot = next((i for i in range(self.slots) if i not in held), None)
+        if worker.board_slot is not None:
+            self.set(worker.board_slot, 0)
+
+    def release(self, worker: Any) -> None:
+        slot = getattr(worker, "board_slot", None)
+        if slot is not None:
+            self.set(slot, -1)
+
+
+def worker_class(request_timeout: float = DEFAULT_REQUEST_TIMEOUT, board: ConnectionBoard | None = None) -> type:
+    """A gthread worker class whose requests must arrive within ``request_timeout`` seconds.
+
+    ``board``: the master's ``ConnectionBoard`` (several workers): a worker holding more
+    connections than another leaves new ones to it.
+    """
 
     class ExchangeWorker(_ExchangeWorker):
         pass
 
     ExchangeWorker.request_timeout = float(request_timeout)
+    ExchangeWorker.board = board
     return ExchangeWorker
 
 
 class _ExchangeWorker(gthread.ThreadWorker):
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    board: ConnectionBoard | None = None
+    board_slot: int | None = None  # set by the master before the fork (ConnectionBoard.assign)
 
     def init_process(self) -> None:
         die_with_parent(self.ppid)
@@ -320,7 +370,7 @@ class _ExchangeWorker(gthread.ThreadWorker):
     # -- spreading connections over the workers ----------------------------------------------
 
     def accept(self, listener: Any) -> None:
-        """Accept the connections waiting (up to ``_ACCEPT_BATCH``), or one with other workers about, then stop accepting for a moment.
+        """Accept the connections waiting (up to ``_ACCEPT_BATCH``), or one with other workers about; then leave new ones to a worker holding fewer.
 
         gunicorn accepts one connection per turn of the main loop: under a flood of
         connections, a partner's waited its turn behind all of them.
@@ -328,10 +378,13 @@ class _ExchangeWorker(gthread.ThreadWorker):
         Every worker polls the one listening socket and the first to call
         ``accept()`` gets the connection, so a worker that has just served one
         tends to win the next too: long-lived keep-alive clients then pile up on
-        it and share one interpreter lock while other workers idle.  Pausing
-        ``_SPREAD_PAUSE`` per connection this worker holds (at most
-        ``_SPREAD_PAUSE_MAX``) leaves new connections to less busy workers; an
-        idle worker never pauses, and a paused one resumes within the pause.
+        it and share one interpreter lock while other workers idle.  After each
+        accept a worker stops accepting while another live worker holds fewer
+        connections (the master's ``ConnectionBoard``, looked at every
+        ``_SPREAD_PAUSE``), for at most ``_SPREAD_PAUSE_MAX``: a busy machine may
+        schedule the less loaded worker late, but a fixed short pause then let the
+        first worker take the connection anyway.  A worker holding as few as any
+        other never defers.
         """
         for _ in range(_ACCEPT_BATCH):
             try:
@@ -345,21 +398,39 @@ class _ExchangeWorker(gthread.ThreadWorker):
             self.enqueue_req(gthread.TConn(self.cfg, client, addr, listener.getsockname()))
             if self._spread or self.nr_conns >= self.worker_connections:
                 break
+        self._publish()
         if self._spread and self.nr_conns > 0:
-            self._accept_paused_until = time.monotonic() + min(_SPREAD_PAUSE * self.nr_conns, _SPREAD_PAUSE_MAX)
-            self.set_accept_enabled(False)
+            boarded = self.board is not None and self.board_slot is not None
+            # without a board (a worker class used on its own): a fixed pause per connection held
+            hold = _SPREAD_PAUSE_MAX if boarded else min(_SPREAD_PAUSE * self.nr_conns, _SPREAD_PAUSE_MAX / 2)
+            self._accept_paused_until = time.monotonic() + hold
+            if self._defers():
+                self.set_accept_enabled(False)
+
+    def _publish(self) -> None:
+        if self.board is not None and self.board_slot is not None:
+            self.board.set(self.board_slot, self.nr_conns if self.alive else -1)
+
+    def _defers(self) -> bool:
+        """True while this worker should leave new connections to another (see ``accept``)."""
+        if time.monotonic() >= self._accept_paused_until:
+            return False
+        if self.board is None or self.board_slot is None:
+            return True
+        fewest = self.board.fewest_besides(self.board_slot)
+        return fewest is not None and fewest < self.nr_conns
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        if enabled and time.monotonic() < self._accept_paused_until:
+        if enabled and self._defers():
             return
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        paused_for = self._accept_paused_until - time.monotonic()
-        if paused_for > 0 and not self._accepting:
-            # wake up when the pause ends, not only on the next event or after a second (once
-            # it has ended, a worker not accepting is full or stopping: gunicorn's timeout holds)
-            timeout = min(timeout, paused_for)
+        self._publish()
+        if not self._accepting and time.monotonic() < self._accept_paused_until:
+            # look at the board again soon, not only on the next event or after a second (once the
+            # deferral has ended, a worker not accepting is full or stopping: gunicorn's timeout holds)
+            timeout = min(timeout, _SPREAD_PAUSE)
         super().wait_for_and_dispatch_events(timeout)
 
     # -- connections without an authenticated request (main loop) --------------------------------
