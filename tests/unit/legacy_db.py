@@ -10,17 +10,24 @@ from pathlib import Path
 import orjson
 from sqlalchemy import create_engine, text
 
-from exchange.stix import object_version, parse_timestamp
+from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.migrate import upgrade
 from exchange.storage.store import normalise_url
 
 
 def legacy_database(
-    where: Path | str, revision: str, node: str | None, rows: Sequence[tuple[str, dict]], *, stamp: int = 1_767_225_600_000_000,
+    where: Path | str, revision: str, node: str | None, rows: Sequence[tuple[str, dict] | tuple[str, dict, dict]], *,
+    stamp: int = 1_767_225_600_000_000,
 ) -> None:
     """Make the database at ``where`` (an SQLite file path or a database URL) at ``revision``, holding ``rows``
-    (collection id, object): with one full body per row, as every revision up to 0006 stored them, or from 0007 on
-    (``bodies``) each row referencing its text by hash, with the collection's id in the row up to 0008."""
+    (collection id, object[, extra columns]): with one full body per row, as every revision up to 0006 stored them, or
+    from 0007 on (``bodies``) each row referencing its text by hash, with the collection's id in the row up to 0008 and
+    its key (``collections``, made in the order of each collection's first row) from 0009 on.  Row ``i`` is added at
+    ``stamp + i``; an object without ``modified``/``created`` (an SCO) is versioned by that, as the store does.  The
+    extra columns of a row (a dict, e.g. ``{"encrypt_in_transit": True, "origin": "pull:us"}``) are written as given
+    (columns of that revision: ``encrypt_in_transit`` from 0002, ``origin`` from 0006)."""
+    if revision > "0010":
+        raise ValueError(f"legacy_database makes revisions up to 0010, not {revision}")
     url = normalise_url(where) if isinstance(where, str) else f"sqlite:///{where}"
     engine = create_engine(url)
     try:
@@ -30,29 +37,39 @@ def legacy_database(
                 conn.execute(text("INSERT INTO meta (key, value) VALUES ('node', :n)"), {"n": node})
             versions: dict[tuple[str, str], list[int]] = {}
             hashed = revision >= "0007"
-            if revision > "0008":
-                raise ValueError(f"legacy_database makes revisions up to 0008, not {revision}")
-            for i, (cid, obj) in enumerate(rows):
-                vkey = parse_timestamp(object_version(obj))
+            keyed = revision >= "0009"  # objects.coll (collections.key) instead of objects.collection_id
+            keys: dict[str, int] = {}
+            for i, (cid, obj, *more) in enumerate(rows):
+                extra = dict(more[0]) if more else {}
+                version = object_version(obj)
+                if version is None:
+                    version = format_timestamp(stamp + i)
+                vkey = parse_timestamp(version)
                 versions.setdefault((cid, obj["id"]), []).append(vkey)
                 body = orjson.dumps(obj).decode()
                 if hashed:
                     digest = hashlib.sha256(body.encode()).digest()
                     if conn.execute(text("UPDATE bodies SET refs = refs + 1 WHERE hash = :h"), {"h": digest}).rowcount == 0:
                         conn.execute(text("INSERT INTO bodies (hash, body, refs) VALUES (:h, :b, 1)"), {"h": digest, "b": body})
+                if keyed and cid not in keys:
+                    conn.execute(text("INSERT INTO collections (collection_id) VALUES (:c)"), {"c": cid})
+                    keys[cid] = conn.execute(text("SELECT key FROM collections WHERE collection_id = :c"), {"c": cid}).scalar_one()
+                names = "".join(f", {n}" for n in extra)
                 conn.execute(
                     text(
-                        "INSERT INTO objects (collection_id, stix_id, stix_type, version, version_key, spec_version, date_added, "
-                        f"is_first, is_last, {'body_hash' if hashed else 'body'}) VALUES (:c, :i, :t, :v, :k, '2.1', :d, false, false, :b)"
+                        f"INSERT INTO objects ({'coll' if keyed else 'collection_id'}, stix_id, stix_type, version, version_key, "
+                        f"spec_version, date_added, is_first, is_last, {'body_hash' if hashed else 'body'}{names}) "
+                        f"VALUES (:c, :i, :t, :v, :k, :s, :d, false, false, :b{''.join(f', :x_{n}' for n in extra)})"
                     ),
-                    {"c": cid, "i": obj["id"], "t": obj["type"], "v": object_version(obj), "k": vkey, "d": stamp + i,
-                     "b": digest if hashed else body},
+                    {"c": keys[cid] if keyed else cid, "i": obj["id"], "t": obj["type"], "v": version, "k": vkey,
+                     "s": obj.get("spec_version", "2.1"), "d": stamp + i, "b": digest if hashed else body,
+                     **{f"x_{n}": v for n, v in extra.items()}},
                 )
-            for (cid, sid), keys in versions.items():
+            for (cid, sid), kept in versions.items():
                 conn.execute(
                     text("UPDATE objects SET is_first = (version_key = :lo), is_last = (version_key = :hi) "
-                         "WHERE collection_id = :c AND stix_id = :i"),
-                    {"lo": min(keys), "hi": max(keys), "c": cid, "i": sid},
+                         f"WHERE {'coll' if keyed else 'collection_id'} = :c AND stix_id = :i"),
+                    {"lo": min(kept), "hi": max(kept), "c": keys[cid] if keyed else cid, "i": sid},
                 )
     finally:
         engine.dispose()
