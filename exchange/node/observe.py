@@ -160,7 +160,7 @@ class StoreCollector:
         from sqlalchemy import func, select, tuple_
 
         from exchange.storage import audit as audit_log
-        from exchange.storage.schema import audit, objects, sync_state
+        from exchange.storage.schema import audit, object_rows, sync_state
 
         cfg = self._node.config
         decisions = CounterMetricFamily("cti_exchange_release_decisions", "Release decisions in the audit log, by partner, decision and clause",
@@ -186,7 +186,8 @@ class StoreCollector:
                         tally[key] = tally.get(key, 0) + n
             length.add_metric([], conn.execute(select(func.count()).select_from(audit)).scalar() or 0)
             for coll in cfg.collections:
-                n = conn.execute(select(func.count()).select_from(objects).where(self._store.where_collection(conn, coll.id))).scalar() or 0
+                n = conn.execute(select(func.count()).select_from(object_rows).where(
+                    self._store.where_collection(conn, coll.id, on=object_rows))).scalar() or 0
                 held.add_metric([coll.alias], n)
             states = dict(conn.execute(select(sync_state.c.name, sync_state.c.value).where(
                 sync_state.c.name.like("sync-cycle:%") | sync_state.c.name.like("push:%"))).all())
@@ -197,10 +198,10 @@ class StoreCollector:
                 if cfg.partners[partner].push_to:
                     read = cfg.partner_collection(partner, "partner-read")
                     mark = orjson.loads(states[f"push:{partner}"]).get("after") if states.get(f"push:{partner}") else None
-                    where = [self._store.where_collection(conn, read.id)]
+                    where = [self._store.where_collection(conn, read.id, on=object_rows)]
                     if mark:
-                        where.append(tuple_(objects.c.date_added, objects.c.seq) > tuple(mark))
-                    backlog.add_metric([partner], conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0)
+                        where.append(tuple_(object_rows.c.date_added, object_rows.c.seq) > tuple(mark))
+                    backlog.add_metric([partner], conn.execute(select(func.count()).select_from(object_rows).where(*where)).scalar() or 0)
         for (partner, decision, clause), n in sorted(tally.items()):
             decisions.add_metric([partner, decision, clause], n)
         yield from (decisions, length, held, lag, backlog)

@@ -386,7 +386,7 @@ def interrupted(opened: OpenNode, partner: str) -> str:
     """What a stopped agent tells (Ctrl-C): where the next run resumes, from the bookmarks it committed."""
     from sqlalchemy import func, select, tuple_
 
-    from exchange.storage.schema import objects
+    from exchange.storage.schema import object_rows as rows
 
     cfg = opened.node.config
     said = []
@@ -395,10 +395,10 @@ def interrupted(opened: OpenNode, partner: str) -> str:
     if read is not None:
         mark = _state(opened, f"push:{partner}").get("after")
         with store.engine.connect() as conn:
-            where = [store.where_collection(conn, read.id)]
-            total = conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0
+            where = [store.where_collection(conn, read.id, on=rows)]
+            total = conn.execute(select(func.count()).select_from(rows).where(*where)).scalar() or 0
             done = 0 if not mark else conn.execute(
-                select(func.count()).select_from(objects).where(*where, tuple_(objects.c.date_added, objects.c.seq) <= tuple(mark))
+                select(func.count()).select_from(rows).where(*where, tuple_(rows.c.date_added, rows.c.seq) <= tuple(mark))
             ).scalar() or 0
         said.append(f"push resumes from object {done + 1} of those released to {partner}"
                     + (f" ({total - done} waiting)" if done < total else f" (all {total} sent so far)"))

@@ -39,7 +39,7 @@ from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, sel
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import StorageError
-from exchange.storage.schema import audit, meta, objects
+from exchange.storage.schema import audit, meta, object_rows
 from exchange.storage.store import Store, insert_rows, now_us
 
 GENESIS = "0" * 64
@@ -395,7 +395,7 @@ def _newest_row(store: Store, conn: Connection, audited: Sequence[str]) -> tuple
     if not audited:
         return None
     n, newest = conn.execute(
-        select(func.count(), func.max(objects.c.date_added)).where(store.where_collection(conn, list(audited)))
+        select(func.count(), func.max(object_rows.c.date_added)).where(store.where_collection(conn, list(audited), on=object_rows))
     ).one()
     return (int(n), int(newest)) if n else None
 

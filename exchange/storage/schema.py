@@ -1,13 +1,15 @@
 """Database schema (SQLAlchemy Core), one database per node.
 
-``objects`` is an index: one row per stored version of a STIX object per
-collection (the collection's integer key from ``collections``, migration 0009; the
-object's id, version, ``date_added`` in that collection, flags); the JSON
-text of the version lives once in ``bodies``, keyed by the SHA-256 of its bytes
-(migration 0007), however many collections hold it.  A redacted copy released
-to a partner is simply another body.  ``seq`` is the tie-breaker of the ``(date_added,
-seq)`` keyset order used for paging; ``is_first``/``is_last`` are maintained on
-write so ``match[version]=first|last`` are indexed lookups, not scans.
+Each stored object version is one row of ``versions`` (its id, version and the
+SHA-256 of its JSON text, migration 0011), whatever collections hold it; the
+text lives once in ``bodies``, keyed by that hash (migration 0007).  ``objects``
+is an index of collections' rows referencing versions: per collection (its
+integer key from ``collections``, migration 0009) the version's ``date_added``
+there, its first/last flags, where it came from, and a body of its own only
+when it differs (a redacted copy released to a partner).  ``seq`` is the
+tie-breaker of the ``(date_added, seq)`` keyset order used for paging;
+``is_first``/``is_last`` are maintained on write so ``match[version]=first|last``
+are index walks, not scans.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    func,
+    select,
     text,
 )
 
@@ -44,39 +48,68 @@ collections = Table(
     UniqueConstraint("collection_id", name="uq_collections_id"),
 )
 
-objects = Table(
+# each stored object version once (issue 21, migration 0011): its id, version and JSON text (``body_hash``) whatever
+# collections hold it.  ``rows``: how many ``objects`` rows reference it (a version goes with its last row, and its
+# body's reference with it).  A collection's rows carry only what is their own (``objects``)
+versions = Table(
+    "versions",
+    metadata,
+    Column("key", _SEQ, primary_key=True, autoincrement=True),
+    Column("stix_id", String(300), nullable=False),
+    Column("version_key", BigInteger, nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("spec_version", String(8), nullable=False),
+    Column("body_hash", LargeBinary(32), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    UniqueConstraint("stix_id", "version_key", name="uq_versions_id"),
+)
+
+#: the ``objects`` table itself: one row per version per collection (what ``object_rows`` writes; reads go through
+#: ``objects`` below, which joins in the version's id, version and body)
+object_rows = Table(
     "objects",
     metadata,
     Column("seq", _SEQ, primary_key=True, autoincrement=True),
     Column("coll", Integer, nullable=False),  # collections.key
-
-    Column("stix_id", String(300), nullable=False),
-    Column("stix_type", String(250), nullable=False),
-    Column("version", String(64), nullable=False),
-    Column("version_key", BigInteger, nullable=False),
-    Column("spec_version", String(8), nullable=False),
+    Column("ver", BigInteger, nullable=False),  # versions.key (migration 0011: the id, version and spec_version were here)
+    Column("stix_type", String(250), nullable=False),  # the version's, kept in the row for ix_objects_type
     Column("date_added", BigInteger, nullable=False),
     Column("is_first", Boolean, nullable=False),
     Column("is_last", Boolean, nullable=False),
-    # the SHA-256 of the version's JSON text (``bodies.hash``); migration 0007 (the row held the text itself before)
-    Column("body_hash", LargeBinary(32), nullable=False),
+    # the SHA-256 of this row's JSON text (``bodies.hash``) where it differs from its version's (a redacted copy released
+    # to a partner); NULL: the version's own (``versions.body_hash``), the usual case (migration 0011)
+    Column("body_hash", LargeBinary(32), nullable=True),
     # never served or pushed over plain HTTP (an IEP 2.0 marking says encrypt_in_transit: must); migration 0002
     Column("encrypt_in_transit", Boolean, nullable=False, server_default=false()),
     # what the node observed, never what the object claims (migration 0006): 'local:<account>' (a write to the own
     # collection), 'push:<partner>' / 'pull:<partner>' (arrived from that partner), 'partner:<partner>' (arrived from it
     # before origins were recorded), 'release' (written by the policy release); NULL: not known (treated by collection role)
     Column("origin", String(80), nullable=True),
-    # on ``coll`` since migration 0009 (on ``collection_id`` before)
-    UniqueConstraint("coll", "stix_id", "version_key", name="uq_objects_version"),
-    Index("ix_objects_all", "coll", "date_added", "seq"),
-    Index("ix_objects_last", "coll", "is_last", "date_added", "seq"),
-    Index("ix_objects_first", "coll", "is_first", "date_added", "seq"),
+    # on (coll, ver) since migration 0011 (coll, stix_id, version_key before)
+    UniqueConstraint("coll", "ver", name="uq_objects_version"),
+    # the keyset walk of every page; the flags ride along, so match[version]=last|first pages filter in the index
+    # (migration 0011: they had an index each)
+    Index("ix_objects_all", "coll", "date_added", "seq", "is_last", "is_first"),
     Index("ix_objects_type", "coll", "stix_type", "is_last", "date_added", "seq"),  # match[type]; migration 0004
     # only the rows flagged encrypt_in_transit (migration 0003)
     Index(
         "ix_objects_encrypted", "coll", "date_added", "seq",
         sqlite_where=text("encrypt_in_transit = 1"), postgresql_where=text("encrypt_in_transit"),
     ),
+)
+
+#: what readers query as ``objects``: each row with its version's id, version and spec_version joined in, and
+#: ``body_hash`` the row's own text or else its version's (SQLite and PostgreSQL flatten it into the outer query)
+objects = (
+    select(
+        object_rows.c.seq, object_rows.c.coll, versions.c.stix_id, object_rows.c.stix_type, versions.c.version,
+        versions.c.version_key, versions.c.spec_version, object_rows.c.date_added, object_rows.c.is_first,
+        object_rows.c.is_last, func.coalesce(object_rows.c.body_hash, versions.c.body_hash).label("body_hash"),
+        object_rows.c.encrypt_in_transit, object_rows.c.origin, object_rows.c.ver,
+        object_rows.c.body_hash.label("own_body_hash"), versions.c.body_hash.label("version_body_hash"),
+    )
+    .select_from(object_rows.join(versions, versions.c.key == object_rows.c.ver))
+    .subquery("obj")
 )
 
 # each distinct JSON text of an object version once, keyed by the SHA-256 of its UTF-8 bytes (migration 0007);

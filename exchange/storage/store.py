@@ -55,13 +55,26 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import FromClause
 
 from exchange.errors import ConfigError, StorageError
 from exchange.policy.markings import SIGNATURE_TYPE, signature_members
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
 from exchange.storage.schema import WITH_BODY as _WITH_BODY
-from exchange.storage.schema import accounts, bodies, collections, grants, login_failures, meta, objects, statuses, sync_state
+from exchange.storage.schema import (
+    accounts,
+    bodies,
+    collections,
+    grants,
+    login_failures,
+    meta,
+    object_rows,
+    objects,
+    statuses,
+    sync_state,
+    versions,
+)
 from exchange.storage.schema import signature_members as members_table
 
 DB_FILE = "cti-exchange.sqlite"
@@ -123,15 +136,15 @@ def body_hash(body: str) -> bytes:
     return hashlib.sha256(body.encode("utf-8")).digest()
 
 
-def put_bodies(conn: Connection, texts: Iterable[str]) -> list[bytes]:
+def put_bodies(conn: Connection, texts: Iterable[str], known: dict[int, bytes] | None = None) -> list[bytes]:
     """Store each text once and count one more reference per occurrence (inside ``conn``'s transaction); their hashes, in order.
 
-    A text already stored only gets its ``refs`` raised: N collections holding the same
-    version cost one body.
+    A text already stored only gets its ``refs`` raised.  ``known``: hashes by ``id(text)``,
+    read and filled (one text object given for several rows is hashed once).
     """
     hashes: list[bytes] = []
     found: dict[bytes, list] = {}
-    known: dict[int, bytes] = {}  # one text object given for several rows (``add_in_many``) is hashed once
+    known = {} if known is None else known
     for text_ in texts:
         h = known.get(id(text_))
         if h is None:
@@ -266,6 +279,8 @@ class Store:
             upgrade(self.engine)
             with self.engine.connect() as conn:
                 check_complete(conn, where)
+            if self.dialect == "sqlite":
+                _plan_statistics(self.engine)
         except Exception as exc:
             if not isinstance(exc, SQLAlchemyError) and not _alembic_command_error(exc):
                 raise
@@ -466,17 +481,19 @@ class Store:
                 out[cid] = key
         return out
 
-    def where_collection(self, conn: Connection, collection_ids: str | Iterable[str]) -> ColumnElement[bool]:
+    def where_collection(self, conn: Connection, collection_ids: str | Iterable[str], *, on: FromClause = objects) -> ColumnElement[bool]:
         """The condition on ``objects`` selecting the rows of a collection (a collection id) or of several (an
         iterable of ids): ``objects.coll`` against their keys, false if none has a key.  For modules outside the store
-        that query ``objects`` themselves (metrics, the UI, the audit check): they never name the key column."""
+        that query ``objects`` themselves (metrics, the UI, the audit check): they never name the key column.
+        ``on``: ``schema.object_rows`` for a query on the rows alone (counts, newest ``date_added``)."""
+        col = on.c.coll
         if isinstance(collection_ids, str):
             key = self.collection_key(conn, collection_ids)
-            return objects.c.coll == key if key is not None else false()
+            return col == key if key is not None else false()
         keys = list(self.collection_keys(conn, collection_ids).values())
         if not keys:
             return false()
-        return objects.c.coll == keys[0] if len(keys) == 1 else objects.c.coll.in_(keys)
+        return col == keys[0] if len(keys) == 1 else col.in_(keys)
 
     def _key_for_write(self, conn: Connection, collection_id: str) -> int:
         """The collection's key, made inside ``conn``'s write transaction if it has none (it goes if that rolls back)."""
@@ -553,7 +570,7 @@ class Store:
                     return
                 # one worker analyzes; the others go on (ANALYZE does not block inserts or reads)
                 if conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(7274558)").scalar():
-                    conn.exec_driver_sql("ANALYZE objects, bodies")  # bodies: the page query joins them by hash
+                    conn.exec_driver_sql("ANALYZE objects, versions, bodies")  # the page query joins versions by key, bodies by hash
                 conn.commit()
         except SQLAlchemyError:
             pass
@@ -628,20 +645,37 @@ class Store:
         results = [AddResult() for _ in batches]
         texts: dict[int, str] = {}  # id(object) -> its JSON text, for objects given to several collections
         refs_memo: dict[int, list[str]] = {}  # id(object) -> its marking references, likewise
-        work: list[tuple[str, Sequence[dict], AddResult, int, dict, _Staged]] = []
+        # a batch of the same objects (by identity) as an earlier one, where neither collection holds any of their ids:
+        # staged alike but for the collection and its stamp, so staged once (partners of one release group)
+        alike: dict[tuple[int, ...], tuple[_Staged, AddResult, dict]] = {}
+        work: list[tuple[str, Sequence[dict], AddResult, int, _Staged]] = []
         for (collection_id, objs), result in zip(batches, results, strict=True):
             if not objs:
                 continue
             key = self._key_for_write(conn, collection_id)
-            latest = conn.execute(select(func.max(objects.c.date_added)).where(objects.c.coll == key)).scalar()
+            latest = conn.execute(select(func.max(object_rows.c.date_added)).where(object_rows.c.coll == key)).scalar()
             stamp = max(date_added or now_us(), (latest or 0) + 1)
             result.date_added = stamp
-            existing, staged = self._stage_locked(conn, key, objs, stamp, result, origin, texts, refs_memo)
+            ids = list(dict.fromkeys(o["id"] for o in objs))
+            existing = _stored_versions(conn, key, ids)
+            defs = self._marking_defs(conn, key, objs, refs_memo)
+            shape = tuple(map(id, objs))
+            prior = alike.get(shape) if not existing else None
+            if prior is not None and prior[2] == defs:
+                staged = prior[0].moved(key, stamp)
+                result.successes, result.failures = list(prior[1].successes), list(prior[1].failures)
+            else:
+                staged = _Staged(key, stamp, _encryption_check(objs, defs, refs_memo), origin, texts=texts)
+                compare = _stage_versions(objs, existing, staged, result)
+                _settle_collisions(conn, compare, staged, result)
+                if staged.rows:
+                    _flag_versions(conn, existing, staged.rows)
+                if not existing and not staged.unversioned:  # an unversioned SCO's version is its stamp: not alike
+                    alike[shape] = (staged, result, defs)
             if staged.rows:
-                _flag_versions(conn, existing, staged.rows)
-                work.append((collection_id, objs, result, stamp, existing, staged))
-        _insert_versions(conn, [row for *_, staged in work for row in staged.rows.values()])
-        for collection_id, objs, result, stamp, _existing, staged in work:
+                work.append((collection_id, objs, result, stamp, staged))
+        _insert_versions(conn, [staged for *_, staged in work])
+        for collection_id, objs, result, stamp, staged in work:
             if index_signatures:
                 _index_members(conn, collection_id, objs, staged.rows)
             result.added = len(staged.rows)
@@ -666,39 +700,15 @@ class Store:
         conn.execute(delete(sync_state).where(sync_state.c.name == name))
         conn.execute(insert(sync_state).values(name=name, value=value))
 
-    def _stage_locked(
-        self, conn: Connection, key: int, objs: Sequence[dict], stamp: int, result: AddResult, origin: str | None,
-        texts: dict[int, str], refs_memo: dict[int, list[str]],
-    ) -> tuple[dict[str, list], _Staged]:
-        """Stage the batch's new versions in the collection of ``key`` and settle collisions with stored ones (under
-        the write lock); nothing written yet."""
-        staged = _Staged(key, stamp, self._encryption_check(conn, key, objs, refs_memo), origin, texts=texts)
-        existing = _stored_versions(conn, key, list(dict.fromkeys(o["id"] for o in objs)))
-        compare = _stage_versions(objs, existing, staged, result)
-        _settle_collisions(conn, compare, staged, result)
-        return existing, staged
+    def _marking_defs(self, conn: Connection, key: int, objs: Sequence[dict], refs_memo: dict[int, list[str]]) -> dict[str, dict]:
+        """The marking definitions ``objs`` reference that the batch itself does not hold, from the collection of ``key``
+        (where the release and the sync agents store them with the objects); ``refs_memo``: marking references by
+        ``id(object)``, shared by the collections of one ``add_in_many``."""
+        from exchange.policy.markings import LEVEL_OF
 
-    def _encryption_check(self, conn: Connection, key: int, objs: Sequence[dict],  # type: ignore[no-untyped-def]
-                          refs_memo: dict[int, list[str]] | None = None):
-        """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
-
-        Marking definitions are resolved from the batch itself, then from the same
-        collection (``key``; where the release and the sync agents store them with the objects).
-        ``refs_memo``: the marking references of objects by ``id(object)``, shared by the
-        collections of one ``add_in_many``.
-        """
-        from exchange.policy.markings import LEVEL_OF, encryption_required, marking_refs
-
-        memo = refs_memo if refs_memo is not None else {}
-
-        def refs_of(obj: dict) -> list[str]:
-            found = memo.get(id(obj))
-            if found is None:
-                found = memo[id(obj)] = marking_refs(obj)
-            return found
-
-        defs: dict[str, dict | None] = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
-        wanted = sorted({r for o in objs for r in refs_of(o) if r not in LEVEL_OF and r not in defs})
+        inside = {o["id"] for o in objs if o.get("type") == "marking-definition"}
+        wanted = sorted({r for o in objs for r in _refs_of(o, refs_memo) if r not in LEVEL_OF and r not in inside})
+        defs: dict[str, dict] = {}
         for chunk in _chunks(wanted, _CHUNK):
             for sid, body in conn.execute(
                 select(objects.c.stix_id, bodies.c.body).select_from(_WITH_BODY).where(
@@ -706,12 +716,7 @@ class Store:
                 )
             ):
                 defs.setdefault(sid, orjson.loads(body))
-
-        def check(obj: dict) -> bool:
-            refs = refs_of(obj)
-            return bool(refs) and not all(r in LEVEL_OF for r in refs) and encryption_required(obj, defs)  # TLP alone: never
-
-        return check
+        return defs
 
     def delete_object(self, sel: Selection, object_id: str) -> int:
         """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many.
@@ -724,18 +729,15 @@ class Store:
             if key is None:
                 return 0
             where = self._where(sel, key, object_id=object_id)
-            found = conn.execute(select(objects.c.seq, objects.c.version, objects.c.body_hash).where(*where)).all()
-            seqs = [r.seq for r in found]
-            for chunk in _chunks(seqs, _CHUNK):
-                conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
-            drop_bodies(conn, [r.body_hash for r in found])
-            if seqs:
+            found = conn.execute(select(objects.c.version, *_DROP_COLUMNS).where(*where)).all()
+            _drop_rows(conn, found)
+            if found:
                 _unindex_members(conn, key, sel.collection_id, object_id)
                 _refresh_flags(conn, key, object_id)
                 key = f"deleted:{sel.collection_id}"
                 noted = orjson.loads(self.get_state(key, conn) or "[]")
                 self.set_state(conn, key, orjson.dumps([*noted, [object_id, sorted(r.version for r in found)]]).decode())
-            return len(seqs)
+            return len(found)
 
     def latest_in(self, conn: Connection, collection_id: str, ids: Iterable[str]) -> dict[str, dict]:
         """The last version of each of ``ids`` in a collection, parsed, read inside ``conn``'s transaction."""
@@ -771,10 +773,8 @@ class Store:
         where = [objects.c.coll == key, objects.c.stix_id == object_id]
         if versions is not None:
             where.append(objects.c.version_key.in_([parse_timestamp(v) for v in versions]))
-        gone = list(conn.execute(select(objects.c.seq, objects.c.body_hash).where(*where)))
-        for chunk in _chunks([r.seq for r in gone], _CHUNK):
-            conn.execute(delete(objects).where(objects.c.seq.in_(chunk)))
-        drop_bodies(conn, [r.body_hash for r in gone])
+        gone = conn.execute(select(*_DROP_COLUMNS).where(*where)).all()
+        _drop_rows(conn, gone)
         n = len(gone)
         if n:
             _unindex_members(conn, key, collection_id, object_id)
@@ -783,9 +783,12 @@ class Store:
 
     # -- objects: reading -----------------------------------------------------------
 
-    def _where(self, sel: Selection, key: int, *, object_id: str | None = None) -> list:
-        """The conditions of ``sel`` on ``objects``; ``key``: the key of ``sel.collection_id``."""
-        c = objects.c
+    def _where(self, sel: Selection, key: int, *, object_id: str | None = None, c=objects.c) -> list:  # type: ignore[no-untyped-def]
+        """The conditions of ``sel`` on ``objects``; ``key``: the key of ``sel.collection_id``.
+
+        ``c``: the columns to state them on: ``objects`` (the rows with their versions) or, for a selection
+        ``_on_rows_alone`` allows, ``object_rows``.
+        """
         where: list = [c.coll == key]
         if object_id is not None:
             where.append(c.stix_id == object_id)
@@ -870,9 +873,21 @@ class Store:
             return select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
         if self.dialect == "sqlite":  # the planner walks the keyset index of objects and probes bodies by hash per row
             return select(*cols).select_from(_WITH_BODY).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
-        # PostgreSQL: the page of rows first (the keyset index walk stopped by the LIMIT), then their bodies by hash;
-        # a plain join let the planner hash-join and sort a whole small collection.  The join may return the page's
-        # rows in another order: ``page`` puts them back in keyset order (a sort of at most ``limit + 1`` rows)
+        # PostgreSQL: the page of rows first (the keyset index walk stopped by the LIMIT), then their versions by key
+        # and bodies by hash; a plain join let the planner hash-join and sort a whole small collection.  The join may
+        # return the page's rows in another order: ``page`` puts them back in keyset order (a sort of at most
+        # ``limit + 1`` rows)
+        if _on_rows_alone(sel, object_id):
+            r = object_rows.c
+            where = self._where(sel, key, c=r)
+            if after is not None:
+                where.append(tuple_(r.date_added, r.seq) > tuple_(*after))
+            page = select(r.seq, r.ver, r.date_added, r.body_hash, r.encrypt_in_transit, r.origin).where(*where).order_by(
+                r.date_added, r.seq).limit(limit + 1).subquery("page")
+            p, v = page.c, versions.c
+            return select(p.seq, v.stix_id, v.version, v.spec_version, p.date_added, bodies.c.body, p.encrypt_in_transit, p.origin).select_from(
+                page.join(versions, v.key == p.ver).join(bodies, bodies.c.hash == func.coalesce(p.body_hash, v.body_hash))
+            )
         cols[5] = c.body_hash
         rows = select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1).subquery("page")
         r = rows.c
@@ -882,7 +897,7 @@ class Store:
 
     def last_key(self, collection_id: str) -> tuple[int, int] | None:
         """The ``(date_added, seq)`` of a collection's newest row (an index probe), or ``None`` if empty."""
-        c = objects.c
+        c = object_rows.c
         with self._read() as conn:
             key = self.collection_key(conn, collection_id)
             if key is None:
@@ -1022,10 +1037,10 @@ class Store:
             key = self.collection_key(conn, collection_id)
             if key is None:
                 return 0
-            where = [objects.c.coll == key]
+            where = [object_rows.c.coll == key]
             if not all_versions:
-                where.append(objects.c.is_last == True)  # noqa: E712
-            return conn.execute(select(func.count()).select_from(objects).where(*where)).scalar() or 0
+                where.append(object_rows.c.is_last == True)  # noqa: E712
+            return conn.execute(select(func.count()).select_from(object_rows).where(*where)).scalar() or 0
 
     # -- statuses ------------------------------------------------------------------
 
@@ -1056,6 +1071,35 @@ class Store:
 # -- objects: the steps of Store.add_in_many (each runs once per collection's batch) ---------------------------
 
 
+def _refs_of(obj: dict, memo: dict[int, list[str]]) -> list[str]:
+    """``obj``'s marking references (``exchange.policy.markings.marking_refs``), by ``id(obj)`` in ``memo``."""
+    found = memo.get(id(obj))
+    if found is None:
+        from exchange.policy.markings import marking_refs
+
+        found = memo[id(obj)] = marking_refs(obj)
+    return found
+
+
+def _encryption_check(objs: Sequence[dict], stored_defs: dict[str, dict], refs_memo: dict[int, list[str]]) -> Callable[[dict], bool]:
+    """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
+
+    Marking definitions are resolved from the batch itself, then from ``stored_defs``
+    (``Store._marking_defs``: those of the collection written to).
+    """
+    from exchange.policy.markings import LEVEL_OF, encryption_required
+
+    defs: dict[str, dict | None] = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
+    for sid, d in stored_defs.items():
+        defs.setdefault(sid, d)
+
+    def check(obj: dict) -> bool:
+        refs = _refs_of(obj, refs_memo)
+        return bool(refs) and not all(r in LEVEL_OF for r in refs) and encryption_required(obj, defs)  # TLP alone: never
+
+    return check
+
+
 def _stored_versions(conn: Connection, key: int, ids: Sequence[str]) -> dict[str, list]:
     """The stored versions of ``ids`` in the collection of ``key`` (seq, version key, first/last flags), by id."""
     existing: dict[str, list] = {}
@@ -1070,18 +1114,18 @@ def _stored_versions(conn: Connection, key: int, ids: Sequence[str]) -> dict[str
 
 
 def _new_row(
-    key: int, obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool], origin: str | None,
+    obj: dict, vkey: int, vstr: str, date_added: int, needs_encryption: Callable[[dict], bool], origin: str | None,
     texts: dict[int, str] | None = None,
 ) -> dict:
-    """The ``objects`` row of one new object version in the collection of ``key`` (``texts``: JSON texts already made,
-    by ``id(obj)``)."""
+    """What ``_insert_versions`` needs of one new object version (its collection's key is the ``_Staged``'s;
+    ``texts``: JSON texts already made, by ``id(obj)``)."""
     text_ = texts.get(id(obj)) if texts is not None else None
     if text_ is None:
         text_ = orjson.dumps(obj).decode("utf-8")
         if texts is not None:
             texts[id(obj)] = text_
     return {
-        "coll": key, "stix_id": obj["id"], "stix_type": obj["type"], "version": vstr, "version_key": vkey,
+        "stix_id": obj["id"], "stix_type": obj["type"], "version": vstr, "version_key": vkey,
         "spec_version": obj.get("spec_version", "2.1"), "date_added": date_added, "is_first": False, "is_last": False,
         "body": text_, "encrypt_in_transit": needs_encryption(obj), "origin": origin,
     }
@@ -1104,6 +1148,12 @@ class _Staged:
     rows: dict[tuple[str, int], dict] = field(default_factory=dict)  # (id, version_key) -> row values, in date_added order
     unversioned: dict[str, int] = field(default_factory=dict)  # id -> version_key of an unversioned SCO staged in this batch
     texts: dict[int, str] | None = None  # JSON texts by id(object), shared by the collections of one ``add_in_many``
+    staged_at: int | None = None  # the stamp the row values were staged at, if another collection's (``moved``)
+
+    def moved(self, key: int, stamp: int) -> _Staged:
+        """These staged rows for the collection of ``key`` at ``stamp``: the same row values (shared, not copied), each
+        written with that key and ``date_added`` moved by the difference of the stamps (``_insert_versions``)."""
+        return _Staged(key, stamp, self.needs_encryption, self.origin, self.rows, self.unversioned, self.texts, self.stamp)
 
     def add(self, obj: dict, vkey: int | None, vstr: str | None) -> str:
         """Stage ``obj`` as a new version; ``vkey`` ``None``: versioned by its own ``date_added``. Returns the version."""
@@ -1111,7 +1161,7 @@ class _Staged:
         if vkey is None or vstr is None:
             vkey, vstr = date_added, format_timestamp(date_added)
             self.unversioned[obj["id"]] = vkey
-        self.rows[(obj["id"], vkey)] = _new_row(self.key, obj, vkey, vstr, date_added, self.needs_encryption, self.origin, self.texts)
+        self.rows[(obj["id"], vkey)] = _new_row(obj, vkey, vstr, date_added, self.needs_encryption, self.origin, self.texts)
         return vstr
 
     def again(self, obj: dict, key: tuple[str, int], result: AddResult) -> None:
@@ -1215,17 +1265,92 @@ def _flag_versions(conn: Connection, existing: dict[str, list], pending: dict[tu
         clear_first += [r.seq for r in rows if r.is_first and r.version_key != lo]
         clear_last += [r.seq for r in rows if r.is_last and r.version_key != hi]
     for chunk in _chunks(clear_first, _CHUNK):
-        conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_first=False))
+        conn.execute(update(object_rows).where(object_rows.c.seq.in_(chunk)).values(is_first=False))
     for chunk in _chunks(clear_last, _CHUNK):
-        conn.execute(update(objects).where(objects.c.seq.in_(chunk)).values(is_last=False))
+        conn.execute(update(object_rows).where(object_rows.c.seq.in_(chunk)).values(is_last=False))
 
 
-def _insert_versions(conn: Connection, rows: list[dict]) -> None:
-    """Insert flagged new rows (of one or more collections), each body stored once (``put_bodies``)."""
+def _insert_versions(conn: Connection, parts: Sequence[_Staged]) -> None:
+    """Insert the flagged new rows of one or more collections: each version once (``versions``), its body once
+    (``put_bodies``), and a row a body of its own only where its text differs from its version's."""
+    rows = [r for part in parts for r in part.rows.values()]
     if not rows:
         return
-    hashes = put_bodies(conn, [r["body"] for r in rows])
-    insert_rows(conn, objects, [{**{k: v for k, v in r.items() if k != "body"}, "body_hash": h} for r, h in zip(rows, hashes, strict=True)])
+    hashes: dict[int, bytes] = {}  # id(text) -> its hash: one text given to several collections is hashed once
+    first: dict[tuple[str, int], dict] = {}  # each version's first staged row, in order
+    for r in rows:
+        first.setdefault((r["stix_id"], r["version_key"]), r)
+    known = _version_keys(conn, first)
+    new = [r for k, r in first.items() if k not in known]
+    if new:
+        bodies_of = put_bodies(conn, [r["body"] for r in new], hashes)
+        insert_rows(conn, versions, [
+            {"stix_id": r["stix_id"], "version_key": r["version_key"], "version": r["version"], "spec_version": r["spec_version"],
+             "body_hash": h, "rows": 0}
+            for r, h in zip(new, bodies_of, strict=True)
+        ])
+        known.update(_version_keys(conn, [(r["stix_id"], r["version_key"]) for r in new]))
+    out: list[tuple] = []
+    own: list[str] = []
+    counts: Counter[int] = Counter()
+    for part in parts:
+        shift = part.stamp - part.staged_at if part.staged_at is not None else 0
+        for r in part.rows.values():
+            ver, version_hash = known[(r["stix_id"], r["version_key"])]
+            text_ = r["body"]
+            h = hashes.get(id(text_))
+            if h is None:
+                h = hashes[id(text_)] = body_hash(text_)
+            if h == version_hash:
+                h = None
+            else:
+                own.append(text_)
+            counts[ver] += 1
+            out.append((part.key, ver, r["stix_type"], r["date_added"] + shift, r["is_first"], r["is_last"], h, r["encrypt_in_transit"],
+                        r["origin"]))
+    if own:
+        put_bodies(conn, own, hashes)
+    mark = _placeholder(conn)
+    conn.exec_driver_sql(
+        f"INSERT INTO objects ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join([mark] * len(_ROW_COLUMNS))})", out
+    )
+    conn.exec_driver_sql(f"UPDATE versions SET rows = rows + {mark} WHERE key = {mark}", [(n, v) for v, n in counts.items()])
+
+
+#: the columns of an ``objects`` row as ``_insert_versions`` writes them (``seq`` is the database's)
+_ROW_COLUMNS = ("coll", "ver", "stix_type", "date_added", "is_first", "is_last", "body_hash", "encrypt_in_transit", "origin")
+#: what ``_drop_rows`` needs of each row it deletes
+_DROP_COLUMNS = (objects.c.seq, objects.c.ver, objects.c.own_body_hash, objects.c.version_body_hash)
+
+
+def _version_keys(conn: Connection, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, bytes]]:
+    """The stored versions among ``keys`` (``(stix_id, version_key)``): their ``versions.key`` and body hash."""
+    wanted = set(keys)
+    out: dict[tuple[str, int], tuple[int, bytes]] = {}
+    v = versions.c
+    for chunk in _chunks(sorted({sid for sid, _ in wanted}), _CHUNK):
+        for key, sid, vkey, h in conn.execute(select(v.key, v.stix_id, v.version_key, v.body_hash).where(v.stix_id.in_(chunk))):
+            if (sid, vkey) in wanted:
+                out[(sid, vkey)] = (key, h)
+    return out
+
+
+def _drop_rows(conn: Connection, found: Sequence) -> None:
+    """Delete ``objects`` rows (``_DROP_COLUMNS`` of each) with their own bodies; a version goes with its last row."""
+    if not found:
+        return
+    for chunk in _chunks([r.seq for r in found], _CHUNK):
+        conn.execute(delete(object_rows).where(object_rows.c.seq.in_(chunk)))
+    drop_bodies(conn, [r.own_body_hash for r in found if r.own_body_hash is not None])
+    counts = Counter(r.ver for r in found)
+    mark = _placeholder(conn)
+    conn.exec_driver_sql(f"UPDATE versions SET rows = rows - {mark} WHERE key = {mark}", [(n, ver) for ver, n in counts.items()])
+    gone: list[tuple[int, bytes]] = []
+    for chunk in _chunks(list(counts), _CHUNK):
+        gone += conn.execute(select(versions.c.key, versions.c.body_hash).where(versions.c.key.in_(chunk), versions.c.rows <= 0)).all()
+    for chunk in _chunks([k for k, _ in gone], _CHUNK):
+        conn.execute(delete(versions).where(versions.c.key.in_(chunk)))
+    drop_bodies(conn, [h for _, h in gone])
 
 
 def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], staged: dict[tuple[str, int], dict]) -> None:
@@ -1260,10 +1385,15 @@ def _refresh_flags(conn: Connection, key: int, object_id: str) -> None:
     rows = conn.execute(select(objects.c.seq, objects.c.version_key).where(objects.c.coll == key, objects.c.stix_id == object_id)).all()
     if not rows:
         return
-    lo = min(r.version_key for r in rows)
-    hi = max(r.version_key for r in rows)
-    base = and_(objects.c.coll == key, objects.c.stix_id == object_id)
-    conn.execute(update(objects).where(base).values(is_first=objects.c.version_key == lo, is_last=objects.c.version_key == hi))
+    first = min(rows, key=lambda r: r.version_key).seq
+    last = max(rows, key=lambda r: r.version_key).seq
+    c = object_rows.c
+    conn.execute(update(object_rows).where(c.seq.in_([r.seq for r in rows])).values(is_first=c.seq == first, is_last=c.seq == last))
+
+
+def _on_rows_alone(sel: Selection, object_id: str | None) -> bool:
+    """Whether ``sel`` (and ``object_id``) state conditions on a row's own columns only, none on its version's."""
+    return object_id is None and not sel.ids and not sel.spec_versions and all(v in ("all", "first", "last") for v in sel.versions)
 
 
 def _keyset(row: Sequence) -> tuple[int, int]:
@@ -1308,6 +1438,43 @@ def _forget_new_keys(engine: Engine) -> None:
     @event.listens_for(engine, "rollback")
     def _on_rollback(conn) -> None:  # type: ignore[no-untyped-def]
         conn.info.pop(_NEW_KEYS, None)
+
+
+#: what SQLite's planner is told of the row tables (``sqlite_stat1``, written by ``_plan_statistics``): the rows of a
+#: large node, and how many distinct values each column of their indexes has
+_PLANNED_ROWS = 1_000_000
+_PLANNED_DISTINCT = {
+    "objects": {"coll": 10, "ver": _PLANNED_ROWS, "date_added": _PLANNED_ROWS, "seq": _PLANNED_ROWS, "stix_type": 20,
+                "is_last": 2, "is_first": 2},
+    "versions": {"stix_id": _PLANNED_ROWS // 2, "version_key": _PLANNED_ROWS},
+    "bodies": {"hash": _PLANNED_ROWS},
+}
+
+
+def _plan_statistics(engine: Engine) -> None:
+    """Give SQLite's planner fixed statistics for ``objects``, ``versions`` and ``bodies`` (``sqlite_stat1``).
+
+    Without any, it took ``coll = ?`` for as selective as ``versions.stix_id IN (...)`` and
+    answered every lookup of ids in a collection by walking the whole collection, joining
+    each row to its version (issue 21: a release batch's stored-version lookup grew with
+    the partner's collection).  The figures describe a large node, so the plans are the
+    ones that scale: ids through ``versions``' unique index, pages through the keyset index.
+    Written at every open (a few rows; statistics a manual ``ANALYZE`` left are replaced) and
+    read by every connection opened after (the pool is emptied).
+    """
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE meta")  # makes sqlite_stat1 if there is none (a tiny table: nothing to scan)
+        for table, distinct in _PLANNED_DISTINCT.items():
+            conn.exec_driver_sql("DELETE FROM sqlite_stat1 WHERE tbl = ?", (table,))
+            for (index,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)).all():
+                columns = [r[2] for r in conn.exec_driver_sql(f"PRAGMA index_info('{index}')")]
+                stat, left = [_PLANNED_ROWS], _PLANNED_ROWS
+                for col in columns:
+                    left = max(1, left // distinct.get(col, _PLANNED_ROWS))
+                    stat.append(left)
+                conn.exec_driver_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", (table, index, " ".join(map(str, stat))))
+        conn.exec_driver_sql("ANALYZE sqlite_master")  # this connection reads them again now
+    engine.dispose()  # and every pooled one when it is next opened
 
 
 def _configure_sqlite(engine: Engine) -> None:

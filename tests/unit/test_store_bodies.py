@@ -31,7 +31,19 @@ def _all(store: Store, cid: str) -> list[dict]:
     return [orjson.loads(r.body) for r in store.iter_rows(Selection(cid, versions=("all",)))]
 
 
+def _versions(store: Store) -> dict[str, tuple[bytes, int]]:
+    with store.engine.connect() as conn:
+        return {sid: (bytes(h), n) for sid, h, n in conn.execute(text("SELECT stix_id, body_hash, rows FROM versions"))}
+
+
+def _own_bodies(store: Store) -> list:
+    with store.engine.connect() as conn:
+        return [bytes(h) for (h,) in conn.execute(text("SELECT body_hash FROM objects WHERE body_hash IS NOT NULL"))]
+
+
 def test_a_version_held_by_several_collections_is_one_body(tmp_path, database):
+    """One version, one ``versions`` row and one body, however many collections hold it (migration 0011); a
+    redacted copy is a body of the row's own; the last row of a version takes the version and its body along."""
     store = _open(tmp_path, database)
     try:
         obj = new_indicator(1)
@@ -41,15 +53,21 @@ def test_a_version_held_by_several_collections_is_one_body(tmp_path, database):
         store.add_objects(READ_B, [redacted])
         held = _bodies(store)
         text_ = orjson.dumps(obj).decode()
-        assert held[hashlib.sha256(text_.encode()).digest()] == (text_, 2)
+        digest = hashlib.sha256(text_.encode()).digest()
+        redacted_digest = hashlib.sha256(orjson.dumps(redacted).decode().encode()).digest()
+        assert held[digest] == (text_, 1)  # referenced once: by the version, not by each row
         assert len(held) == 2  # the redacted copy is simply another body
+        assert _versions(store) == {obj["id"]: (digest, 3)}
+        assert _own_bodies(store) == [redacted_digest]  # the only row whose text is not its version's
         assert _all(store, OWN) == [obj] and _all(store, READ_A) == [obj] and _all(store, READ_B) == [redacted]
         with store.transaction() as conn:
             assert store.remove_in(conn, READ_A, obj["id"]) == 1
-        assert _all(store, OWN) == [obj] and _bodies(store)[hashlib.sha256(text_.encode()).digest()][1] == 1
+        assert _all(store, OWN) == [obj] and _bodies(store)[digest][1] == 1 and _versions(store)[obj["id"]][1] == 2
         assert store.delete_object(Selection(OWN, versions=("all",)), obj["id"]) == 1
-        assert hashlib.sha256(text_.encode()).digest() not in _bodies(store)  # the last row took its body along
-        assert _all(store, READ_B) == [redacted]
+        assert digest in _bodies(store) and _versions(store)[obj["id"]][1] == 1  # READ_B's row still holds the version
+        with store.transaction() as conn:
+            assert store.remove_in(conn, READ_B, obj["id"]) == 1
+        assert _bodies(store) == {} and _versions(store) == {}  # the last row took the version and both bodies along
     finally:
         store.close()
 
@@ -75,12 +93,17 @@ def test_migration_moves_every_row_of_a_revision_0006_database_into_bodies(tmp_p
         assert _all(store, READ_B) == [second, redacted]
         assert [orjson.loads(r.body) for r in store.iter_rows(Selection(OWN))] == [second, other]  # is_last carried over
         held = _bodies(store)
-        texts = {orjson.dumps(o).decode(): n for o, n in ((first, 2), (second, 3), (other, 2), (redacted, 1))}
+        # since 0011 a body is referenced by its version (however many rows hold it) and by a row whose text differs
+        # from its version's (the redacted copy of ``other``, which has its id and version)
+        texts = {orjson.dumps(o).decode(): n for o, n in ((first, 1), (second, 1), (other, 1), (redacted, 1))}
         assert {b: n for b, n in held.values()} == texts
         assert all(h == hashlib.sha256(b.encode()).digest() for h, (b, _) in held.items())
-        # the store writes on after the migration: a new version shares the migrated bodies' table
+        with store.engine.connect() as conn:
+            counts = dict(conn.execute(text("SELECT version, rows FROM versions WHERE stix_id = :i"), {"i": first["id"]}).all())
+        assert counts == {first["modified"]: 2, second["modified"]: 3} and _versions(store)[other["id"]][1] == 3
+        # the store writes on after the migration: a new row of a migrated version references it
         assert store.add_objects(READ_B, [first]).added == 1
-        assert _bodies(store)[hashlib.sha256(orjson.dumps(first)).digest()][1] == 3
+        assert _bodies(store)[hashlib.sha256(orjson.dumps(first)).digest()][1] == 1
     finally:
         store.close()
     reopened = _open(tmp_path, database)  # a second open finds nothing to migrate

@@ -40,10 +40,16 @@ _SNAPSHOT = ("SELECT o.seq, {cid}, o.stix_id, o.stix_type, o.version, o.version_
              "o.is_last, o.body_hash, o.encrypt_in_transit, o.origin FROM objects o {join} ORDER BY o.seq")
 
 
-def _rows(engine, keyed: bool) -> list[tuple]:  # type: ignore[no-untyped-def]
-    """Every ``objects`` row with its collection's id, whichever way the revision names it."""
-    sql = _SNAPSHOT.format(cid="c.collection_id", join="JOIN collections c ON c.key = o.coll") if keyed else \
-        _SNAPSHOT.format(cid="o.collection_id", join="")
+_VERSIONED = ("SELECT o.seq, c.collection_id, v.stix_id, o.stix_type, v.version, v.version_key, v.spec_version, o.date_added, "
+              "o.is_first, o.is_last, COALESCE(o.body_hash, v.body_hash), o.encrypt_in_transit, o.origin FROM objects o "
+              "JOIN collections c ON c.key = o.coll JOIN versions v ON v.key = o.ver ORDER BY o.seq")
+
+
+def _rows(engine, keyed: bool, versioned: bool = False) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """Every ``objects`` row with its collection's id, whichever way the revision names it (``versioned``: at 0011 or
+    later, the version's columns in ``versions``)."""
+    sql = _VERSIONED if versioned else _SNAPSHOT.format(cid="c.collection_id", join="JOIN collections c ON c.key = o.coll") if keyed \
+        else _SNAPSHOT.format(cid="o.collection_id", join="")
     with engine.connect() as conn:
         return [(*r[:10], bytes(r[10]), *r[11:]) for r in conn.execute(text(sql)).all()]
 
@@ -72,12 +78,10 @@ def test_rows_hold_the_collections_key_and_the_indexes_lead_with_it(tmp_path, da
             indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("objects")}
             unique = {u["name"]: u["column_names"] for u in insp.get_unique_constraints("objects")}
             assert store.where_collection(conn, "no-such-collection") is not None
-        assert columns[:3] == ["seq", "coll", "stix_id"] and "collection_id" not in columns
-        assert unique == {"uq_objects_version": ["coll", "stix_id", "version_key"]}
+        assert columns[:3] == ["seq", "coll", "ver"] and "collection_id" not in columns and "stix_id" not in columns  # 0011
+        assert unique == {"uq_objects_version": ["coll", "ver"]}
         assert {n: c for n, c in indexes.items() if n.startswith("ix_objects")} == {
-            "ix_objects_all": ["coll", "date_added", "seq"],
-            "ix_objects_last": ["coll", "is_last", "date_added", "seq"],
-            "ix_objects_first": ["coll", "is_first", "date_added", "seq"],
+            "ix_objects_all": ["coll", "date_added", "seq", "is_last", "is_first"],
             "ix_objects_type": ["coll", "stix_type", "is_last", "date_added", "seq"],
             "ix_objects_encrypted": ["coll", "date_added", "seq"],
         }
@@ -154,13 +158,13 @@ def test_migration_keys_every_collection_of_a_revision_0008_database_and_back(tm
         try:
             assert current(store.engine) == known_revisions()[-1]
             assert _keys(store) == {READ_A: 1, OWN: 2, READ_B: 3}  # in the order of each collection's first row
-            assert _rows(engine, keyed=True) == before
+            assert _rows(engine, keyed=True, versioned=True) == before
             assert _all(store, OWN) == [first, second, other] and _all(store, READ_A) == [first, second]
             assert [orjson.loads(r.body) for r in store.iter_rows(Selection(OWN))] == [second, other]  # is_last kept
             assert store.add_objects(READ_B, [first]).added == 1  # a new row: the next seq, the migrated key
             assert store.add_objects("4f1c2a55-1b6e-4b2a-9d35-0c8f43a0e0a1", [other]).added == 1  # a new collection: key 4
             assert _keys(store) == {READ_A: 1, OWN: 2, READ_B: 3, "4f1c2a55-1b6e-4b2a-9d35-0c8f43a0e0a1": 4}
-            after = _rows(engine, keyed=True)
+            after = _rows(engine, keyed=True, versioned=True)
             assert after[:-2] == before and [r[0] for r in after[-2:]] == [before[-1][0] + 1, before[-1][0] + 2]
             with store.engine.connect() as conn:
                 members = conn.execute(text("SELECT collection_id, member, signature_id FROM signature_members")).all()
@@ -174,7 +178,7 @@ def test_migration_keys_every_collection_of_a_revision_0008_database_and_back(tm
         assert _rows(engine, keyed=False) == after
         reopened = _open(tmp_path, database)  # and up again
         try:
-            assert _rows(engine, keyed=True) == after
+            assert _rows(engine, keyed=True, versioned=True) == after
             assert _all(reopened, READ_B) == [other, first]
             assert reopened.add_objects(OWN, [new_indicator(5)]).added == 1
         finally:
@@ -186,11 +190,11 @@ def test_migration_keys_every_collection_of_a_revision_0008_database_and_back(tm
 @pytest.mark.parametrize(
     "sel,index",
     [
-        (Selection(READ_A, added_after=1), "ix_objects_last"),
+        (Selection(READ_A, added_after=1), "ix_objects_all"),  # last: the flag is in the index (0011)
         (Selection(READ_A, types=("indicator",), added_after=1), "ix_objects_type"),
         (Selection(READ_A, versions=("all",), added_after=1), "ix_objects_all"),
-        (Selection(READ_A, versions=("first",), added_after=1), "ix_objects_first"),
-        (Selection(READ_A, added_after=1, plain_transport=True), "ix_objects_last"),
+        (Selection(READ_A, versions=("first",), added_after=1), "ix_objects_all"),
+        (Selection(READ_A, added_after=1, plain_transport=True), "ix_objects_all"),
     ],
 )
 def test_a_partners_page_walks_an_index_on_sqlite(tmp_path, sel, index):
