@@ -73,3 +73,17 @@ def legacy_database(
                 )
     finally:
         engine.dispose()
+
+
+def downgrade(engine, target: str) -> None:  # type: ignore[no-untyped-def]
+    """Run the real migrations down to ``target`` (what an operator's ``alembic downgrade`` does)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from exchange.storage.migrate import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, target)

@@ -15,10 +15,10 @@ from sqlalchemy import create_engine, inspect, text
 
 from exchange.storage import migrate
 from exchange.storage.integrity import known_revisions, tables_at
-from exchange.storage.migrate import MIGRATIONS, current
+from exchange.storage.migrate import current
 from exchange.storage.store import normalise_url
 from tests.conftest import new_indicator
-from tests.unit.legacy_db import legacy_database
+from tests.unit.legacy_db import downgrade, legacy_database
 
 OWN = "e3a18dc0-a9f3-466f-95d9-d848c4da8e7f"
 READ_A = "8b867088-c500-4376-88a7-45a44c42006b"
@@ -58,17 +58,6 @@ def _engine(tmp_path, database):  # type: ignore[no-untyped-def]
 
 def _where(tmp_path, database):  # type: ignore[no-untyped-def]
     return database or tmp_path / "node.db"
-
-
-def _downgrade(engine, target: str) -> None:  # type: ignore[no-untyped-def]
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, target)
 
 
 def _read(engine, sql: str) -> list[tuple]:  # type: ignore[no-untyped-def]
@@ -184,7 +173,7 @@ def test_a_revision_0010_database_upgrades_every_row_onto_its_version_and_back(t
             for cid, obj, *more in rows
         ]
         assert sum(bool(r[11]) for r in after) == 2 and sum(r[12] is None for r in after) == 1
-        _downgrade(engine, "0010")
+        downgrade(engine, "0010")
         assert current(engine) == "0010"
         with engine.connect() as conn:
             assert "versions" not in inspect(conn).get_table_names()
@@ -216,7 +205,7 @@ def test_a_version_first_stored_redacted_gives_its_text_to_the_version(tmp_path,
         assert [bytes(h) if h else None for (h,) in _read(engine, "SELECT body_hash FROM objects ORDER BY seq")] == [
             None, full_hash, full_hash]
         assert _refs(engine) == {redacted_hash: 1, full_hash: 2}
-        _downgrade(engine, "0010")
+        downgrade(engine, "0010")
         assert _read(engine, _AT_0010) == before and _refs(engine) == refs_before == {redacted_hash: 1, full_hash: 2}
     finally:
         engine.dispose()
@@ -241,7 +230,7 @@ def test_the_upgrade_recounts_every_body_and_deletes_one_nothing_references(tmp_
         assert _digest(orphan) not in refs and refs[first] == 1
         del refs_before[_digest(orphan)]
         _check_0011(engine, before, refs_before)
-        _downgrade(engine, "0010")
+        downgrade(engine, "0010")
         assert _refs(engine) == dict(Counter(_digest(r[10]) for r in before)) and _refs(engine)[first] == 2
     finally:
         engine.dispose()
@@ -277,7 +266,7 @@ def test_new_rows_and_versions_after_the_upgrade_continue_the_migrated_numbers(t
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT pg_get_serial_sequence('objects', 'seq')")).scalar() is not None
                 assert conn.execute(text("SELECT pg_get_serial_sequence('versions', 'key')")).scalar() is not None
-        _downgrade(engine, "0010")
+        downgrade(engine, "0010")
         assert _refs(engine)[_digest(body)] == 1  # recounted as rows at 0010: the new row, its version's text
         with engine.begin() as conn:
             again = conn.execute(text(
@@ -320,7 +309,7 @@ def test_objects_has_the_0011_columns_constraint_and_three_indexes_and_0010s_aft
             else:
                 tmp = conn.execute(text("SELECT name FROM sqlite_temp_master")).scalars().all()
                 assert tmp == []  # the temporary counts are gone
-        _downgrade(engine, "0010")
+        downgrade(engine, "0010")
         columns, indexes, unique, partial = _shape(engine)
         assert columns == _COLUMNS_0010 and indexes == _INDEXES_0010
         assert unique == {"uq_objects_version": ["coll", "stix_id", "version_key"]}
@@ -344,7 +333,7 @@ def test_an_empty_revision_0010_database_upgrades_and_numbers_from_one(tmp_path,
             seq = conn.execute(text("INSERT INTO objects (coll, ver, stix_type, date_added, is_first, is_last) "
                                     "VALUES (1, :v, 'indicator', 1, true, true) RETURNING seq"), {"v": ver}).scalar_one()
         assert (ver, seq) == (1, 1)
-        _downgrade(engine, "0010")
+        downgrade(engine, "0010")
         assert _read(engine, "SELECT seq, stix_id FROM objects") == [(1, "indicator--00000000-0000-4000-8000-000000000001")]
     finally:
         engine.dispose()

@@ -8,10 +8,10 @@ from sqlalchemy import create_engine, inspect, text
 
 from exchange.errors import StorageError
 from exchange.storage.integrity import known_revisions
-from exchange.storage.migrate import MIGRATIONS, current
+from exchange.storage.migrate import current
 from exchange.storage.store import DB_FILE, Selection, Store, normalise_url, now_us
 from tests.conftest import new_indicator
-from tests.unit.legacy_db import legacy_database
+from tests.unit.legacy_db import downgrade, legacy_database
 
 OWN = "e3a18dc0-a9f3-466f-95d9-d848c4da8e7f"
 READ_A = "8b867088-c500-4376-88a7-45a44c42006b"
@@ -52,17 +52,6 @@ def _rows(engine, keyed: bool, versioned: bool = False) -> list[tuple]:  # type:
         else _SNAPSHOT.format(cid="o.collection_id", join="")
     with engine.connect() as conn:
         return [(*r[:10], bytes(r[10]), *r[11:]) for r in conn.execute(text(sql)).all()]
-
-
-def _downgrade(engine, target: str) -> None:  # type: ignore[no-untyped-def]
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, target)
 
 
 def test_rows_hold_the_collections_key_and_the_indexes_lead_with_it(tmp_path, database):
@@ -171,7 +160,7 @@ def test_migration_keys_every_collection_of_a_revision_0008_database_and_back(tm
             assert [tuple(m) for m in members] == [(OWN, "m1", SIGNATURE)]
         finally:
             store.close()
-        _downgrade(engine, "0008")
+        downgrade(engine, "0008")
         with engine.connect() as conn:
             assert "collections" not in inspect(conn).get_table_names()
             assert [c["name"] for c in inspect(conn).get_columns("objects")][:2] == ["seq", "collection_id"]
