@@ -1284,12 +1284,9 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged]) -> None:
     new = [r for k, r in first.items() if k not in known]
     if new:
         bodies_of = put_bodies(conn, [r["body"] for r in new], hashes)
-        insert_rows(conn, versions, [
-            {"stix_id": r["stix_id"], "version_key": r["version_key"], "version": r["version"], "spec_version": r["spec_version"],
-             "body_hash": h, "rows": 0}
-            for r, h in zip(new, bodies_of, strict=True)
-        ])
-        known.update(_version_keys(conn, [(r["stix_id"], r["version_key"]) for r in new]))
+        known.update(_new_versions(conn, [
+            (r["stix_id"], r["version_key"], r["version"], r["spec_version"], h) for r, h in zip(new, bodies_of, strict=True)
+        ]))
     out: list[tuple] = []
     own: list[str] = []
     counts: Counter[int] = Counter()
@@ -1327,11 +1324,33 @@ def _version_keys(conn: Connection, keys: Iterable[tuple[str, int]]) -> dict[tup
     """The stored versions among ``keys`` (``(stix_id, version_key)``): their ``versions.key`` and body hash."""
     wanted = set(keys)
     out: dict[tuple[str, int], tuple[int, bytes]] = {}
-    v = versions.c
+    mark = _placeholder(conn)
     for chunk in _chunks(sorted({sid for sid, _ in wanted}), _CHUNK):
-        for key, sid, vkey, h in conn.execute(select(v.key, v.stix_id, v.version_key, v.body_hash).where(v.stix_id.in_(chunk))):
+        # plain SQL, all rows in one driver call: a push's or a release's batch looks up a thousand ids at a time
+        found = conn.exec_driver_sql(
+            f"SELECT key, stix_id, version_key, body_hash FROM versions WHERE stix_id IN ({', '.join([mark] * len(chunk))})", tuple(chunk)
+        ).fetchall()
+        for key, sid, vkey, h in found:
             if (sid, vkey) in wanted:
-                out[(sid, vkey)] = (key, h)
+                out[(sid, vkey)] = (key, bytes(h))
+    return out
+
+
+def _new_versions(conn: Connection, new: Sequence[tuple[str, int, str, str, bytes]]) -> dict[tuple[str, int], tuple[int, bytes]]:
+    """Insert ``versions`` rows (``(stix_id, version_key, version, spec_version, body_hash)``, none stored yet, no
+    two alike) with no rows referencing them yet; their keys and body hashes, as ``_version_keys`` gives them."""
+    out: dict[tuple[str, int], tuple[int, bytes]] = {}
+    mark = _placeholder(conn)
+    one = f"({', '.join([mark] * 5)}, 0)"
+    for chunk in _chunks(list(new), _CHUNK):
+        # one multi-row INSERT ... RETURNING per chunk (SQLite >= 3.35, PostgreSQL): the keys without a second lookup
+        got = conn.exec_driver_sql(
+            f"INSERT INTO versions (stix_id, version_key, version, spec_version, body_hash, rows) VALUES {', '.join([one] * len(chunk))} "
+            "RETURNING key, stix_id, version_key, body_hash",
+            tuple(v for row in chunk for v in row),
+        ).fetchall()
+        for key, sid, vkey, h in got:
+            out[(sid, vkey)] = (key, bytes(h))
     return out
 
 
