@@ -1282,14 +1282,16 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged]) -> None:
         first.setdefault((r["stix_id"], r["version_key"]), r)
     known = _version_keys(conn, first)
     new = [r for k, r in first.items() if k not in known]
+    counts: Counter = Counter((r["stix_id"], r["version_key"]) for r in rows)  # rows per version, new ones made with theirs
     if new:
         bodies_of = put_bodies(conn, [r["body"] for r in new], hashes)
-        known.update(_new_versions(conn, [
-            (r["stix_id"], r["version_key"], r["version"], r["spec_version"], h) for r, h in zip(new, bodies_of, strict=True)
-        ]))
+        made = _new_versions(conn, [
+            (r["stix_id"], r["version_key"], r["version"], r["spec_version"], h, counts.pop((r["stix_id"], r["version_key"])))
+            for r, h in zip(new, bodies_of, strict=True)
+        ])
+        known.update(made)
     out: list[tuple] = []
     own: list[str] = []
-    counts: Counter[int] = Counter()
     for part in parts:
         shift = part.stamp - part.staged_at if part.staged_at is not None else 0
         for r in part.rows.values():
@@ -1302,7 +1304,6 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged]) -> None:
                 h = None
             else:
                 own.append(text_)
-            counts[ver] += 1
             out.append((part.key, ver, r["stix_type"], r["date_added"] + shift, r["is_first"], r["is_last"], h, r["encrypt_in_transit"],
                         r["origin"]))
     if own:
@@ -1311,7 +1312,8 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged]) -> None:
     conn.exec_driver_sql(
         f"INSERT INTO objects ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join([mark] * len(_ROW_COLUMNS))})", out
     )
-    conn.exec_driver_sql(f"UPDATE versions SET rows = rows + {mark} WHERE key = {mark}", [(n, v) for v, n in counts.items()])
+    if counts:  # versions stored before: one more reference per new row
+        conn.exec_driver_sql(f"UPDATE versions SET rows = rows + {mark} WHERE key = {mark}", [(n, known[k][0]) for k, n in counts.items()])
 
 
 #: the columns of an ``objects`` row as ``_insert_versions`` writes them (``seq`` is the database's)
@@ -1336,12 +1338,12 @@ def _version_keys(conn: Connection, keys: Iterable[tuple[str, int]]) -> dict[tup
     return out
 
 
-def _new_versions(conn: Connection, new: Sequence[tuple[str, int, str, str, bytes]]) -> dict[tuple[str, int], tuple[int, bytes]]:
-    """Insert ``versions`` rows (``(stix_id, version_key, version, spec_version, body_hash)``, none stored yet, no
-    two alike) with no rows referencing them yet; their keys and body hashes, as ``_version_keys`` gives them."""
+def _new_versions(conn: Connection, new: Sequence[tuple[str, int, str, str, bytes, int]]) -> dict[tuple[str, int], tuple[int, bytes]]:
+    """Insert ``versions`` rows (``(stix_id, version_key, version, spec_version, body_hash, rows)``, none stored yet,
+    no two alike); their keys and body hashes, as ``_version_keys`` gives them."""
     out: dict[tuple[str, int], tuple[int, bytes]] = {}
     mark = _placeholder(conn)
-    one = f"({', '.join([mark] * 5)}, 0)"
+    one = f"({', '.join([mark] * 6)})"
     for chunk in _chunks(list(new), _CHUNK):
         # one multi-row INSERT ... RETURNING per chunk (SQLite >= 3.35, PostgreSQL): the keys without a second lookup
         got = conn.exec_driver_sql(
