@@ -171,12 +171,14 @@ def is_withdrawal_note(obj: Mapping[str, Any], creator: str | None = None) -> bo
 
 def after_judging(
     opened: OpenNode, conn: Any, partner: str, target_id: str, src: Any, objs: Sequence[dict], decisions: Sequence[Any], policy: Policy,
+    holds: Mapping[str, dict] | None = None,
 ) -> list[audit.Entry]:
     """The release walk's hook: withdraw what ``partner`` holds of objects whose newest version it may no longer get.
 
     A withheld version counts only if it is the object's newest in ``src`` and not merely deferred
     (a reference not released yet); a withdrawal from the origin that the policy lets through
-    (it is already written) is audited as a relayed withdrawal.
+    (it is already written) is audited as a relayed withdrawal.  ``holds``: what ``target_id`` holds
+    (last versions by id) of at least the withheld objects, if already read (``withheld_ids``).
     """
     deferred = {c.id for c in policy.clauses_of("integrity-required-refs")}
     entries: list[audit.Entry] = []
@@ -193,7 +195,7 @@ def after_judging(
     entries += _onward_notes(opened, conn, partner, target_id, src, objs, policy)
     if not withheld:
         return entries
-    held = opened.store.latest_in(conn, target_id, withheld)
+    held = opened.store.latest_in(conn, target_id, withheld) if holds is None else {i: holds[i] for i in withheld if i in holds}
     if not held:
         return entries
     newest = opened.store.latest_in(conn, src.id, held)
@@ -209,6 +211,11 @@ def after_judging(
             entries.append(e)
     opened.store.add_in(conn, target_id, signed(opened, target_id, writes))  # one write for the batch's withdrawals
     return entries
+
+
+def withheld_ids(objs: Sequence[dict], decisions: Sequence[Any]) -> set[str]:
+    """The ids ``after_judging`` looks up in the recipient's collection (a superset: deferred ones too)."""
+    return {o["id"] for o, d in zip(objs, decisions, strict=True) if d.decision == "withhold"}
 
 
 def _onward_notes(opened: OpenNode, conn: Any, partner: str, target_id: str, src: Any, objs: Sequence[dict], policy: Policy) -> list[audit.Entry]:

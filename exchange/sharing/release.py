@@ -310,9 +310,15 @@ def _judge_and_write_many(
     # every partner's rows in one write: a body shared by several is made and stored once
     opened.store.add_in_many(conn, [(targets[p].id, plans[p][2]) for p in partners], origin="release", index_signatures=False)
     out: dict[str, _Batch] = {}
+    # what each partner holds of the objects withheld from it, one lookup per group (its withheld ids are alike)
+    holds: dict[str, dict[str, dict]] = {}
+    for group in judged:
+        ids = lifecycle.withheld_ids(objs, group.decisions[group.recipients[0]])
+        if ids:
+            holds.update(opened.store.latest_in_many(conn, [targets[p].id for p in group.recipients], ids))
     for group in judged:
         for p in group.recipients:
-            out[p] = _judged(opened, conn, p, targets[p], policy, src, objs, plans[p][0], plans[p][1])
+            out[p] = _judged(opened, conn, p, targets[p], policy, src, objs, plans[p][0], plans[p][1], holds.get(targets[p].id, {}))
         out[group.recipients[0]].entries[:0] = _decision_entries(group, src, objs, work)  # recorded once for the group
     return {p: out[p] for p in partners}
 
@@ -358,10 +364,11 @@ def _to_write(
 
 def _judged(
     opened: OpenNode, conn: Any, partner: str, target: Any, policy: Policy, src: Any, objs: list[dict], decisions: list,
-    travel: list[dict],
+    travel: list[dict], holds: dict[str, dict],
 ) -> _Batch:
     """After one partner's rows are written: the audit entries of its companions and withdrawals, and its tally
-    (its decisions' entries are its group's: ``_decision_entries``)."""
+    (its decisions' entries are its group's: ``_decision_entries``).  ``holds``: what it holds of what is withheld
+    from it (``lifecycle.withheld_ids``)."""
     companion_clause = policy.one("companions")
     entries = [
         audit.Entry(
@@ -372,7 +379,7 @@ def _judged(
         )
         for o in travel
     ]
-    withdrawals = lifecycle.after_judging(opened, conn, partner, target.id, src, objs, decisions, policy)
+    withdrawals = lifecycle.after_judging(opened, conn, partner, target.id, src, objs, decisions, policy, holds)
     tally = Released(evaluated=len(decisions), companions=len(travel), withdrawn=len(withdrawals))
     for d in decisions:
         if d.decision == "share":

@@ -649,17 +649,27 @@ class Store:
         # staged alike but for the collection and its stamp, so staged once (partners of one release group)
         alike: dict[tuple[int, ...], tuple[_Staged, AddResult, dict]] = {}
         work: list[tuple[str, Sequence[dict], AddResult, int, _Staged]] = []
+        keys = {cid: self._key_for_write(conn, cid) for cid, objs in batches if objs}
+        # the stored versions of each batch's ids, one lookup for all the collections given the same ids
+        by_ids: dict[tuple[str, ...], list[int]] = {}
+        for cid, objs in batches:
+            if objs:
+                by_ids.setdefault(tuple(dict.fromkeys(o["id"] for o in objs)), []).append(keys[cid])
+        stored = {(k, ids): found for ids, ks in by_ids.items() for k, found in _stored_versions(conn, ks, ids).items()}
+        wanted_memo: dict[tuple[int, ...], list[str]] = {}
         for (collection_id, objs), result in zip(batches, results, strict=True):
             if not objs:
                 continue
-            key = self._key_for_write(conn, collection_id)
+            key = keys[collection_id]
             latest = conn.execute(select(func.max(object_rows.c.date_added)).where(object_rows.c.coll == key)).scalar()
             stamp = max(date_added or now_us(), (latest or 0) + 1)
             result.date_added = stamp
-            ids = list(dict.fromkeys(o["id"] for o in objs))
-            existing = _stored_versions(conn, key, ids)
-            defs = self._marking_defs(conn, key, objs, refs_memo)
+            existing = stored[(key, tuple(dict.fromkeys(o["id"] for o in objs)))]
             shape = tuple(map(id, objs))
+            wanted = wanted_memo.get(shape)
+            if wanted is None:
+                wanted = wanted_memo[shape] = _wanted_defs(objs, refs_memo)
+            defs = self._marking_defs(conn, key, objs, refs_memo, wanted)
             prior = alike.get(shape) if not existing else None
             if prior is not None and prior[2] == defs:
                 staged = prior[0].moved(key, stamp)
@@ -700,14 +710,14 @@ class Store:
         conn.execute(delete(sync_state).where(sync_state.c.name == name))
         conn.execute(insert(sync_state).values(name=name, value=value))
 
-    def _marking_defs(self, conn: Connection, key: int, objs: Sequence[dict], refs_memo: dict[int, list[str]]) -> dict[str, dict]:
+    def _marking_defs(
+        self, conn: Connection, key: int, objs: Sequence[dict], refs_memo: dict[int, list[str]], wanted: list[str] | None = None,
+    ) -> dict[str, dict]:
         """The marking definitions ``objs`` reference that the batch itself does not hold, from the collection of ``key``
         (where the release and the sync agents store them with the objects); ``refs_memo``: marking references by
-        ``id(object)``, shared by the collections of one ``add_in_many``."""
-        from exchange.policy.markings import LEVEL_OF
-
-        inside = {o["id"] for o in objs if o.get("type") == "marking-definition"}
-        wanted = sorted({r for o in objs for r in _refs_of(o, refs_memo) if r not in LEVEL_OF and r not in inside})
+        ``id(object)``, shared by the collections of one ``add_in_many``; ``wanted``: those references if known."""
+        if wanted is None:
+            wanted = _wanted_defs(objs, refs_memo)
         defs: dict[str, dict] = {}
         for chunk in _chunks(wanted, _CHUNK):
             for sid, body in conn.execute(
@@ -738,6 +748,24 @@ class Store:
                 noted = orjson.loads(self.get_state(key, conn) or "[]")
                 self.set_state(conn, key, orjson.dumps([*noted, [object_id, sorted(r.version for r in found)]]).decode())
             return len(found)
+
+    def latest_in_many(self, conn: Connection, collection_ids: Sequence[str], ids: Iterable[str]) -> dict[str, dict[str, dict]]:
+        """``latest_in`` for several collections and the same ids, by collection id: one lookup of the ids for all."""
+        out: dict[str, dict[str, dict]] = {cid: {} for cid in collection_ids}
+        keys = self.collection_keys(conn, collection_ids)
+        if not keys:
+            return out
+        by_key = {k: cid for cid, k in keys.items()}
+        coll = objects.c.coll.in_(list(by_key))
+        for chunk in _chunks(sorted(set(ids)), _CHUNK):
+            for key, sid, body, last in conn.execute(
+                select(objects.c.coll, objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
+                    coll, objects.c.stix_id.in_(chunk)
+                )
+            ):
+                if last:
+                    out[by_key[key]][sid] = orjson.loads(body)
+        return out
 
     def latest_in(self, conn: Connection, collection_id: str, ids: Iterable[str]) -> dict[str, dict]:
         """The last version of each of ``ids`` in a collection, parsed, read inside ``conn``'s transaction."""
@@ -1081,6 +1109,14 @@ def _refs_of(obj: dict, memo: dict[int, list[str]]) -> list[str]:
     return found
 
 
+def _wanted_defs(objs: Sequence[dict], refs_memo: dict[int, list[str]]) -> list[str]:
+    """The marking definitions ``objs`` reference that are neither TLP 2.0's nor in the batch itself."""
+    from exchange.policy.markings import LEVEL_OF
+
+    inside = {o["id"] for o in objs if o.get("type") == "marking-definition"}
+    return sorted({r for o in objs for r in _refs_of(o, refs_memo) if r not in LEVEL_OF and r not in inside})
+
+
 def _encryption_check(objs: Sequence[dict], stored_defs: dict[str, dict], refs_memo: dict[int, list[str]]) -> Callable[[dict], bool]:
     """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
 
@@ -1100,16 +1136,18 @@ def _encryption_check(objs: Sequence[dict], stored_defs: dict[str, dict], refs_m
     return check
 
 
-def _stored_versions(conn: Connection, key: int, ids: Sequence[str]) -> dict[str, list]:
-    """The stored versions of ``ids`` in the collection of ``key`` (seq, version key, first/last flags), by id."""
-    existing: dict[str, list] = {}
+def _stored_versions(conn: Connection, keys: Sequence[int], ids: Sequence[str]) -> dict[int, dict[str, list]]:
+    """The stored versions of ``ids`` in each collection of ``keys`` (seq, version key, first/last flags), by key, then
+    by id: one lookup of the ids for all the collections."""
+    existing: dict[int, dict[str, list]] = {k: {} for k in keys}
+    coll = objects.c.coll == keys[0] if len(keys) == 1 else objects.c.coll.in_(list(keys))
     for chunk in _chunks(ids, _CHUNK):
         for row in conn.execute(
             select(
-                objects.c.seq, objects.c.stix_id, objects.c.version_key, objects.c.is_first, objects.c.is_last
-            ).where(objects.c.coll == key, objects.c.stix_id.in_(chunk))
+                objects.c.coll, objects.c.seq, objects.c.stix_id, objects.c.version_key, objects.c.is_first, objects.c.is_last
+            ).where(coll, objects.c.stix_id.in_(chunk))
         ):
-            existing.setdefault(row.stix_id, []).append(row)
+            existing[row.coll].setdefault(row.stix_id, []).append(row)
     return existing
 
 
