@@ -756,7 +756,7 @@ class Store:
         if not keys:
             return out
         by_key = {k: cid for cid, k in keys.items()}
-        coll = objects.c.coll.in_(list(by_key))
+        coll = objects.c.coll == next(iter(by_key)) if len(by_key) == 1 else objects.c.coll.in_(list(by_key))
         for chunk in _chunks(sorted(set(ids)), _CHUNK):
             for key, sid, body, last in conn.execute(
                 select(objects.c.coll, objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
@@ -769,19 +769,7 @@ class Store:
 
     def latest_in(self, conn: Connection, collection_id: str, ids: Iterable[str]) -> dict[str, dict]:
         """The last version of each of ``ids`` in a collection, parsed, read inside ``conn``'s transaction."""
-        out: dict[str, dict] = {}
-        key = self.collection_key(conn, collection_id)
-        if key is None:
-            return out
-        for chunk in _chunks(sorted(set(ids)), _CHUNK):
-            for sid, body, last in conn.execute(
-                select(objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
-                    objects.c.coll == key, objects.c.stix_id.in_(chunk)
-                )
-            ):
-                if last:
-                    out[sid] = orjson.loads(body)
-        return out
+        return self.latest_in_many(conn, [collection_id], ids)[collection_id]
 
     def versions_list(self, collection_id: str, object_id: str) -> list[str]:
         """The stored versions of one object in a collection."""
