@@ -1506,22 +1506,42 @@ def _plan_statistics(engine: Engine) -> None:
     each row to its version (issue 21: a release batch's stored-version lookup grew with
     the partner's collection).  The figures describe a large node, so the plans are the
     ones that scale: ids through ``versions``' unique index, pages through the keyset index.
-    Written at every open (a few rows; statistics a manual ``ANALYZE`` left are replaced) and
-    read by every connection opened after (the pool is emptied).
+    Checked at every open and written when they differ (the first open of a database, or after
+    a manual ``ANALYZE``): a read then, never a write, when several workers open at once.  The
+    write takes the write lock up front (``BEGIN IMMEDIATE``: a busy wait, never a failed
+    upgrade of a read); every connection opened after reads them (the pool is emptied).
     """
-    with engine.begin() as conn:
+    with engine.connect() as conn:
+        wanted = _planned_stats(conn)
+        have = set()
+        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").first() is not None:
+            have = {tuple(r) for r in conn.exec_driver_sql(
+                f"SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl IN ({', '.join('?' * len(_PLANNED_DISTINCT))})",
+                tuple(_PLANNED_DISTINCT)).all()}
+    if have == wanted:
+        return
+    with engine.connect().execution_options(cti_write=True, cti_durable=True) as conn, conn.begin():
         conn.exec_driver_sql("ANALYZE meta")  # makes sqlite_stat1 if there is none (a tiny table: nothing to scan)
-        for table, distinct in _PLANNED_DISTINCT.items():
+        for table in _PLANNED_DISTINCT:
             conn.exec_driver_sql("DELETE FROM sqlite_stat1 WHERE tbl = ?", (table,))
-            for (index,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)).all():
-                columns = [r[2] for r in conn.exec_driver_sql(f"PRAGMA index_info('{index}')")]
-                stat, left = [_PLANNED_ROWS], _PLANNED_ROWS
-                for col in columns:
-                    left = max(1, left // distinct.get(col, _PLANNED_ROWS))
-                    stat.append(left)
-                conn.exec_driver_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", (table, index, " ".join(map(str, stat))))
+        for row in sorted(_planned_stats(conn)):
+            conn.exec_driver_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", row)
         conn.exec_driver_sql("ANALYZE sqlite_master")  # this connection reads them again now
     engine.dispose()  # and every pooled one when it is next opened
+
+
+def _planned_stats(conn: Connection) -> set[tuple[str, str, str]]:
+    """The ``sqlite_stat1`` rows ``_plan_statistics`` gives: ``(table, index, stat)`` for every index of the row tables."""
+    out: set[tuple[str, str, str]] = set()
+    for table, distinct in _PLANNED_DISTINCT.items():
+        for (index,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)).all():
+            columns = [r[2] for r in conn.exec_driver_sql(f"PRAGMA index_info('{index}')")]
+            stat, left = [_PLANNED_ROWS], _PLANNED_ROWS
+            for col in columns:
+                left = max(1, left // distinct.get(col, _PLANNED_ROWS))
+                stat.append(left)
+            out.add((table, index, " ".join(map(str, stat))))
+    return out
 
 
 def _configure_sqlite(engine: Engine) -> None:

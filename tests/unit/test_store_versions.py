@@ -186,3 +186,37 @@ def test_a_redacted_copy_keeps_a_body_of_its_own_and_both_read_back(tmp_path, da
             assert conn.execute(text("SELECT count(*) FROM objects WHERE body_hash IS NOT NULL")).scalar() == 1
     finally:
         store.close()
+
+
+def test_the_planner_statistics_are_written_once_and_restored_after_a_manual_analyze(tmp_path):
+    """Opening a database whose statistics are already the planned ones writes nothing (several workers open at once);
+    statistics a manual ``ANALYZE`` left are replaced by the planned ones at the next open."""
+    import sqlite3
+
+    def stats() -> set:
+        db = sqlite3.connect(tmp_path / DB_FILE)
+        try:
+            return set(db.execute("SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl IN ('objects', 'versions', 'bodies')"))
+        finally:
+            db.close()
+
+    store = Store.open(data_dir=tmp_path)
+    store.add_objects(OWN, [new_indicator(i) for i in range(50)])
+    store.close()
+    planned = stats()
+    assert planned and all(s.startswith("1000000 ") for _, _, s in planned)
+    watcher = sqlite3.connect(tmp_path / DB_FILE)
+    try:  # PRAGMA data_version changes when another connection commits to the file
+        before = watcher.execute("PRAGMA data_version").fetchone()[0]
+        Store.open(data_dir=tmp_path).close()
+        after = watcher.execute("PRAGMA data_version").fetchone()[0]
+    finally:
+        watcher.close()
+    assert stats() == planned and after == before  # nothing written
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    db.execute("ANALYZE")
+    db.commit()
+    db.close()
+    assert stats() != planned  # the real counts of a 50-row node
+    Store.open(data_dir=tmp_path).close()
+    assert stats() == planned
