@@ -486,14 +486,11 @@ class Store:
         iterable of ids): ``objects.coll`` against their keys, false if none has a key.  For modules outside the store
         that query ``objects`` themselves (metrics, the UI, the audit check): they never name the key column.
         ``on``: ``schema.object_rows`` for a query on the rows alone (counts, newest ``date_added``)."""
-        col = on.c.coll
         if isinstance(collection_ids, str):
             key = self.collection_key(conn, collection_ids)
-            return col == key if key is not None else false()
+            return on.c.coll == key if key is not None else false()
         keys = list(self.collection_keys(conn, collection_ids).values())
-        if not keys:
-            return false()
-        return col == keys[0] if len(keys) == 1 else col.in_(keys)
+        return _coll_in(on.c.coll, keys) if keys else false()
 
     def _key_for_write(self, conn: Connection, collection_id: str) -> int:
         """The collection's key, made inside ``conn``'s write transaction if it has none (it goes if that rolls back)."""
@@ -650,26 +647,33 @@ class Store:
         alike: dict[tuple[int, ...], tuple[_Staged, AddResult, dict]] = {}
         work: list[tuple[str, Sequence[dict], AddResult, int, _Staged]] = []
         keys = {cid: self._key_for_write(conn, cid) for cid, objs in batches if objs}
-        # the stored versions of each batch's ids, one lookup for all the collections given the same ids
+        ids_of = [tuple(dict.fromkeys(o["id"] for o in objs)) for _, objs in batches]
+        # the stored versions of each batch's ids (``versions``, whatever collection holds them) and which of them each
+        # collection holds: one lookup for all the collections given the same ids
         by_ids: dict[tuple[str, ...], list[int]] = {}
-        for cid, objs in batches:
+        for (cid, objs), ids in zip(batches, ids_of, strict=True):
             if objs:
-                by_ids.setdefault(tuple(dict.fromkeys(o["id"] for o in objs)), []).append(keys[cid])
-        stored = {(k, ids): found for ids, ks in by_ids.items() for k, found in _stored_versions(conn, ks, ids).items()}
+                by_ids.setdefault(ids, []).append(keys[cid])
+        known: dict[tuple[str, int], tuple[int, bytes]] = {}
+        stored: dict[tuple[int, tuple[str, ...]], dict[str, list]] = {}
+        for ids, ks in by_ids.items():
+            of_ids = _versions_of(conn, ids)
+            known.update(of_ids)
+            stored.update({(k, ids): found for k, found in _stored_versions(conn, ks, of_ids).items()})
         wanted_memo: dict[tuple[int, ...], list[str]] = {}
-        for (collection_id, objs), result in zip(batches, results, strict=True):
+        for (collection_id, objs), ids, result in zip(batches, ids_of, results, strict=True):
             if not objs:
                 continue
             key = keys[collection_id]
             latest = conn.execute(select(func.max(object_rows.c.date_added)).where(object_rows.c.coll == key)).scalar()
             stamp = max(date_added or now_us(), (latest or 0) + 1)
             result.date_added = stamp
-            existing = stored[(key, tuple(dict.fromkeys(o["id"] for o in objs)))]
+            existing = stored[(key, ids)]
             shape = tuple(map(id, objs))
             wanted = wanted_memo.get(shape)
             if wanted is None:
                 wanted = wanted_memo[shape] = _wanted_defs(objs, refs_memo)
-            defs = self._marking_defs(conn, key, objs, refs_memo, wanted)
+            defs = _stored_defs(conn, key, wanted)
             prior = alike.get(shape) if not existing else None
             if prior is not None and prior[2] == defs:
                 staged = prior[0].moved(key, stamp)
@@ -684,7 +688,7 @@ class Store:
                     alike[shape] = (staged, result, defs)
             if staged.rows:
                 work.append((collection_id, objs, result, stamp, staged))
-        _insert_versions(conn, [staged for *_, staged in work])
+        _insert_versions(conn, [staged for *_, staged in work], known)
         for collection_id, objs, result, stamp, staged in work:
             if index_signatures:
                 _index_members(conn, collection_id, objs, staged.rows)
@@ -709,24 +713,6 @@ class Store:
         """Persist a bookmark inside the caller's transaction (with the data it covers)."""
         conn.execute(delete(sync_state).where(sync_state.c.name == name))
         conn.execute(insert(sync_state).values(name=name, value=value))
-
-    def _marking_defs(
-        self, conn: Connection, key: int, objs: Sequence[dict], refs_memo: dict[int, list[str]], wanted: list[str] | None = None,
-    ) -> dict[str, dict]:
-        """The marking definitions ``objs`` reference that the batch itself does not hold, from the collection of ``key``
-        (where the release and the sync agents store them with the objects); ``refs_memo``: marking references by
-        ``id(object)``, shared by the collections of one ``add_in_many``; ``wanted``: those references if known."""
-        if wanted is None:
-            wanted = _wanted_defs(objs, refs_memo)
-        defs: dict[str, dict] = {}
-        for chunk in _chunks(wanted, _CHUNK):
-            for sid, body in conn.execute(
-                select(objects.c.stix_id, bodies.c.body).select_from(_WITH_BODY).where(
-                    objects.c.coll == key, objects.c.stix_id.in_(chunk)
-                )
-            ):
-                defs.setdefault(sid, orjson.loads(body))
-        return defs
 
     def delete_object(self, sel: Selection, object_id: str) -> int:
         """Delete the selected versions of one object (TAXII 2.1 s5.7); returns how many.
@@ -756,7 +742,7 @@ class Store:
         if not keys:
             return out
         by_key = {k: cid for cid, k in keys.items()}
-        coll = objects.c.coll == next(iter(by_key)) if len(by_key) == 1 else objects.c.coll.in_(list(by_key))
+        coll = _coll_in(objects.c.coll, list(by_key))
         for chunk in _chunks(sorted(set(ids)), _CHUNK):
             for key, sid, body, last in conn.execute(
                 select(objects.c.coll, objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
@@ -1105,11 +1091,23 @@ def _wanted_defs(objs: Sequence[dict], refs_memo: dict[int, list[str]]) -> list[
     return sorted({r for o in objs for r in _refs_of(o, refs_memo) if r not in LEVEL_OF and r not in inside})
 
 
+def _stored_defs(conn: Connection, key: int, wanted: Sequence[str]) -> dict[str, dict]:
+    """Those of the marking definitions ``wanted`` (``_wanted_defs``) that the collection of ``key`` holds, parsed (the
+    release and the sync agents store them with the objects)."""
+    defs: dict[str, dict] = {}
+    for chunk in _chunks(wanted, _CHUNK):
+        for sid, body in conn.execute(
+            select(objects.c.stix_id, bodies.c.body).select_from(_WITH_BODY).where(objects.c.coll == key, objects.c.stix_id.in_(chunk))
+        ):
+            defs.setdefault(sid, orjson.loads(body))
+    return defs
+
+
 def _encryption_check(objs: Sequence[dict], stored_defs: dict[str, dict], refs_memo: dict[int, list[str]]) -> Callable[[dict], bool]:
     """A function telling whether an object may cross only encrypted channels (IEP ``encrypt_in_transit``).
 
     Marking definitions are resolved from the batch itself, then from ``stored_defs``
-    (``Store._marking_defs``: those of the collection written to).
+    (``_stored_defs``: those of the collection written to).
     """
     from exchange.policy.markings import LEVEL_OF, encryption_required
 
@@ -1124,18 +1122,30 @@ def _encryption_check(objs: Sequence[dict], stored_defs: dict[str, dict], refs_m
     return check
 
 
-def _stored_versions(conn: Connection, keys: Sequence[int], ids: Sequence[str]) -> dict[int, dict[str, list]]:
-    """The stored versions of ``ids`` in each collection of ``keys`` (seq, version key, first/last flags), by key, then
-    by id: one lookup of the ids for all the collections."""
-    existing: dict[int, dict[str, list]] = {k: {} for k in keys}
-    coll = objects.c.coll == keys[0] if len(keys) == 1 else objects.c.coll.in_(list(keys))
-    for chunk in _chunks(ids, _CHUNK):
-        for row in conn.execute(
-            select(
-                objects.c.coll, objects.c.seq, objects.c.stix_id, objects.c.version_key, objects.c.is_first, objects.c.is_last
-            ).where(coll, objects.c.stix_id.in_(chunk))
+class _StoredRow(NamedTuple):
+    """A stored version of an id in a collection, as staging needs it (``_stored_versions``)."""
+
+    seq: int
+    stix_id: str
+    version_key: int
+    is_first: bool
+    is_last: bool
+
+
+def _stored_versions(
+    conn: Connection, keys: Sequence[int], of_ids: dict[tuple[str, int], tuple[int, bytes]],
+) -> dict[int, dict[str, list[_StoredRow]]]:
+    """Which of the versions ``of_ids`` (``_versions_of`` the batch's ids) each collection of ``keys`` holds, by key,
+    then by id: one read of the rows alone for all the collections."""
+    existing: dict[int, dict[str, list[_StoredRow]]] = {k: {} for k in keys}
+    by_ver = {ver: version for version, (ver, _) in of_ids.items()}
+    c = object_rows.c
+    for chunk in _chunks(list(by_ver), _CHUNK):
+        for coll, seq, ver, is_first, is_last in conn.execute(
+            select(c.coll, c.seq, c.ver, c.is_first, c.is_last).where(_coll_in(c.coll, list(keys)), c.ver.in_(chunk))
         ):
-            existing[row.coll].setdefault(row.stix_id, []).append(row)
+            sid, vkey = by_ver[ver]
+            existing[coll].setdefault(sid, []).append(_StoredRow(seq, sid, vkey, is_first, is_last))
     return existing
 
 
@@ -1296,9 +1306,10 @@ def _flag_versions(conn: Connection, existing: dict[str, list], pending: dict[tu
         conn.execute(update(object_rows).where(object_rows.c.seq.in_(chunk)).values(is_last=False))
 
 
-def _insert_versions(conn: Connection, parts: Sequence[_Staged]) -> None:
+def _insert_versions(conn: Connection, parts: Sequence[_Staged], known: dict[tuple[str, int], tuple[int, bytes]]) -> None:
     """Insert the flagged new rows of one or more collections: each version once (``versions``), its body once
-    (``put_bodies``), and a row a body of its own only where its text differs from its version's."""
+    (``put_bodies``), and a row a body of its own only where its text differs from its version's.  ``known``: the
+    stored versions of the batches' ids (``_versions_of``); it gets the new ones."""
     rows = [r for part in parts for r in part.rows.values()]
     if not rows:
         return
@@ -1306,16 +1317,14 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged]) -> None:
     first: dict[tuple[str, int], dict] = {}  # each version's first staged row, in order
     for r in rows:
         first.setdefault((r["stix_id"], r["version_key"]), r)
-    known = _version_keys(conn, first)
     new = [r for k, r in first.items() if k not in known]
     counts: Counter = Counter((r["stix_id"], r["version_key"]) for r in rows)  # rows per version, new ones made with theirs
     if new:
         bodies_of = put_bodies(conn, [r["body"] for r in new], hashes)
-        made = _new_versions(conn, [
+        known.update(_new_versions(conn, [
             (r["stix_id"], r["version_key"], r["version"], r["spec_version"], h, counts.pop((r["stix_id"], r["version_key"])))
             for r, h in zip(new, bodies_of, strict=True)
-        ])
-        known.update(made)
+        ]))
     out: list[tuple] = []
     own: list[str] = []
     for part in parts:
@@ -1348,25 +1357,24 @@ _ROW_COLUMNS = ("coll", "ver", "stix_type", "date_added", "is_first", "is_last",
 _DROP_COLUMNS = (objects.c.seq, objects.c.ver, objects.c.own_body_hash, objects.c.version_body_hash)
 
 
-def _version_keys(conn: Connection, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, bytes]]:
-    """The stored versions among ``keys`` (``(stix_id, version_key)``): their ``versions.key`` and body hash."""
-    wanted = set(keys)
+def _versions_of(conn: Connection, ids: Sequence[str]) -> dict[tuple[str, int], tuple[int, bytes]]:
+    """Every stored version of ``ids`` (``(stix_id, version_key)``), whatever collections hold it: its ``versions.key``
+    and body hash."""
     out: dict[tuple[str, int], tuple[int, bytes]] = {}
     mark = _placeholder(conn)
-    for chunk in _chunks(sorted({sid for sid, _ in wanted}), _CHUNK):
+    for chunk in _chunks(ids, _CHUNK):
         # plain SQL, all rows in one driver call: a push's or a release's batch looks up a thousand ids at a time
         found = conn.exec_driver_sql(
             f"SELECT key, stix_id, version_key, body_hash FROM versions WHERE stix_id IN ({', '.join([mark] * len(chunk))})", tuple(chunk)
         ).fetchall()
         for key, sid, vkey, h in found:
-            if (sid, vkey) in wanted:
-                out[(sid, vkey)] = (key, bytes(h))
+            out[(sid, vkey)] = (key, bytes(h))
     return out
 
 
 def _new_versions(conn: Connection, new: Sequence[tuple[str, int, str, str, bytes, int]]) -> dict[tuple[str, int], tuple[int, bytes]]:
     """Insert ``versions`` rows (``(stix_id, version_key, version, spec_version, body_hash, rows)``, none stored yet,
-    no two alike); their keys and body hashes, as ``_version_keys`` gives them."""
+    no two alike); their keys and body hashes, as ``_versions_of`` gives them."""
     out: dict[tuple[str, int], tuple[int, bytes]] = {}
     mark = _placeholder(conn)
     one = f"({', '.join([mark] * 6)})"
@@ -1392,12 +1400,10 @@ def _drop_rows(conn: Connection, found: Sequence) -> None:
     counts = Counter(r.ver for r in found)
     mark = _placeholder(conn)
     conn.exec_driver_sql(f"UPDATE versions SET rows = rows - {mark} WHERE key = {mark}", [(n, ver) for ver, n in counts.items()])
-    gone: list[tuple[int, bytes]] = []
+    gone: list[bytes] = []
     for chunk in _chunks(list(counts), _CHUNK):
-        gone += conn.execute(select(versions.c.key, versions.c.body_hash).where(versions.c.key.in_(chunk), versions.c.rows <= 0)).all()
-    for chunk in _chunks([k for k, _ in gone], _CHUNK):
-        conn.execute(delete(versions).where(versions.c.key.in_(chunk)))
-    drop_bodies(conn, [h for _, h in gone])
+        gone += conn.execute(delete(versions).where(versions.c.key.in_(chunk), versions.c.rows <= 0).returning(versions.c.body_hash)).scalars()
+    drop_bodies(conn, gone)
 
 
 def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], staged: dict[tuple[str, int], dict]) -> None:
@@ -1436,6 +1442,11 @@ def _refresh_flags(conn: Connection, key: int, object_id: str) -> None:
     last = max(rows, key=lambda r: r.version_key).seq
     c = object_rows.c
     conn.execute(update(object_rows).where(c.seq.in_([r.seq for r in rows])).values(is_first=c.seq == first, is_last=c.seq == last))
+
+
+def _coll_in(col: ColumnElement, keys: Sequence[int]) -> ColumnElement[bool]:
+    """``col`` (a ``coll`` column) is one of ``keys`` (at least one): ``=`` for one, ``IN`` for several."""
+    return col == keys[0] if len(keys) == 1 else col.in_(list(keys))
 
 
 def _on_rows_alone(sel: Selection, object_id: str | None) -> bool:
@@ -1524,7 +1535,7 @@ def _plan_statistics(engine: Engine) -> None:
         conn.exec_driver_sql("ANALYZE meta")  # makes sqlite_stat1 if there is none (a tiny table: nothing to scan)
         for table in _PLANNED_DISTINCT:
             conn.exec_driver_sql("DELETE FROM sqlite_stat1 WHERE tbl = ?", (table,))
-        for row in sorted(_planned_stats(conn)):
+        for row in sorted(wanted):
             conn.exec_driver_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", row)
         conn.exec_driver_sql("ANALYZE sqlite_master")  # this connection reads them again now
     engine.dispose()  # and every pooled one when it is next opened
