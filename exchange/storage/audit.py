@@ -239,14 +239,17 @@ def expand(e: Entry) -> list[Entry]:
     return [Entry(e.event, name, e.object_id, e.version, e.decision, e.clauses, _filled(e.detail, name)) for name in e.partners]
 
 
-def _digest(prev: str, seq: int, at: int, e: Entry) -> str:
+def _digest(prev: str, seq: int, at: int, e: Entry, detail: bytes | None = None) -> str:
     """SHA-256 of the previous hash and the entry; a group entry's member list is hashed after the detail
-    (an entry without one hashes exactly as before group entries existed)."""
-    fields = [seq, at, e.event, e.partner, e.object_id, e.version, e.decision, list(e.clauses), e.detail]
-    if e.partners:
-        fields.append(list(e.partners))
-    body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(prev.encode("ascii") + b"|" + body).hexdigest()
+    (an entry without one hashes exactly as before group entries existed).  ``detail``: the entry's detail as
+    ``orjson.dumps(e.detail, option=OPT_SORT_KEYS)`` when the caller made it already (the row stores that text)."""
+    if detail is None:
+        detail = orjson.dumps(e.detail, option=orjson.OPT_SORT_KEYS)
+    # the compact JSON of [seq, at, event, partner, object_id, version, decision, clauses, detail(, partners)],
+    # sorted keys in the detail: the head of the list, the detail's text, then the members (if any)
+    head = orjson.dumps([seq, at, e.event, e.partner, e.object_id, e.version, e.decision, list(e.clauses)])
+    tail = b"," + orjson.dumps(list(e.partners)) + b"]" if e.partners else b"]"
+    return hashlib.sha256(prev.encode("ascii") + b"|" + head[:-1] + b"," + detail + tail).hexdigest()
 
 
 def _check_group(e: Entry) -> None:
@@ -302,12 +305,13 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
             raise ValueError(f"unknown audit event {e.event!r}")
         _check_group(e)
         seq += 1
-        h = _digest(prev, seq, stamp, e)
+        detail = orjson.dumps(e.detail, option=orjson.OPT_SORT_KEYS)
+        h = _digest(prev, seq, stamp, e, detail)
         rows.append(
             {
                 "seq": seq, "at": stamp, "event": e.event, "partner": e.partner, "object_id": e.object_id,
                 "version": e.version, "decision": e.decision, "clauses": orjson.dumps(list(e.clauses)).decode(),
-                "detail": orjson.dumps(e.detail, option=orjson.OPT_SORT_KEYS).decode(), "prev": prev, "hash": h,
+                "detail": detail.decode(), "prev": prev, "hash": h,
                 "partners": orjson.dumps(list(e.partners)).decode() if e.partners else None,
             }
         )
