@@ -198,12 +198,46 @@ def _check_common(obj: dict) -> str | None:
     return None
 
 
+_REF_KIND: dict[str, int] = {}  # property name -> 1 ``*_ref``, 2 ``*_refs``, 0 neither (names repeat object after object)
+_GOOD_REFS: set[str] = set()  # identifiers that matched ``_ID_RE`` (markings and creators repeat in every object)
+_MEMO_MAX = 4096
+
+
+def _ref_kind(key: str) -> int:
+    kind = _REF_KIND.get(key)
+    if kind is None:
+        kind = 1 if key.endswith("_ref") else 2 if key.endswith("_refs") else 0
+        if len(_REF_KIND) < _MEMO_MAX:
+            _REF_KIND[key] = kind
+    return kind
+
+
+def _is_ref(value: Any) -> bool:
+    """``value`` is a string matching ``_ID_RE`` (the answer for a string seen before is remembered)."""
+    if not isinstance(value, str):
+        return False
+    if value in _GOOD_REFS:
+        return True
+    if _ID_RE.match(value) is None:
+        return False
+    if len(_GOOD_REFS) >= _MEMO_MAX:
+        _GOOD_REFS.clear()
+    _GOOD_REFS.add(value)
+    return True
+
+
 def _check_refs(obj: dict) -> str | None:
     """Every ``*_ref`` property is an identifier and every ``*_refs`` a list of them (STIX 2.1 s2.9)."""
     for key, value in obj.items():
-        if key.endswith("_ref") and (not isinstance(value, str) or _ID_RE.match(value) is None):
-            return f"'{key}' must be a STIX identifier (s2.9)"
-        elif key.endswith("_refs") and (not isinstance(value, list) or not all(isinstance(v, str) and _ID_RE.match(v) for v in value)):
+        kind = _REF_KIND.get(key)
+        if kind is None:
+            kind = _ref_kind(key)
+        if not kind:
+            continue
+        if kind == 1:
+            if not _is_ref(value):
+                return f"'{key}' must be a STIX identifier (s2.9)"
+        elif not isinstance(value, list) or not all(_is_ref(v) for v in value):
             return f"'{key}' must be a list of STIX identifiers (s2.9)"
     return None
 

@@ -43,6 +43,26 @@ def test_each_defect_is_named(mutate, needle):
     assert problem is not None and needle in problem
 
 
+def test_a_reference_seen_valid_before_does_not_vouch_for_another_value():
+    """The checks remember identifiers that passed and property names' kinds: a later object is still judged on
+    its own values, whatever type they are (a list or a dict where an identifier belongs is named, not a crash)."""
+    ident = "identity--371ec1f1-c078-4fd3-9eff-c233c753c388"
+    green = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
+    good = new_indicator(1, marking=green, created_by_ref=ident)
+    assert check_object(good) is None and check_object(new_indicator(2, marking=green, created_by_ref=ident)) is None
+    for bad in (ident + "\n", ident.upper(), [ident], {"id": ident}, None, 7, ident[:-1]):
+        obj = new_indicator(3, marking=green, created_by_ref=bad)
+        problem = check_object(obj)
+        assert problem is not None and "created_by_ref" in problem, bad
+        obj = new_indicator(4, created_by_ref=ident, object_marking_refs=[green, bad])
+        assert check_object(obj) is not None, bad
+    custom = new_indicator(5, created_by_ref=ident)
+    custom["x_acme_sample_refs"] = [ident, "nope"]
+    assert "x_acme_sample_refs" in (check_object(custom) or "")
+    custom["x_acme_sample_refs"] = [ident]
+    assert check_object(custom) is None
+
+
 def test_non_objects_are_refused():
     for thing in (None, 1, "indicator", [1]):
         assert "not a STIX object" in check_object(thing)
