@@ -198,17 +198,23 @@ def _check_common(obj: dict) -> str | None:
     return None
 
 
-_REF_KIND: dict[str, int] = {}  # property name -> 1 ``*_ref``, 2 ``*_refs``, 0 neither (names repeat object after object)
+#: ``property_kind`` of the property names seen so far (names repeat object after object)
+PROPERTY_KINDS: dict[str, int] = {}
+REF, REFS, HOLDS_REFS = 1, 2, 3
 _GOOD_REFS: set[str] = set()  # identifiers that matched ``_ID_RE`` (markings and creators repeat in every object)
 _MEMO_MAX = 4096
 
 
-def _ref_kind(key: str) -> int:
-    kind = _REF_KIND.get(key)
+def property_kind(key: str) -> int:
+    """How a top-level property holds references (STIX 2.1 s2.9, s7.2.3, s7.3): ``REF`` a ``*_ref`` identifier, ``REFS``
+    a ``*_refs`` list of them, ``HOLDS_REFS`` ``granular_markings`` or ``extensions`` (references inside), 0 none.
+    Remembered in ``PROPERTY_KINDS`` (bounded)."""
+    kind = PROPERTY_KINDS.get(key)
     if kind is None:
-        kind = 1 if key.endswith("_ref") else 2 if key.endswith("_refs") else 0
-        if len(_REF_KIND) < _MEMO_MAX:
-            _REF_KIND[key] = kind
+        kind = (REF if key.endswith("_ref") else REFS if key.endswith("_refs")
+                else HOLDS_REFS if key in ("granular_markings", "extensions") else 0)
+        if len(PROPERTY_KINDS) < _MEMO_MAX:
+            PROPERTY_KINDS[key] = kind
     return kind
 
 
@@ -228,16 +234,15 @@ def _is_ref(value: Any) -> bool:
 
 def _check_refs(obj: dict) -> str | None:
     """Every ``*_ref`` property is an identifier and every ``*_refs`` a list of them (STIX 2.1 s2.9)."""
+    kinds = PROPERTY_KINDS
     for key, value in obj.items():
-        kind = _REF_KIND.get(key)
+        kind = kinds.get(key)
         if kind is None:
-            kind = _ref_kind(key)
-        if not kind:
-            continue
-        if kind == 1:
+            kind = property_kind(key)
+        if kind == REF:
             if not _is_ref(value):
                 return f"'{key}' must be a STIX identifier (s2.9)"
-        elif not isinstance(value, list) or not all(_is_ref(v) for v in value):
+        elif kind == REFS and (not isinstance(value, list) or not all(_is_ref(v) for v in value)):
             return f"'{key}' must be a list of STIX identifiers (s2.9)"
     return None
 

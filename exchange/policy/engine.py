@@ -48,7 +48,7 @@ from typing import Any
 from exchange.errors import BadRequest
 from exchange.policy import markings as mk
 from exchange.policy.model import Clause, Policy
-from exchange.stix import REQUIRED, parse_timestamp
+from exchange.stix import PROPERTY_KINDS, REQUIRED, parse_timestamp, property_kind
 
 __all__ = ["Decision", "Explanation", "Judged", "evaluate", "evaluate_many", "explain", "companions", "SHARE", "REDACT", "WITHHOLD"]
 
@@ -1041,24 +1041,14 @@ def _reindex(path: tuple[Any, ...], removed: list[tuple[Any, ...]], removed_list
 _COMPANION_KEYS = ("created_by_ref", "object_marking_refs")
 
 
-_KEY_KIND: dict[str, int] = {}
-
-
-def _key_kind(key: str) -> int:
-    kind = 1 if key.endswith("_ref") else 2 if key.endswith("_refs") else 3 if key in ("granular_markings", "extensions") else 0
-    if len(_KEY_KIND) < 10_000:
-        _KEY_KIND[key] = kind
-    return kind
-
-
 def _refs_of(obj: dict) -> list[tuple[str, str]]:
     """(property, referenced id) for every top-level reference, granular marking refs and extension ids."""
     out: list[tuple[str, str]] = []
-    kinds = _KEY_KIND
+    kinds = PROPERTY_KINDS
     for key, value in obj.items():
         kind = kinds.get(key)
         if kind is None:
-            kind = _key_kind(key)
+            kind = property_kind(key)
         if not kind:
             continue
         if kind == 1:
