@@ -48,7 +48,7 @@ from typing import Any
 from exchange.errors import BadRequest
 from exchange.policy import markings as mk
 from exchange.policy.model import Clause, Policy
-from exchange.stix import PROPERTY_KINDS, REQUIRED, parse_timestamp, property_kind
+from exchange.stix import PROPERTY_KINDS, REF, REFS, REQUIRED, parse_timestamp, property_kind
 
 __all__ = ["Decision", "Explanation", "Judged", "evaluate", "evaluate_many", "explain", "companions", "SHARE", "REDACT", "WITHHOLD"]
 
@@ -1051,10 +1051,10 @@ def _refs_of(obj: dict) -> list[tuple[str, str]]:
             kind = property_kind(key)
         if not kind:
             continue
-        if kind == 1:
+        if kind == REF:
             if isinstance(value, str) and "--" in value:
                 out.append((key, value))
-        elif kind == 2:
+        elif kind == REFS:
             if isinstance(value, list):
                 out.extend([(key, v) for v in value if isinstance(v, str) and "--" in v])
         elif key == "granular_markings" and isinstance(value, list):

@@ -15,7 +15,7 @@ the node *withdraws* the object:
 Triggers (each one audit entry ``withdraw``: partner, object, version, reason, clause):
 
 - the release walk judges a new version that is the object's newest and withholds it, while the
-  partner holds an earlier one (``after_judging``, called from ``release._judge_and_write``);
+  partner holds an earlier one (``after_judging``, called from ``release._judged``);
 - a withdrawal the origin released arrives and is released onward unchanged (``relayed``);
 - an analyst deletes versions in the own collection (TAXII DELETE or ``Store.delete_object``;
   ``withdraw_deleted``): the deleted versions leave every read collection, and if one was what
@@ -171,14 +171,14 @@ def is_withdrawal_note(obj: Mapping[str, Any], creator: str | None = None) -> bo
 
 def after_judging(
     opened: OpenNode, conn: Any, partner: str, target_id: str, src: Any, objs: Sequence[dict], decisions: Sequence[Any], policy: Policy,
-    holds: Mapping[str, dict] | None = None,
+    holds: Mapping[str, dict],
 ) -> list[audit.Entry]:
     """The release walk's hook: withdraw what ``partner`` holds of objects whose newest version it may no longer get.
 
     A withheld version counts only if it is the object's newest in ``src`` and not merely deferred
     (a reference not released yet); a withdrawal from the origin that the policy lets through
     (it is already written) is audited as a relayed withdrawal.  ``holds``: what ``target_id`` holds
-    (last versions by id) of at least the withheld objects, if already read (``withheld_ids``).
+    (last versions by id) of at least the withheld objects (``withheld_ids``; the release reads it once per group).
     """
     deferred = {c.id for c in policy.clauses_of("integrity-required-refs")}
     entries: list[audit.Entry] = []
@@ -195,7 +195,7 @@ def after_judging(
     entries += _onward_notes(opened, conn, partner, target_id, src, objs, policy)
     if not withheld:
         return entries
-    held = opened.store.latest_in(conn, target_id, withheld) if holds is None else {i: holds[i] for i in withheld if i in holds}
+    held = {i: holds[i] for i in withheld if i in holds}
     if not held:
         return entries
     newest = opened.store.latest_in(conn, src.id, held)

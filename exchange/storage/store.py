@@ -1111,9 +1111,7 @@ def _encryption_check(objs: Sequence[dict], stored_defs: dict[str, dict], refs_m
     """
     from exchange.policy.markings import LEVEL_OF, encryption_required
 
-    defs: dict[str, dict | None] = {o["id"]: o for o in objs if o.get("type") == "marking-definition"}
-    for sid, d in stored_defs.items():
-        defs.setdefault(sid, d)
+    defs: dict[str, dict | None] = {**stored_defs, **{o["id"]: o for o in objs if o.get("type") == "marking-definition"}}
 
     def check(obj: dict) -> bool:
         refs = _refs_of(obj, refs_memo)
@@ -1140,9 +1138,10 @@ def _stored_versions(
     existing: dict[int, dict[str, list[_StoredRow]]] = {k: {} for k in keys}
     by_ver = {ver: version for version, (ver, _) in of_ids.items()}
     c = object_rows.c
+    in_colls = _coll_in(c.coll, list(keys))
     for chunk in _chunks(list(by_ver), _CHUNK):
         for coll, seq, ver, is_first, is_last in conn.execute(
-            select(c.coll, c.seq, c.ver, c.is_first, c.is_last).where(_coll_in(c.coll, list(keys)), c.ver.in_(chunk))
+            select(c.coll, c.seq, c.ver, c.is_first, c.is_last).where(in_colls, c.ver.in_(chunk))
         ):
             sid, vkey = by_ver[ver]
             existing[coll].setdefault(sid, []).append(_StoredRow(seq, sid, vkey, is_first, is_last))
