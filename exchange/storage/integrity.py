@@ -44,6 +44,7 @@ _TABLES_SINCE: dict[str, frozenset[str]] = {
     "0008": frozenset({"signature_members"}),
     "0009": frozenset({"collections"}),
     "0011": frozenset({"versions"}),
+    "0012": frozenset({"version_bodies"}),
 }
 _INIT_HINT = "--init (serve, load, release, sync, account add) makes a new node database of it"
 # files (device, inode) that passed quick_check: by which process (a server worker inherits its parent's notes), and when

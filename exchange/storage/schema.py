@@ -2,7 +2,10 @@
 
 Each stored object version is one row of ``versions`` (its id, version and the
 SHA-256 of its JSON text, migration 0011), whatever collections hold it; the
-text lives once in ``bodies``, keyed by that hash (migration 0007).  ``objects``
+text lives once in ``version_bodies``, keyed by the version's key (migration
+0012: in insertion order, so a push appends to it instead of inserting into a
+random-keyed index).  ``bodies`` holds only the texts of rows that differ from
+their version's (redacted copies), keyed by hash (migration 0007).  ``objects``
 is an index of collections' rows referencing versions: per collection (its
 integer key from ``collections``, migration 0009) the version's ``date_added``
 there, its first/last flags, where it came from, and a body of its own only
@@ -27,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     false,
     func,
     select,
@@ -62,6 +66,16 @@ versions = Table(
     Column("body_hash", LargeBinary(32), nullable=False),
     Column("rows", BigInteger, nullable=False),
     UniqueConstraint("stix_id", "version_key", name="uq_versions_id"),
+)
+
+# each version's own JSON text (issue 21, migration 0012), keyed by its ``versions.key``: a new version's text is
+# appended (SQLite: the rowid) where a text keyed by its hash (``bodies``) went into a random place of the hash's index,
+# about 40% of the pages a push wrote at 100,000 stored objects (bench/wal_bench.py).  It goes with its version
+version_bodies = Table(
+    "version_bodies",
+    metadata,
+    Column("key", _SEQ, primary_key=True, autoincrement=False),  # versions.key
+    Column("body", Text, nullable=False),
 )
 
 #: the ``objects`` table itself: one row per version per collection (what ``object_rows`` writes; reads go through
@@ -112,8 +126,9 @@ objects = (
     .subquery("obj")
 )
 
-# each distinct JSON text of an object version once, keyed by the SHA-256 of its UTF-8 bytes (migration 0007);
-# ``refs``: how many ``objects`` rows reference it (a body goes with its last row)
+# each distinct JSON text of a row that differs from its version's (a redacted copy) once, keyed by the SHA-256 of its
+# UTF-8 bytes (migration 0007); ``refs``: how many ``objects`` rows reference it by their own ``body_hash`` (a body goes
+# with its last row).  Versions' own texts are in ``version_bodies`` (migration 0012)
 bodies = Table(
     "bodies",
     metadata,
@@ -134,8 +149,20 @@ signature_members = Table(
     Index("ix_signature_members", "collection_id", "member"),
 )
 
-#: ``objects`` rows with their JSON text: every read of a body goes through this join
-WITH_BODY = objects.join(bodies, bodies.c.hash == objects.c.body_hash)
+#: ``objects`` rows joined to their versions' texts: every read of a body selects ``BODY`` from this
+WITH_BODY = objects.join(version_bodies, version_bodies.c.key == objects.c.ver)
+
+
+def body_of(own_hash, version_body):  # type: ignore[no-untyped-def]
+    """A row's JSON text: its own (``bodies``, looked up by hash only for a row that has one) or else its version's."""
+    return case(
+        (own_hash.is_(None), version_body),
+        else_=select(bodies.c.body).where(bodies.c.hash == own_hash).scalar_subquery(),
+    ).label("body")
+
+
+#: the JSON text of a row of ``WITH_BODY``
+BODY = body_of(objects.c.own_body_hash, version_bodies.c.body)
 
 statuses = Table(
     "statuses",

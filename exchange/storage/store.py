@@ -11,11 +11,13 @@ row 1µs more.  So ``date_added`` strictly increases row by row in commit order
 within a collection, and a reader paging with ``added_after`` (exclusive) or
 ``next`` never misses a row nor gets one twice.
 
-A version's JSON text is stored once (``bodies``, keyed by its SHA-256) however
-many collections hold it: the own collection and every partner's read collection
-that got it unchanged reference one body; a redacted copy is another body.
-``objects`` rows count their bodies (``bodies.refs``), and a body goes with the
-last row referencing it, in the same transaction.
+A version's JSON text is stored once (``version_bodies``, keyed by the version's
+key) however many collections hold it: the own collection and every partner's
+read collection that got it unchanged reference one version; a redacted copy is
+a body of its row's own (``bodies``, keyed by its SHA-256, stored once however
+many rows have it).  ``objects`` rows count their versions (``versions.rows``)
+and their own bodies (``bodies.refs``); each goes with the last row referencing
+it, in the same transaction.
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ from exchange.errors import ConfigError, StorageError
 from exchange.policy.markings import SIGNATURE_TYPE, signature_members
 from exchange.stix import format_timestamp, object_version, parse_timestamp
 from exchange.storage.integrity import check_complete, check_schema, check_sqlite_file, creating, sqlite_file
+from exchange.storage.schema import BODY as _BODY
 from exchange.storage.schema import WITH_BODY as _WITH_BODY
 from exchange.storage.schema import (
     accounts,
     bodies,
+    body_of,
     collections,
     grants,
     login_failures,
@@ -73,6 +77,7 @@ from exchange.storage.schema import (
     objects,
     statuses,
     sync_state,
+    version_bodies,
     versions,
 )
 from exchange.storage.schema import signature_members as members_table
@@ -80,7 +85,7 @@ from exchange.storage.schema import signature_members as members_table
 DB_FILE = "cti-exchange.sqlite"
 _CHUNK = 500
 # PostgreSQL: rows this process inserts between two looks at the table's size, and the size (8 KiB
-# pages, ~10,000 index rows now that bodies live in ``bodies``) below which a table is not worth analyzing
+# pages, ~10,000 index rows now that texts live in ``version_bodies``) below which a table is not worth analyzing
 # by hand (Store._keep_statistics)
 _STATS_CHECK_ROWS = 5_000
 _STATS_MIN_PAGES = 250
@@ -136,6 +141,14 @@ def body_hash(body: str) -> bytes:
     return hashlib.sha256(body.encode("utf-8")).digest()
 
 
+def _hash_of(text_: str, known: dict[int, bytes]) -> bytes:
+    """``body_hash(text_)``, remembered in ``known`` by ``id(text_)`` (one text given for several rows is hashed once)."""
+    h = known.get(id(text_))
+    if h is None:
+        h = known[id(text_)] = body_hash(text_)
+    return h
+
+
 def put_bodies(conn: Connection, texts: Iterable[str], known: dict[int, bytes] | None = None) -> list[bytes]:
     """Store each text once and count one more reference per occurrence (inside ``conn``'s transaction); their hashes, in order.
 
@@ -146,9 +159,7 @@ def put_bodies(conn: Connection, texts: Iterable[str], known: dict[int, bytes] |
     found: dict[bytes, list] = {}
     known = {} if known is None else known
     for text_ in texts:
-        h = known.get(id(text_))
-        if h is None:
-            h = known[id(text_)] = body_hash(text_)
+        h = _hash_of(text_, known)
         hashes.append(h)
         entry = found.get(h)
         if entry is None:
@@ -541,7 +552,7 @@ class Store:
             self._keep_statistics()
 
     def _keep_statistics(self) -> None:
-        """PostgreSQL: ``ANALYZE objects`` (and ``bodies``) when the table has doubled since it was last analyzed.
+        """PostgreSQL: ``ANALYZE objects`` (and the tables it joins) when the table has doubled since it was last analyzed.
 
         The id lookups of every add (``stix_id IN (...)`` within a collection) are
         planned from the table's statistics.  A table that grew fast since its last
@@ -567,7 +578,7 @@ class Store:
                     return
                 # one worker analyzes; the others go on (ANALYZE does not block inserts or reads)
                 if conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(7274558)").scalar():
-                    conn.exec_driver_sql("ANALYZE objects, versions, bodies")  # the page query joins versions by key, bodies by hash
+                    conn.exec_driver_sql("ANALYZE objects, versions, version_bodies, bodies")  # the page query joins versions and texts by key
                 conn.commit()
         except SQLAlchemyError:
             pass
@@ -745,7 +756,7 @@ class Store:
         coll = _coll_in(objects.c.coll, list(by_key))
         for chunk in _chunks(sorted(set(ids)), _CHUNK):
             for key, sid, body, last in conn.execute(
-                select(objects.c.coll, objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
+                select(objects.c.coll, objects.c.stix_id, _BODY, objects.c.is_last).select_from(_WITH_BODY).where(
                     coll, objects.c.stix_id.in_(chunk)
                 )
             ):
@@ -855,7 +866,7 @@ class Store:
         self, sel: Selection, *, limit: int, after: tuple[int, int] | None = None, object_id: str | None = None, with_body: bool = True,
         key: int | None = None,
     ):  # type: ignore[no-untyped-def]
-        """The query of one page of one type (``page``): ``limit + 1`` rows in keyset order, bodies joined by hash.
+        """The query of one page of one type (``page``): ``limit + 1`` rows in keyset order, texts joined by version key.
 
         ``key``: the collection's key, looked up if not given (a collection without one: a query finding nothing).
         """
@@ -865,7 +876,7 @@ class Store:
             key = _NO_KEY if key is None else key
         c = objects.c
         cols = [c.seq, c.stix_id, c.version, c.spec_version, c.date_added]
-        cols.append(bodies.c.body if with_body else c.stix_type)
+        cols.append(_BODY if with_body else c.stix_type)
         cols.append(c.encrypt_in_transit)
         cols.append(c.origin)
         where = self._where(sel, key, object_id=object_id)
@@ -873,10 +884,10 @@ class Store:
             where.append(tuple_(c.date_added, c.seq) > tuple_(*after))
         if not with_body:
             return select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
-        if self.dialect == "sqlite":  # the planner walks the keyset index of objects and probes bodies by hash per row
+        if self.dialect == "sqlite":  # the planner walks the keyset index of objects and probes versions and texts by key per row
             return select(*cols).select_from(_WITH_BODY).where(*where).order_by(c.date_added, c.seq).limit(limit + 1)
-        # PostgreSQL: the page of rows first (the keyset index walk stopped by the LIMIT), then their versions by key
-        # and bodies by hash; a plain join let the planner hash-join and sort a whole small collection.  The join may
+        # PostgreSQL: the page of rows first (the keyset index walk stopped by the LIMIT), then their versions and texts
+        # by key; a plain join let the planner hash-join and sort a whole small collection.  The join may
         # return the page's rows in another order: ``page`` puts them back in keyset order (a sort of at most
         # ``limit + 1`` rows)
         if _on_rows_alone(sel, object_id):
@@ -886,16 +897,17 @@ class Store:
                 where.append(tuple_(r.date_added, r.seq) > tuple_(*after))
             page = select(r.seq, r.ver, r.date_added, r.body_hash, r.encrypt_in_transit, r.origin).where(*where).order_by(
                 r.date_added, r.seq).limit(limit + 1).subquery("page")
-            p, v = page.c, versions.c
-            return select(p.seq, v.stix_id, v.version, v.spec_version, p.date_added, bodies.c.body, p.encrypt_in_transit, p.origin).select_from(
-                page.join(versions, v.key == p.ver).join(bodies, bodies.c.hash == func.coalesce(p.body_hash, v.body_hash))
-            )
-        cols[5] = c.body_hash
+            p, v, vb = page.c, versions.c, version_bodies.c
+            return select(
+                p.seq, v.stix_id, v.version, v.spec_version, p.date_added, body_of(p.body_hash, vb.body), p.encrypt_in_transit, p.origin
+            ).select_from(page.join(versions, v.key == p.ver).join(version_bodies, vb.key == p.ver))
+        cols[5] = c.own_body_hash
+        cols.append(c.ver)
         rows = select(*cols).where(*where).order_by(c.date_added, c.seq).limit(limit + 1).subquery("page")
-        r = rows.c
-        return select(r.seq, r.stix_id, r.version, r.spec_version, r.date_added, bodies.c.body, r.encrypt_in_transit, r.origin).select_from(
-            rows.join(bodies, bodies.c.hash == r.body_hash)
-        )
+        r, vb = rows.c, version_bodies.c
+        return select(
+            r.seq, r.stix_id, r.version, r.spec_version, r.date_added, body_of(r.own_body_hash, vb.body), r.encrypt_in_transit, r.origin
+        ).select_from(rows.join(version_bodies, vb.key == r.ver))
 
     def last_key(self, collection_id: str) -> tuple[int, int] | None:
         """The ``(date_added, seq)`` of a collection's newest row (an index probe), or ``None`` if empty."""
@@ -954,7 +966,7 @@ class Store:
             if key is None:
                 return None
             body = conn.execute(
-                select(bodies.c.body).select_from(_WITH_BODY).where(
+                select(_BODY).select_from(_WITH_BODY).where(
                     objects.c.coll == key, objects.c.stix_id == object_id, objects.c.is_last == True  # noqa: E712
                 )
             ).scalar()
@@ -987,7 +999,7 @@ class Store:
                     # (coll, stix_id) leads the unique index; is_last is checked here, not in SQL,
                     # so that no planner prefers the date-ordered index and scans the collection
                     for sid, body, last in conn.execute(
-                        select(objects.c.stix_id, bodies.c.body, objects.c.is_last).select_from(_WITH_BODY).where(
+                        select(objects.c.stix_id, _BODY, objects.c.is_last).select_from(_WITH_BODY).where(
                             objects.c.coll == key, objects.c.stix_id.in_(chunk)
                         )
                     ):
@@ -1016,7 +1028,7 @@ class Store:
             for chunk in _chunks(list(keys) if key is not None else [], _CHUNK):
                 ids = list({k[0] for k in chunk})
                 for sid, version, body in conn.execute(
-                    select(objects.c.stix_id, objects.c.version, bodies.c.body).select_from(_WITH_BODY).where(
+                    select(objects.c.stix_id, objects.c.version, _BODY).select_from(_WITH_BODY).where(
                         objects.c.coll == key, objects.c.stix_id.in_(ids)
                     )
                 ):
@@ -1097,7 +1109,7 @@ def _stored_defs(conn: Connection, key: int, wanted: Sequence[str]) -> dict[str,
     defs: dict[str, dict] = {}
     for chunk in _chunks(wanted, _CHUNK):
         for sid, body in conn.execute(
-            select(objects.c.stix_id, bodies.c.body).select_from(_WITH_BODY).where(objects.c.coll == key, objects.c.stix_id.in_(chunk))
+            select(objects.c.stix_id, _BODY).select_from(_WITH_BODY).where(objects.c.coll == key, objects.c.stix_id.in_(chunk))
         ):
             defs.setdefault(sid, orjson.loads(body))
     return defs
@@ -1253,7 +1265,7 @@ def _settle_collisions(conn: Connection, compare: list[tuple[dict, str | None, i
         stored = {
             (r.stix_id, r.version_key): r.body
             for r in conn.execute(
-                select(objects.c.stix_id, objects.c.version_key, bodies.c.body).select_from(_WITH_BODY).where(
+                select(objects.c.stix_id, objects.c.version_key, _BODY).select_from(_WITH_BODY).where(
                     objects.c.coll == staged.key, objects.c.stix_id.in_(sorted({i for i, _ in keys})),
                 )
             )
@@ -1306,9 +1318,9 @@ def _flag_versions(conn: Connection, existing: dict[str, list], pending: dict[tu
 
 
 def _insert_versions(conn: Connection, parts: Sequence[_Staged], known: dict[tuple[str, int], tuple[int, bytes]]) -> None:
-    """Insert the flagged new rows of one or more collections: each version once (``versions``), its body once
-    (``put_bodies``), and a row a body of its own only where its text differs from its version's.  ``known``: the
-    stored versions of the batches' ids (``_versions_of``); it gets the new ones."""
+    """Insert the flagged new rows of one or more collections: each version once (``versions``) with its text
+    (``version_bodies``), and a row a body of its own (``put_bodies``) only where its text differs from its version's.
+    ``known``: the stored versions of the batches' ids (``_versions_of``); it gets the new ones."""
     rows = [r for part in parts for r in part.rows.values()]
     if not rows:
         return
@@ -1319,11 +1331,17 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged], known: dict[tup
     new = [r for k, r in first.items() if k not in known]
     counts: Counter = Counter((r["stix_id"], r["version_key"]) for r in rows)  # rows per version, new ones made with theirs
     if new:
-        bodies_of = put_bodies(conn, [r["body"] for r in new], hashes)
-        known.update(_new_versions(conn, [
-            (r["stix_id"], r["version_key"], r["version"], r["spec_version"], h, counts.pop((r["stix_id"], r["version_key"])))
-            for r, h in zip(new, bodies_of, strict=True)
-        ]))
+        made = _new_versions(conn, [
+            (r["stix_id"], r["version_key"], r["version"], r["spec_version"], _hash_of(r["body"], hashes),
+             counts.pop((r["stix_id"], r["version_key"])))
+            for r in new
+        ])
+        known.update(made)
+        mark = _placeholder(conn)
+        conn.exec_driver_sql(
+            f"INSERT INTO version_bodies (key, body) VALUES ({mark}, {mark})",
+            [(made[(r["stix_id"], r["version_key"])][0], r["body"]) for r in new],
+        )
     out: list[tuple] = []
     own: list[str] = []
     for part in parts:
@@ -1331,9 +1349,7 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged], known: dict[tup
         for r in part.rows.values():
             ver, version_hash = known[(r["stix_id"], r["version_key"])]
             text_ = r["body"]
-            h = hashes.get(id(text_))
-            if h is None:
-                h = hashes[id(text_)] = body_hash(text_)
+            h = _hash_of(text_, hashes)
             if h == version_hash:
                 h = None
             else:
@@ -1390,7 +1406,8 @@ def _new_versions(conn: Connection, new: Sequence[tuple[str, int, str, str, byte
 
 
 def _drop_rows(conn: Connection, found: Sequence) -> None:
-    """Delete ``objects`` rows (``_DROP_COLUMNS`` of each) with their own bodies; a version goes with its last row."""
+    """Delete ``objects`` rows (``_DROP_COLUMNS`` of each) with their own bodies; a version (and its text) goes with its
+    last row."""
     if not found:
         return
     for chunk in _chunks([r.seq for r in found], _CHUNK):
@@ -1399,10 +1416,11 @@ def _drop_rows(conn: Connection, found: Sequence) -> None:
     counts = Counter(r.ver for r in found)
     mark = _placeholder(conn)
     conn.exec_driver_sql(f"UPDATE versions SET rows = rows - {mark} WHERE key = {mark}", [(n, ver) for ver, n in counts.items()])
-    gone: list[bytes] = []
+    gone: list[int] = []
     for chunk in _chunks(list(counts), _CHUNK):
-        gone += conn.execute(delete(versions).where(versions.c.key.in_(chunk), versions.c.rows <= 0).returning(versions.c.body_hash)).scalars()
-    drop_bodies(conn, gone)
+        gone += conn.execute(delete(versions).where(versions.c.key.in_(chunk), versions.c.rows <= 0).returning(versions.c.key)).scalars()
+    for chunk in _chunks(gone, _CHUNK):
+        conn.execute(delete(version_bodies).where(version_bodies.c.key.in_(chunk)))
 
 
 def _index_members(conn: Connection, collection_id: str, objs: Sequence[dict], staged: dict[tuple[str, int], dict]) -> None:

@@ -159,10 +159,13 @@ def test_a_tampered_row_on_the_partners_node_is_refused_when_pulled(signed_pair)
     obj, _sig = _signed_by_rok(pair, "ROK indicator, row tampered at rest")
     db = sqlite3.connect(pair.procs["rok"].data_dir / DB_FILE, timeout=30)
     try:  # one byte of the released row changes after it was signed (what a proxy or a disk could do)
-        with db:
-            db.execute("UPDATE bodies SET body = replace(body, 'tampered at rest', 'tampered at r3st') "
-                       "WHERE hash IN (SELECT COALESCE(o.body_hash, v.body_hash) FROM objects o JOIN versions v ON v.key = o.ver "
-                       "WHERE v.stix_id = ?)", (obj["id"],))
+        with db:  # the version's text (version_bodies) and any row's own copy (bodies)
+            changed = db.execute("UPDATE version_bodies SET body = replace(body, 'tampered at rest', 'tampered at r3st') "
+                                 "WHERE key IN (SELECT key FROM versions WHERE stix_id = ?)", (obj["id"],)).rowcount
+            changed += db.execute("UPDATE bodies SET body = replace(body, 'tampered at rest', 'tampered at r3st') "
+                                  "WHERE hash IN (SELECT o.body_hash FROM objects o JOIN versions v ON v.key = o.ver "
+                                  "WHERE v.stix_id = ?)", (obj["id"],)).rowcount
+        assert changed >= 1
     finally:
         db.close()
     pair.sync("us", "--once", "--direction", "pull")

@@ -1,7 +1,8 @@
 """Migration 0011 (``versions``: each stored object version once, ``objects.ver`` referencing it, a row's own
 ``body_hash`` only where its text differs), up from a revision 0010 database and back, on both backends.
 
-The migration alone is tested here, by SQL on the tables (no ``Store``): rows written as a 0010 node wrote them
+The migration alone is tested here (upgrading to 0011, not to the newest revision), by SQL on the tables (no
+``Store``): rows written as a 0010 node wrote them
 (``tests/unit/legacy_db.py``), read before the upgrade, read again through the 0011 join after it."""
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def test_a_revision_0010_database_upgrades_every_row_onto_its_version_and_back(t
         # the 0010 reference rule: one per row
         assert refs_before == dict(Counter(_digest(r[10]) for r in before))
         assert refs_before[_digest(orjson.dumps(objs["first"]).decode())] == 2
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0011")
         assert current(engine) == "0011"
         _check_0011(engine, before, refs_before)
         after = _read(engine, _AT_0011)
@@ -181,7 +182,7 @@ def test_a_revision_0010_database_upgrades_every_row_onto_its_version_and_back(t
         assert _refs(engine) == refs_before
         assert _read(engine, "SELECT seq, body_hash FROM objects WHERE body_hash IS NULL") == []
 
-        migrate.upgrade(engine)  # and up again: the same as the first time
+        migrate.upgrade(engine, "0011")  # and up again: the same as the first time
         assert _read(engine, _AT_0011) == after
         _check_0011(engine, before, refs_before)
     finally:
@@ -198,7 +199,7 @@ def test_a_version_first_stored_redacted_gives_its_text_to_the_version(tmp_path,
     engine = _engine(tmp_path, database)
     try:
         before, refs_before = _read(engine, _AT_0010), _refs(engine)
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0011")
         _check_0011(engine, before, refs_before)
         full_hash, redacted_hash = _digest(orjson.dumps(full).decode()), _digest(orjson.dumps(redacted).decode())
         assert [(bytes(h), n) for h, n in _read(engine, 'SELECT body_hash, "rows" FROM versions')] == [(redacted_hash, 3)]
@@ -225,7 +226,7 @@ def test_the_upgrade_recounts_every_body_and_deletes_one_nothing_references(tmp_
             conn.execute(text("UPDATE bodies SET refs = 40 WHERE hash = :h"), {"h": first})
         before, refs_before = _read(engine, _AT_0010), _refs(engine)
         assert refs_before[first] == 40 and _digest(orphan) in refs_before
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0011")
         refs = _refs(engine)
         assert _digest(orphan) not in refs and refs[first] == 1
         del refs_before[_digest(orphan)]
@@ -245,7 +246,7 @@ def test_new_rows_and_versions_after_the_upgrade_continue_the_migrated_numbers(t
     try:
         top = _read(engine, "SELECT MAX(seq) FROM objects")[0][0]
         assert top >= len(rows)
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0011")
         keys = _read(engine, "SELECT MAX(key), COUNT(*) FROM versions")[0]
         assert keys[0] == keys[1] == 5  # first, second, amber, the SCO twice (see the first test), keyed 1..5
         body = orjson.dumps(new_indicator(9)).decode()
@@ -286,7 +287,7 @@ def test_objects_has_the_0011_columns_constraint_and_three_indexes_and_0010s_aft
     try:
         columns, indexes, unique, partial = _shape(engine)
         assert columns == _COLUMNS_0010 and indexes == _INDEXES_0010
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0011")
         columns, indexes, unique, partial = _shape(engine)
         assert columns == _COLUMNS_0011
         assert indexes == _INDEXES_0011  # ix_objects_last and ix_objects_first are gone
@@ -322,7 +323,7 @@ def test_an_empty_revision_0010_database_upgrades_and_numbers_from_one(tmp_path,
     legacy_database(_where(tmp_path, database), "0010", None, [])
     engine = _engine(tmp_path, database)
     try:
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0011")
         assert current(engine) == "0011"
         assert _read(engine, "SELECT COUNT(*) FROM versions") == [(0,)] == _read(engine, "SELECT COUNT(*) FROM objects")
         with engine.begin() as conn:
@@ -339,8 +340,8 @@ def test_an_empty_revision_0010_database_upgrades_and_numbers_from_one(tmp_path,
         engine.dispose()
 
 
-def test_0011_is_the_newest_revision_and_adds_versions():
-    assert known_revisions()[-1] == "0011" == migrate.revisions()[-1]
-    assert known_revisions()[-2] == "0010"
+def test_0011_follows_0010_and_adds_versions():
+    order = known_revisions()
+    assert order == migrate.revisions() and order[order.index("0011") - 1] == "0010"
     assert tables_at("0011") - tables_at("0010") == {"versions"}
     assert "versions" not in tables_at("0010")

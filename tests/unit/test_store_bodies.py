@@ -1,4 +1,5 @@
-"""Each object version's JSON text is stored once (``bodies``, keyed by SHA-256; migration 0007), on both backends."""
+"""Each object version's JSON text is stored once (``version_bodies``, keyed by its version, migration 0012; a row's own
+text, a redacted copy, in ``bodies`` keyed by SHA-256, migration 0007), on both backends."""
 
 from __future__ import annotations
 
@@ -36,14 +37,27 @@ def _versions(store: Store) -> dict[str, tuple[bytes, int]]:
         return {sid: (bytes(h), n) for sid, h, n in conn.execute(text("SELECT stix_id, body_hash, rows FROM versions"))}
 
 
+def _version_texts(store: Store) -> dict[str, str]:
+    """Each version's text (``version_bodies``), by id and version."""
+    with store.engine.connect() as conn:
+        return {f"{sid} {v}": b for sid, v, b in conn.execute(text(
+            "SELECT v.stix_id, v.version, vb.body FROM versions v JOIN version_bodies vb ON vb.key = v.key"))}
+
+
+def _orphan_texts(store: Store) -> int:
+    """``version_bodies`` rows of no version (none, ever)."""
+    with store.engine.connect() as conn:
+        return conn.execute(text("SELECT COUNT(*) FROM version_bodies WHERE key NOT IN (SELECT key FROM versions)")).scalar_one()
+
+
 def _own_bodies(store: Store) -> list:
     with store.engine.connect() as conn:
         return [bytes(h) for (h,) in conn.execute(text("SELECT body_hash FROM objects WHERE body_hash IS NOT NULL"))]
 
 
 def test_a_version_held_by_several_collections_is_one_body(tmp_path, database):
-    """One version, one ``versions`` row and one body, however many collections hold it (migration 0011); a
-    redacted copy is a body of the row's own; the last row of a version takes the version and its body along."""
+    """One version, one ``versions`` row and one text, however many collections hold it (migrations 0011, 0012); a
+    redacted copy is a body of the row's own; the last row of a version takes the version and its text along."""
     store = _open(tmp_path, database)
     try:
         obj = new_indicator(1)
@@ -55,19 +69,22 @@ def test_a_version_held_by_several_collections_is_one_body(tmp_path, database):
         text_ = orjson.dumps(obj).decode()
         digest = hashlib.sha256(text_.encode()).digest()
         redacted_digest = hashlib.sha256(orjson.dumps(redacted).decode().encode()).digest()
-        assert held[digest] == (text_, 1)  # referenced once: by the version, not by each row
-        assert len(held) == 2  # the redacted copy is simply another body
+        version = f"{obj['id']} {obj['modified']}"
+        assert _version_texts(store) == {version: text_}  # once, under its version, not per row
+        assert held == {redacted_digest: (orjson.dumps(redacted).decode(), 1)}  # the redacted copy: the one body of a row's own
         assert _versions(store) == {obj["id"]: (digest, 3)}
         assert _own_bodies(store) == [redacted_digest]  # the only row whose text is not its version's
         assert _all(store, OWN) == [obj] and _all(store, READ_A) == [obj] and _all(store, READ_B) == [redacted]
         with store.transaction() as conn:
             assert store.remove_in(conn, READ_A, obj["id"]) == 1
-        assert _all(store, OWN) == [obj] and _bodies(store)[digest][1] == 1 and _versions(store)[obj["id"]][1] == 2
+        assert _all(store, OWN) == [obj] and _version_texts(store) == {version: text_} and _versions(store)[obj["id"]][1] == 2
         assert store.delete_object(Selection(OWN, versions=("all",)), obj["id"]) == 1
-        assert digest in _bodies(store) and _versions(store)[obj["id"]][1] == 1  # READ_B's row still holds the version
+        assert _version_texts(store) == {version: text_} and _versions(store)[obj["id"]][1] == 1  # READ_B's row holds the version
+        assert _bodies(store) == held
         with store.transaction() as conn:
             assert store.remove_in(conn, READ_B, obj["id"]) == 1
-        assert _bodies(store) == {} and _versions(store) == {}  # the last row took the version and both bodies along
+        # the last row took the version, its text and its own body along
+        assert _bodies(store) == {} and _versions(store) == {} and _version_texts(store) == {} and _orphan_texts(store) == 0
     finally:
         store.close()
 
@@ -93,17 +110,17 @@ def test_migration_moves_every_row_of_a_revision_0006_database_into_bodies(tmp_p
         assert _all(store, READ_B) == [second, redacted]
         assert [orjson.loads(r.body) for r in store.iter_rows(Selection(OWN))] == [second, other]  # is_last carried over
         held = _bodies(store)
-        # since 0011 a body is referenced by its version (however many rows hold it) and by a row whose text differs
-        # from its version's (the redacted copy of ``other``, which has its id and version)
-        texts = {orjson.dumps(o).decode(): n for o, n in ((first, 1), (second, 1), (other, 1), (redacted, 1))}
-        assert {b: n for b, n in held.values()} == texts
+        # since 0012 each version's text is under its version (however many rows hold it) and ``bodies`` holds a row's
+        # text only where it differs from its version's (the redacted copy of ``other``, which has its id and version)
+        assert {b: n for b, n in held.values()} == {orjson.dumps(redacted).decode(): 1}
         assert all(h == hashlib.sha256(b.encode()).digest() for h, (b, _) in held.items())
+        assert sorted(_version_texts(store).values()) == sorted(orjson.dumps(o).decode() for o in (first, second, other))
         with store.engine.connect() as conn:
             counts = dict(conn.execute(text("SELECT version, rows FROM versions WHERE stix_id = :i"), {"i": first["id"]}).all())
         assert counts == {first["modified"]: 2, second["modified"]: 3} and _versions(store)[other["id"]][1] == 3
         # the store writes on after the migration: a new row of a migrated version references it
         assert store.add_objects(READ_B, [first]).added == 1
-        assert _bodies(store)[hashlib.sha256(orjson.dumps(first)).digest()][1] == 1
+        assert _bodies(store) == held and len(_version_texts(store)) == 3
     finally:
         store.close()
     reopened = _open(tmp_path, database)  # a second open finds nothing to migrate

@@ -19,7 +19,7 @@ from sqlalchemy import and_, func, select
 
 from exchange.sharing.report import DECISIONS, Tally
 from exchange.storage import audit as audit_log
-from exchange.storage.schema import WITH_BODY, audit, bodies, meta, objects, sync_state
+from exchange.storage.schema import BODY, WITH_BODY, audit, meta, objects, sync_state
 from exchange.storage.store import Store, now_us
 
 #: sync_state keys the page may show (the node's other state, like its secret in ``meta``, never is)
@@ -232,7 +232,7 @@ def versions(store: Store, collection_aliases: dict[str, str], readable: frozens
     with store.engine.connect() as conn:
         named = {key: cid for cid, key in store.collection_keys(conn, ids).items()}
         rows = conn.execute(
-            select(objects.c.coll, objects.c.version_key, objects.c.version, objects.c.date_added, bodies.c.body, objects.c.encrypt_in_transit)
+            select(objects.c.coll, objects.c.version_key, objects.c.version, objects.c.date_added, BODY, objects.c.encrypt_in_transit)
             .select_from(WITH_BODY).where(store.where_collection(conn, ids), objects.c.stix_id == object_id)
         ).all()
     # by version, then collection id (the rows name their collection by its key: ``Store.collection_keys``)
@@ -250,10 +250,10 @@ def sightings(store: Store, collection_aliases: dict[str, str], readable: frozen
     with store.engine.connect() as conn:
         named = {key: cid for cid, key in store.collection_keys(conn, ids).items()}
         cond = [store.where_collection(conn, ids), objects.c.stix_type == "sighting", objects.c.is_last.is_(True),
-                bodies.c.body.like(needle, escape="\\")]
+                BODY.like(needle, escape="\\")]
         if not tls:
             cond.append(objects.c.encrypt_in_transit.is_(False))
-        rows = conn.execute(select(objects.c.coll, bodies.c.body).select_from(WITH_BODY).where(*cond).limit(200)).all()
+        rows = conn.execute(select(objects.c.coll, BODY).select_from(WITH_BODY).where(*cond).limit(200)).all()
     return [(collection_aliases[named[r.coll]], orjson.loads(r.body)) for r in rows]
 
 
