@@ -218,6 +218,25 @@ def property_kind(key: str) -> int:
     return kind
 
 
+_SHAPES: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
+
+
+def ref_properties(obj: dict) -> tuple[tuple[str, int], ...]:
+    """``(name, property_kind)`` of ``obj``'s top-level properties that hold references, in ``obj``'s order.
+
+    Remembered per set of property names in their order (bounded): objects of one kind
+    from one producer repeat it, so a batch looks at each of its names once, not at
+    every name of every object.
+    """
+    shape = tuple(obj)
+    found = _SHAPES.get(shape)
+    if found is None:
+        found = tuple((key, kind) for key in shape if (kind := property_kind(key)))
+        if len(_SHAPES) < _MEMO_MAX:
+            _SHAPES[shape] = found
+    return found
+
+
 def _is_ref(value: Any) -> bool:
     """``value`` is a string matching ``_ID_RE`` (the answer for a string seen before is remembered)."""
     if not isinstance(value, str):

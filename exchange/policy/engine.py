@@ -48,7 +48,7 @@ from typing import Any
 from exchange.errors import BadRequest
 from exchange.policy import markings as mk
 from exchange.policy.model import Clause, Policy
-from exchange.stix import PROPERTY_KINDS, REF, REFS, REQUIRED, parse_timestamp, property_kind
+from exchange.stix import REF, REFS, REQUIRED, parse_timestamp, ref_properties
 
 __all__ = ["Decision", "Explanation", "Judged", "evaluate", "evaluate_many", "explain", "companions", "SHARE", "REDACT", "WITHHOLD"]
 
@@ -1044,13 +1044,8 @@ _COMPANION_KEYS = ("created_by_ref", "object_marking_refs")
 def _refs_of(obj: dict) -> list[tuple[str, str]]:
     """(property, referenced id) for every top-level reference, granular marking refs and extension ids."""
     out: list[tuple[str, str]] = []
-    kinds = PROPERTY_KINDS
-    for key, value in obj.items():
-        kind = kinds.get(key)
-        if kind is None:
-            kind = property_kind(key)
-        if not kind:
-            continue
+    for key, kind in ref_properties(obj):
+        value = obj[key]
         if kind == REF:
             if isinstance(value, str) and "--" in value:
                 out.append((key, value))

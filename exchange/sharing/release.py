@@ -39,7 +39,7 @@ from exchange.sharing import lifecycle
 from exchange.sharing.attribution import concurred_for
 from exchange.sharing.producers import producers_of
 from exchange.sharing.signatures import interleaved, is_partner_origin, release_signatures, without_signature_rows
-from exchange.stix import object_version
+from exchange.stix import REF, REFS, object_version, ref_properties
 from exchange.storage import audit
 from exchange.storage.store import Selection
 
@@ -212,14 +212,16 @@ def _mark(raw: str | None) -> tuple[int, int] | None:
 
 def _referenced(obj: dict) -> set[str]:
     refs: set[str] = set()
-    for key, value in obj.items():
-        if key.endswith("_ref") and isinstance(value, str):
-            refs.add(value)
-        elif key.endswith("_refs") and isinstance(value, list):
-            refs.update(v for v in value if isinstance(v, str))
-    for gm in obj.get("granular_markings", ()) or ():
-        if isinstance(gm, dict) and isinstance(gm.get("marking_ref"), str):
-            refs.add(gm["marking_ref"])
+    for key, kind in ref_properties(obj):
+        value = obj[key]
+        if kind == REF:
+            if isinstance(value, str):
+                refs.add(value)
+        elif kind == REFS:
+            if isinstance(value, list):
+                refs.update(v for v in value if isinstance(v, str))
+        elif key == "granular_markings" and isinstance(value, list):
+            refs.update(gm["marking_ref"] for gm in value if isinstance(gm, dict) and isinstance(gm.get("marking_ref"), str))
     return refs
 
 

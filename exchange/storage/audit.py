@@ -31,7 +31,7 @@ import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -178,10 +178,20 @@ def _templated(detail: dict, name: str) -> dict | None:
     reason = detail.get("reason")
     if not isinstance(reason, str):
         return detail
+    template = _template(reason, name)
+    if template is None:
+        return None
+    return detail if template == reason else {**detail, "reason": template}
+
+
+@lru_cache(maxsize=4096)
+def _template(reason: str, name: str) -> str | None:
+    """``reason`` with ``name`` as a whole word replaced by ``PARTNER_SLOT`` (``None`` if not lossless); a batch's
+    reasons repeat (one per clause and partner), so each is templated once."""
     template = _name_re(name).sub(lambda _m: PARTNER_SLOT, reason)
     if template.replace(PARTNER_SLOT, name) != reason:
         return None  # the reason already holds the slot: expanding it would not give this reason back
-    return detail if template == reason else {**detail, "reason": template}
+    return template
 
 
 def _filled(detail: dict, name: str) -> dict:
