@@ -10,8 +10,10 @@ or refused certificate) into ``PartnerTLSError`` (stop) with a readable reason.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +95,7 @@ class PartnerClient:
         self._conn.session.mount("http://", adapter)
         self._conn.session.mount("https://", adapter)
         self._last_headers: dict[str, str] = {}
+        self._lock = threading.RLock()  # one request at a time (a prefetching page walk runs its requests on a thread)
         self._conn.session.hooks["response"].append(self._remember)
         self._collections: dict[str, Collection] = {}
 
@@ -120,6 +123,10 @@ class PartnerClient:
     # -- errors ------------------------------------------------------------------
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._translated(what, fn, *args, **kwargs)
+
+    def _translated(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except requests.HTTPError as exc:
@@ -163,36 +170,65 @@ class PartnerClient:
         return self._collections[ref]
 
     def pages(
-        self, ref: str, *, added_after: str | None = None, next_token: str | None = None, limit: int = 1000
+        self, ref: str, *, added_after: str | None = None, next_token: str | None = None, limit: int = 1000,
+        prefetch: bool = False,
     ) -> Iterator[Page]:
-        """Pages of objects (all versions) after ``added_after``, following ``next`` to the end."""
+        """Pages of objects (all versions) after ``added_after``, following ``next`` to the end (TAXII 2.1 s5.4).
+
+        ``prefetch``: ask for the next page as soon as this one has arrived, on a thread
+        of its own, so that what the caller does with a page overlaps the partner's
+        work on the next (one page ahead, never more). A walk left unfinished waits
+        for that request (bounded by the timeout) and drops its answer; the client
+        makes one request at a time, so other calls wait for it too.
+        """
         coll = self.collection(ref)
-        seen_tokens: set[str] = set()
-        while True:
+
+        def params(token: str | None) -> dict[str, Any]:
             # the same filters on every page of a walk, plus ``next`` after the first (TAXII 2.1 s3.4)
-            params: dict[str, Any] = {"limit": limit, "version": "all"}
+            out: dict[str, Any] = {"limit": limit, "version": "all"}
             if added_after:
-                params["added_after"] = added_after
-            if next_token:
-                params["next"] = next_token
-            envelope = self._call("get objects", coll.get_objects, **params)
-            headers = self._last_headers
-            objects = envelope.get("objects", []) or []
-            more = bool(envelope.get("more", False))
-            token = envelope.get("next")
-            if more and (not token or token in seen_tokens):
-                raise PartnerError(f"partner {self.url} said more=true without a new 'next'; stopping to avoid a loop")
-            yield Page(
-                objects=objects,
-                more=more,
-                next=token if more else None,
-                date_added_first=headers.get("X-TAXII-Date-Added-First"),
-                date_added_last=headers.get("X-TAXII-Date-Added-Last"),
-            )
-            if not more:
-                return
-            seen_tokens.add(token)
-            next_token = token
+                out["added_after"] = added_after
+            if token:
+                out["next"] = token
+            return out
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="cti-exchange-prefetch") if prefetch else None
+        ahead: Future | None = None
+        seen_tokens: set[str] = set()
+        try:
+            while True:
+                if ahead is not None:
+                    envelope, headers = ahead.result()
+                    ahead = None
+                else:
+                    envelope, headers = self._get_page(coll, params(next_token))
+                objects = envelope.get("objects", []) or []
+                more = bool(envelope.get("more", False))
+                token = envelope.get("next")
+                if more and (not token or token in seen_tokens):
+                    raise PartnerError(f"partner {self.url} said more=true without a new 'next'; stopping to avoid a loop")
+                if more:
+                    seen_tokens.add(token)
+                    next_token = token
+                    if pool is not None:
+                        ahead = pool.submit(self._get_page, coll, params(token))
+                yield Page(
+                    objects=objects,
+                    more=more,
+                    next=token if more else None,
+                    date_added_first=headers.get("X-TAXII-Date-Added-First"),
+                    date_added_last=headers.get("X-TAXII-Date-Added-Last"),
+                )
+                if not more:
+                    return
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _get_page(self, coll: Collection, params: dict[str, Any]) -> tuple[dict, dict[str, str]]:
+        """One Get Objects request (TAXII 2.1 s5.4) and its response's headers."""
+        with self._lock:
+            return self._translated("get objects", coll.get_objects, **params), self._last_headers
 
     def manifest(self, ref: str, *, limit: int = 1000) -> Iterator[dict]:
         """Every manifest entry (all versions) of a collection, following ``next`` (TAXII 2.1 s5.3)."""

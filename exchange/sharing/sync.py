@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -123,12 +123,14 @@ def pull(
     delays = backoff.delays()
     while True:  # restart the page walk from the bookmark after a transient failure
         mark = _state(opened, key)
-        pages = client.pages(pcfg.pull_from, added_after=mark.get("added_after"), next_token=mark.get("next"), limit=page_size)
+        pages = client.pages(pcfg.pull_from, added_after=mark.get("added_after"), next_token=mark.get("next"), limit=page_size,
+                             prefetch=True)  # the next page travels while this one is judged and stored
         try:
-            for page in pages:
-                _store_page(opened, partner, inbox.id, rules, page, mark, key, transfer)
-                if progress:
-                    progress(len(page.objects))
+            with closing(pages):  # a walk left on an error waits for its prefetched request before the retry
+                for page in pages:
+                    _store_page(opened, partner, inbox.id, rules, page, mark, key, transfer)
+                    if progress:
+                        progress(len(page.objects))
             return transfer
         except PartnerError as exc:
             if not isinstance(exc, PartnerUnavailable):
