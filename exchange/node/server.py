@@ -20,14 +20,15 @@ import functools
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
-from flask import Flask, Request, Response, current_app, request
+from flask import Flask, Request, Response, current_app, g, request
 from flask.json.provider import JSONProvider
 from medallion import auth
 from medallion.exceptions import MedallionError
@@ -83,7 +84,7 @@ def create_app(
     strict_validation: bool = False,
     after_write: AfterWrite | None = None,
     write_activity: Callable[[bool], None] | None = None,
-    read_activity: Callable[[bool], None] | None = None,
+    read_activity: Callable[..., None] | None = None,
     tls: bool = False,
     client_certificates: bool = False,
     public_url: str | None = None,
@@ -94,7 +95,7 @@ def create_app(
     ``after_write(collection)`` runs after objects were committed; ``write_activity``
     is called with True when a POST begins (before its body is read) and False
     when it ends, so a background releaser can tell a write is under way; ``read_activity`` the same
-    for every GET (a releaser yields to serving);
+    for every GET (a releaser yields to serving), with a ``Served`` at the end of one that served stored rows;
     ``tls``: the server speaks only HTTPS (objects whose IEP marking says
     ``encrypt_in_transit: must`` are withheld from every read endpoint otherwise);
     ``client_certificates``: mutual TLS, a verified client certificate identifies its
@@ -140,11 +141,20 @@ def create_app(
 _NOT_TAXII = ("/ui", "/metrics", "/healthz")
 
 
+class Served(NamedTuple):
+    """What a TAXII GET that served stored rows read: passed to ``read_activity`` when it ends."""
+
+    collection_id: str
+    newest: int  # the ``date_added`` (microseconds) of the last row served (``X-TAXII-Date-Added-Last``)
+    seconds: float  # how long the request took
+
+
 def _track_activity(
-    app: Flask, writes: Callable[[bool], None] | None, reads: Callable[[bool], None] | None
+    app: Flask, writes: Callable[[bool], None] | None, reads: Callable[..., None] | None
 ) -> None:
     """Tell ``writes`` when each POST begins and ends, ``reads`` each TAXII GET (whatever its outcome).
 
+    A GET that served stored rows ends with ``reads(False, Served(...))``; any other with ``reads(False)``.
     The analysts' page, ``/metrics`` and ``/healthz`` are not TAXII reads: a probe or an open page does not slow the release.
     """
 
@@ -157,12 +167,19 @@ def _track_activity(
             hook = None
         if hook is not None:
             request.environ["cti_exchange.activity"] = hook
+            request.environ["cti_exchange.began"] = time.monotonic()
             hook(True)
 
     def ended(_exc: BaseException | None) -> None:
         hook = request.environ.pop("cti_exchange.activity", None)
-        if hook is not None:
+        if hook is None:
+            return
+        newest = g.get("cti_exchange_newest") if hook is reads else None
+        coll = (request.view_args or {}).get("collection_id")
+        if newest is None or coll is None:
             hook(False)
+            return
+        hook(False, Served(coll, newest, time.monotonic() - request.environ["cti_exchange.began"]))
 
     app.before_request_funcs.setdefault(None, []).insert(0, began)
     app.teardown_request(ended)
