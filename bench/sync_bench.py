@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
 import json
 import os
@@ -273,6 +274,7 @@ class Figures:
     live_release_done_s: float | None = None  # when the US server's releaser had released everything to rok
     live_rows: int = 0
     live_exact: bool = False
+    live_cpu_s: dict = field(default_factory=dict)  # CPU seconds (user + system) each process tree used in the live window
     us_server_rss_mb: float = 0.0
     latency_s: list[float] = field(default_factory=list)
     latency_median_s: float | None = None
@@ -496,6 +498,22 @@ def reference(args: argparse.Namespace, work: Path, fig: Figures) -> None:
 # report
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its living descendants (0 if gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(p.cpu_times()[:2])
+    return total
+
+
 def live_exchange(args: argparse.Namespace, work: Path, fig: Figures, procs: list, released_keys: set) -> None:
     """End to end as deployed: both servers and the ROK agent run at once, nothing released beforehand.
 
@@ -527,6 +545,7 @@ def live_exchange(args: argparse.Namespace, work: Path, fig: Figures, procs: lis
     fig.loadavg["before live"] = [round(x, 2) for x in os.getloadavg()]
     print(f"-- live exchange: US server + ROK agent (--interval 0.5) started together, {expected:,} objects to arrive ...", flush=True)
     count = "SELECT count(*) FROM objects WHERE coll = (SELECT key FROM collections WHERE collection_id = ?)"
+    rok_cpu0 = tree_cpu(rok.proc.pid)  # type: ignore[union-attr]
     t0 = time.perf_counter()
     us = NodeProcess("us", us_dir).start()
     procs.append(us)
@@ -549,6 +568,12 @@ def live_exchange(args: argparse.Namespace, work: Path, fig: Figures, procs: lis
             if agent.poll() is not None:
                 raise RuntimeError(f"live agent exited ({agent.returncode}): {(work / 'live-agent.log').read_text()[-2000:]}")
         fig.live_s = time.perf_counter() - t0
+        # where the 2 cores went: at 10,000 objects/s the whole exchange has 2 x N / 10,000 CPU seconds
+        fig.live_cpu_s = {
+            "us server": round(tree_cpu(us.proc.pid), 1),  # type: ignore[union-attr]
+            "rok server": round(tree_cpu(rok.proc.pid) - rok_cpu0, 1),  # type: ignore[union-attr]
+            "rok agent": round(tree_cpu(agent.pid), 1),
+        }
     finally:
         rok_db.close()
         us_db.close()
@@ -560,6 +585,10 @@ def live_exchange(args: argparse.Namespace, work: Path, fig: Figures, procs: lis
     fig.live_rows, fig.live_exact = len(keys) + by.get("(duplicate rows)", 0), keys == released_keys
     print(f"   live {fig.live_s:.1f} s ({fig.rate(fig.live_s):,.0f} N/s); US release done at {fig.live_release_done_s or 0:.1f} s; "
           f"inbox {dict(by)}; exact={fig.live_exact}", flush=True)
+    cpu = sum(fig.live_cpu_s.values())
+    print(f"   CPU in the live window: {fig.live_cpu_s} = {cpu:.1f} s on {os.cpu_count()} CPUs "
+          f"(at most {(os.cpu_count() or 1) * fig.live_s:.1f}); at 10,000 objects/s it would have "
+          f"{(os.cpu_count() or 1) * fig.n / 10_000:.1f}", flush=True)
 
 
 def report(fig: Figures) -> tuple[str, list[dict]]:
@@ -583,7 +612,7 @@ def report(fig: Figures) -> tuple[str, list[dict]]:
         rows.append((
             "**end to end, live** (US server releasing + ROK agent pulling at once)", fig.live_s, f"{e2e_live:,.0f}",
             f"N / (US server start -> last object at ROK); US release done at {fig.live_release_done_s or 0:.1f} s; "
-            f"{fig.live_rows:,} rows, exact match: {fig.live_exact}",
+            f"{fig.live_rows:,} rows, exact match: {fig.live_exact}; CPU s used: {fig.live_cpu_s}",
         ))
     out = [f"| phase (N = {n:,}) | seconds | objects/s (N / s) | check |", "|---|---|---|---|"]
     out += [f"| {a} | {b:.1f} | {c} | {d} |" for a, b, c, d in rows]
