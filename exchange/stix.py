@@ -219,6 +219,7 @@ def property_kind(key: str) -> int:
 
 
 _SHAPES: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
+_SHAPE_MAX_NAMES = 64  # an object with more property names is looked at afresh (the memo stays small whatever arrives)
 
 
 def ref_properties(obj: dict) -> tuple[tuple[str, int], ...]:
@@ -232,7 +233,7 @@ def ref_properties(obj: dict) -> tuple[tuple[str, int], ...]:
     found = _SHAPES.get(shape)
     if found is None:
         found = tuple((key, kind) for key in shape if (kind := property_kind(key)))
-        if len(_SHAPES) < _MEMO_MAX:
+        if len(shape) <= _SHAPE_MAX_NAMES and len(_SHAPES) < _MEMO_MAX:
             _SHAPES[shape] = found
     return found
 
@@ -253,11 +254,8 @@ def _is_ref(value: Any) -> bool:
 
 def _check_refs(obj: dict) -> str | None:
     """Every ``*_ref`` property is an identifier and every ``*_refs`` a list of them (STIX 2.1 s2.9)."""
-    kinds = PROPERTY_KINDS
-    for key, value in obj.items():
-        kind = kinds.get(key)
-        if kind is None:
-            kind = property_kind(key)
+    for key, kind in ref_properties(obj):
+        value = obj[key]
         if kind == REF:
             if not _is_ref(value):
                 return f"'{key}' must be a STIX identifier (s2.9)"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from flask import request
+from flask import g, request
 from medallion import auth
 from medallion.backends.base import Backend
 from medallion.exceptions import ProcessingError
@@ -208,16 +208,12 @@ class ExchangeBackend(Backend):
                 self._audit_withheld(req.sel.collection_id, req.endpoint, withheld)
         headers: dict[str, str] = {}
         if rows:
-            from flask import g
-
             headers["X-TAXII-Date-Added-First"] = format_timestamp(rows[0].date_added)
             headers["X-TAXII-Date-Added-Last"] = format_timestamp(rows[-1].date_added)
             g.cti_exchange_newest = rows[-1].date_added  # for a releaser's read hook (exchange.node.server.Served)
         return rows, more, headers
 
     def _envelope(self, key: str, items: list, rows: list[Row], more: bool, req: PageRequest) -> dict:
-        from flask import g
-
         g.cti_exchange_served = len(items)  # for the served-objects counter (exchange.node.observe), without re-parsing the page
         if not items:
             return {}

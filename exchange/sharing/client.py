@@ -123,12 +123,9 @@ class PartnerClient:
     # -- errors ------------------------------------------------------------------
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            return self._translated(what, fn, *args, **kwargs)
-
-    def _translated(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with self._lock:
+                return fn(*args, **kwargs)
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             detail = _error_detail(exc.response)
@@ -227,8 +224,8 @@ class PartnerClient:
 
     def _get_page(self, coll: Collection, params: dict[str, Any]) -> tuple[dict, dict[str, str]]:
         """One Get Objects request (TAXII 2.1 s5.4) and its response's headers."""
-        with self._lock:
-            return self._translated("get objects", coll.get_objects, **params), self._last_headers
+        with self._lock:  # the headers of this request, not of one another thread made since
+            return self._call("get objects", coll.get_objects, **params), self._last_headers
 
     def manifest(self, ref: str, *, limit: int = 1000) -> Iterator[dict]:
         """Every manifest entry (all versions) of a collection, following ``next`` (TAXII 2.1 s5.3)."""
