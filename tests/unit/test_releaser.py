@@ -84,26 +84,27 @@ def test_a_write_under_way_here_is_never_quiet(releaser):
     assert 0.15 < releaser._quiet_in() <= 0.2
 
 
-def test_a_release_pass_leaves_a_partner_pulling_three_quarters_of_the_time(releaser, monkeypatch):
+def test_a_release_pass_leaves_a_partner_pulling_five_sixths_of_the_time(releaser, monkeypatch):
     """Issue 21: the releaser shares the worker's interpreter with the request threads. While a
-    partner's bulk pull keeps a GET in flight the whole time, it sleeps three times as long as its
-    last batch ran: at most a quarter of the time is the release's."""
+    partner's bulk pull keeps a GET in flight the whole time, it sleeps five times as long as its
+    last batch ran: at most a sixth of the time is the release's (with three times, a quarter, a pull
+    during a 100k release kept 0.62-0.88x of the quiet rate on 2 shared cores; the target is 0.75)."""
     slept: list[float] = []
     monkeypatch.setattr(server.time, "sleep", slept.append)
     releaser.serving(True)
     releaser._busy_since -= 0.4  # this GET (and the pull's pages before it) began when the batch did, 0.4 s ago
     releaser._batch_began = time.monotonic() - 0.4
     releaser._pause()
-    assert len(slept) == 1 and 1.15 <= slept[0] < 1.3
+    assert len(slept) == 1 and 1.95 <= slept[0] < 2.15
     releaser.serving(False)  # the page was answered; a GET was in flight for a third of the next batch's 0.3 s
     releaser._read_busy += 0.1
     releaser._batch_began = time.monotonic() - 0.3
     releaser._pause()
-    assert len(slept) == 2 and 0.55 <= slept[1] < 0.65  # 3 x 0.3 s x (2 x 1/3)
+    assert len(slept) == 2 and 0.95 <= slept[1] < 1.08  # 5 x 0.3 s x (2 x 1/3)
     releaser._read_busy += 0.2  # busy for 0.2 s of the next 0.4 s: half the time or more is a bulk pull
     releaser._batch_began = time.monotonic() - 0.4
     releaser._pause()
-    assert len(slept) == 3 and 1.15 <= slept[2] < 1.3
+    assert len(slept) == 3 and 1.95 <= slept[2] < 2.15
     # no request during the next batch: the release goes on at full speed
     releaser._batch_began = time.monotonic() - 0.4
     releaser._pause()
@@ -159,7 +160,7 @@ def test_a_partner_reading_older_rows_or_another_collection_still_pauses_the_rel
         releaser._batch_began -= 0.4
         _read_for(releaser, 0.3, served)
         releaser._pause()
-    assert len(slept) == 3 and all(1.15 <= s < 1.3 for s in slept)
+    assert len(slept) == 3 and all(1.95 <= s < 2.15 for s in slept)
     releaser._pass_began_us = None  # between passes nothing follows a release
     releaser._mark_batch()
     releaser._batch_began -= 0.4
