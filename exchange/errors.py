@@ -105,6 +105,14 @@ class StorageError(ExchangeError):
     title = "StorageError"
 
 
+class AuditChainBroken(StorageError):
+    """The audit log does not end at its signed head (entries removed or replaced): nothing more is appended to it,
+    so that new entries and a new signed head cannot hide what was cut (``cti-exchange audit verify`` says what)."""
+
+    status = 500
+    title = "AuditChainBroken"
+
+
 class PartnerError(ExchangeError):
     """A partner node answered badly or could not be reached (sync agent)."""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask
 
+from exchange.errors import ExchangeError
 from exchange.node.ops import open_node
 from exchange.node.server import Served, create_app
 from exchange.sharing.release import newest_write, pending, release_all
@@ -101,6 +102,7 @@ class BackgroundReleaser:
         self._pass_began_us: int | None = None  # when the running release pass began (None: none runs)
         cfg = opened.node.config
         self._targets = {cfg.partner_collection(p, "partner-read").id for p in cfg.partners}  # where the releaser writes
+        self._last_problem: tuple[str, float] | None = None  # the last failed pass's error and when it was logged
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cti-exchange-release", daemon=True)
         self._thread.start()
@@ -186,6 +188,14 @@ class BackgroundReleaser:
             self._busy_at_batch = self._read_busy + (self._batch_began - self._busy_since if self._reading > 0 else 0.0)
             self._follow_at_batch = self._follow_busy
 
+    def _report(self, problem: str) -> None:
+        """Log a failed pass in one line; the same problem again only once a minute (a pass is retried every poll)."""
+        now = time.monotonic()
+        if self._last_problem is not None and self._last_problem[0] == problem and now - self._last_problem[1] < 60.0:
+            return
+        self._last_problem = (problem, now)
+        log.error("background release failed: %s", problem)
+
     def _run(self) -> None:
         while True:
             woken = self._wake.wait(self._poll)
@@ -203,6 +213,8 @@ class BackgroundReleaser:
                                 release_all(self._opened, pause=self._pause)
                             finally:
                                 self._pass_began_us = None
+            except ExchangeError as exc:  # one line (a refused audit append, the database gone): retried on the next wake-up
+                self._report(str(exc))
             except Exception:  # never let the thread die: the next notification retries from the bookmarks
                 log.exception("background release failed")
 

@@ -38,7 +38,7 @@ import orjson
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.errors import StorageError
+from exchange.errors import AuditChainBroken, StorageError
 from exchange.storage.schema import audit, meta, object_rows
 from exchange.storage.store import Store, insert_rows, now_us
 
@@ -304,10 +304,18 @@ def row_entries(row: Any) -> list[dict]:
 
 
 def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None) -> int:
-    """Chain and insert entries inside the caller's write transaction; returns how many."""
+    """Chain and insert entries inside the caller's write transaction; returns how many.
+
+    ``AuditChainBroken`` (the transaction then writes nothing) if the log does not end
+    where its head says: chaining on a cut tail and signing a new head would hide the cut.
+    """
+    entries = list(entries)
+    if not entries:
+        return 0
     rows = []
     last = conn.execute(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
     seq, prev = (last.seq, last.hash) if last is not None else (0, GENESIS)
+    _check_tail(conn.execute(select(meta.c.value).where(meta.c.key == HEAD_KEY)).scalar(), seq, prev)
     # never earlier than a row this transaction wrote: a signed head's time covers every audited row before it
     stamp = max(at or now_us(), conn.info.get("cti_last_date_added", 0))
     for e in entries:
@@ -333,6 +341,27 @@ def append(conn: Connection, entries: Iterable[Entry], *, at: int | None = None)
         conn.execute(delete(meta).where(meta.c.key == HEAD_KEY))
         conn.execute(insert(meta).values(key=HEAD_KEY, value=head.encode()))
     return len(rows)
+
+
+def _check_tail(raw: str | None, seq: int, last_hash: str) -> None:
+    """Refuse to extend a log whose last entry (``seq``, ``last_hash``) is not the one its stored head names.
+
+    No head record at all is a log from before signed heads (or an empty one): its next append writes one.
+    """
+    if raw is None:
+        return
+    try:
+        head = Head.decode(raw)
+    except ValueError:
+        problem = "the chain head record is unreadable"
+    else:
+        if head.seq == seq and head.hash == last_hash:
+            return
+        problem = f"the log ends at entry {seq} but its head says {head.seq}"
+    raise AuditChainBroken(
+        f"the audit log does not end at its signed head ({problem}): entries were removed or replaced; nothing more is "
+        "appended to it (cti-exchange audit verify)"
+    )
 
 
 def current_head(store: Store) -> Head | None:

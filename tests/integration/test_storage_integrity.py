@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -310,3 +311,43 @@ def test_audit_verify_never_tracebacks(tmp_path, damage):
             fh.seek(4096)  # page 2 onwards
             fh.write(b"\xff" * 8192)
     _one_line_failure(_cli("audit", "verify", "--data-dir", str(data)))
+
+
+def test_a_running_node_never_extends_a_trimmed_audit_log(tmp_path, database):
+    """Seen in CI: a test trimmed a running node's log, that node's releaser then chained new entries on the cut tail
+    and signed a new head over them, and ``audit verify`` passed. The node now refuses to extend a log that does not
+    end at its head: an audited write is answered with a TAXII error and writes nothing, and the releaser stops with
+    one log line; the cut stays visible."""
+    data = _node_with_data(tmp_path, database, n=20)
+    _sql(database, data, "DELETE FROM audit WHERE seq > 3")
+    proc = NodeProcess("us", data, extra_args=node_args(database)).start()
+    try:
+        url = proc.collection_url("us-intel")
+        fresh = [new_indicator(500 + i, created_by_ref=US_ID, marking=GREEN) for i in range(3)]
+        assert _post(url, fresh)["success_count"] == 3  # the own collection's writes are not audited: accepted
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("background release failed" in line for line in proc.log):
+            time.sleep(0.1)
+        failed = [line for line in proc.log if "background release failed" in line]
+        assert failed and "does not end at its signed head" in failed[0] and "its head says" in failed[0], "".join(proc.log)
+        assert "Traceback" not in "".join(proc.log)
+        rok = requests.get(proc.collection_url("rok-read") + "objects/", params={"match[id]": fresh[0]["id"]},
+                           auth=("rok", PASSWORDS["rok"]), headers={"Accept": TAXII}, timeout=60)
+        assert rok.status_code == 404 or fresh[0]["id"] not in {o["id"] for o in rok.json().get("objects", [])}
+        # a correction under a stored version is audited (a conflict entry): refused whole, nothing of the envelope lands
+        stored = _get(url, limit="1").json()["objects"][0]
+        changed = {**stored, "name": "changed under the same version"}
+        other = new_indicator(900, created_by_ref=US_ID, marking=GREEN)
+        resp = requests.post(url + "objects/", data=orjson.dumps({"objects": [changed, other]}), auth=AUTH,
+                             headers={"Content-Type": TAXII, "Accept": TAXII}, timeout=60)
+        assert resp.status_code == 500, resp.text
+        assert resp.headers["Content-Type"].startswith("application/taxii+json")
+        body = resp.json()
+        assert body["title"] == "AuditChainBroken" and "its head says" in body["description"]
+        gone = _get(url, **{"match[id]": other["id"]})
+        assert gone.status_code == 404 or not gone.json().get("objects"), gone.text
+    finally:
+        proc.stop()
+    result = subprocess.run([sys.executable, "-m", "exchange", "audit", "verify", "--data-dir", str(data), *node_args(database)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "removed" in result.stdout + result.stderr

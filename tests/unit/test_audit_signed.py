@@ -19,7 +19,7 @@ from exchange.node.audit_key import KEY_FILE, signer_for
 from exchange.node.ops import open_node
 from exchange.sharing.release import release_all
 from exchange.storage import audit
-from exchange.storage.store import DB_FILE, Store
+from exchange.storage.store import DB_FILE, Selection, Store
 from tests.conftest import new_indicator
 
 GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
@@ -232,3 +232,51 @@ def test_without_the_key_file_the_signed_head_cannot_be_checked(data):
     (data / KEY_FILE).unlink()
     result = _verify(data)
     assert result.exit_code != 0 and "no audit signing key" in result.output
+
+
+def test_a_node_does_not_extend_a_trimmed_log(data):
+    """Appending after a trim would chain new entries on the cut tail and sign a new head over it, hiding the trim from
+    ``audit verify``: the node refuses, and the release's transaction leaves the log and the partners' rows as they were."""
+    n = _count(data)
+    _sql(data, ("DELETE FROM audit WHERE seq > ?", (n - 3,)))
+    head = _head(data)
+    with pytest.raises(audit.AuditChainBroken, match=rf"ends at entry {n - 3} but its head says {n}"):
+        _load(data, 2, start=100)
+    assert _count(data) == n - 3 and _head(data) == head
+    opened = open_node("us", data_dir=data)
+    try:
+        rok_read = opened.node.config.partner_collection("rok", "partner-read").id
+        ids = {r.stix_id for r in opened.store.page(Selection(rok_read, versions=("all",)), limit=1000)[0]}
+    finally:
+        opened.close()
+    assert new_indicator(100)["id"] not in ids  # nothing was released on top of the trimmed log
+    _broken(data, "removed")
+
+
+def test_a_node_does_not_extend_a_log_whose_last_entry_was_replaced(data):
+    """The same for a tail whose last hash is not the one the head signed (rows deleted and others written in their place)."""
+    _sql(data, ("UPDATE audit SET hash = ? WHERE seq = (SELECT MAX(seq) FROM audit)", ("f" * 64,)))
+    with pytest.raises(audit.AuditChainBroken, match="its head says"):
+        _load(data, 1, start=200)
+
+
+def test_an_unreadable_head_stops_appends(data):
+    _sql(data, ("UPDATE meta SET value = 'garbage' WHERE key = 'audit_head'",))
+    with pytest.raises(audit.AuditChainBroken, match="unreadable"):
+        _load(data, 1, start=300)
+
+
+def test_a_log_without_a_head_yet_is_extended(tmp_path):
+    """A database from before signed heads holds entries and no head record: its first append writes one."""
+    store = Store.open(data_dir=tmp_path / "n")
+    try:
+        audit.record(store, [audit.Entry("pull", "rok", "indicator--0", "2024-01-01T00:00:00.000Z", "accepted")])
+    finally:
+        store.close()
+    _sql(tmp_path / "n", ("DELETE FROM meta WHERE key = 'audit_head'",))
+    store = Store.open(data_dir=tmp_path / "n")
+    try:
+        assert audit.record(store, [audit.Entry("pull", "rok", "indicator--1", "2024-01-01T00:00:00.000Z", "accepted")]) == 1
+        assert audit.verify(store).ok
+    finally:
+        store.close()

@@ -221,3 +221,21 @@ def test_a_get_that_served_rows_tells_the_releaser_what_it_read(tmp_path):
     client.get(f"/{root}/collections/{opened.node.config.collection('rok-inbox').id}/objects/", headers=auth)  # no rows
     assert seen == [(True,), (False,)]
     opened.close()
+
+
+def test_a_failing_pass_is_logged_in_one_line_once_a_minute(releaser, caplog, monkeypatch):
+    """A pass refused (a cut audit log) is retried at every poll: the same problem is logged once a minute, another at once."""
+    releaser._last_problem = None
+    clock = [1000.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    with caplog.at_level("ERROR", logger=server.__name__):
+        releaser._report("the audit log does not end at its signed head")
+        clock[0] += 1.0
+        releaser._report("the audit log does not end at its signed head")
+        releaser._report("the database is gone")
+        clock[0] += 61.0
+        releaser._report("the database is gone")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["background release failed: the audit log does not end at its signed head",
+                     "background release failed: the database is gone", "background release failed: the database is gone"]
+    assert all(r.exc_info is None for r in caplog.records)
