@@ -350,17 +350,12 @@ def _check_tail(raw: str | None, seq: int, last_hash: str) -> None:
     """
     if raw is None:
         return
-    try:
-        head = Head.decode(raw)
-    except ValueError:
-        problem = "the chain head record is unreadable"
-    else:
-        if head.seq == seq and head.hash == last_hash:
-            return
-        problem = f"the log ends at entry {seq} but its head says {head.seq}"
+    _head, problem = _decoded_against(raw, seq, last_hash)
+    if problem is None:
+        return
     raise AuditChainBroken(
-        f"the audit log does not end at its signed head ({problem}): entries were removed or replaced; nothing more is "
-        "appended to it (cti-exchange audit verify)"
+        f"the audit log does not end at its signed head: {problem}; nothing more is appended to it "
+        "(cti-exchange audit verify)"
     )
 
 
@@ -454,12 +449,9 @@ def _head_problem(
             return (f"the log is empty but the database holds {newest[0]} released or received object versions "
                     "(entries removed)")
         return None
-    try:
-        head = Head.decode(raw)
-    except ValueError:
-        return f"the chain head record is unreadable ({raw[:80]!r})"
-    if head.seq != count or head.hash != prev:
-        return f"the log ends at entry {count} but its head says {head.seq} (entries removed)"
+    head, problem = _decoded_against(raw, count, prev)
+    if head is None or problem is not None:
+        return problem
     if check is not None:
         if not head.sig:
             return f"the chain head (entry {head.seq}) is not signed with the node key"
@@ -469,6 +461,18 @@ def _head_problem(
         return (f"the signed head (entry {head.seq}) is older than the newest audited object row: "
                 "the entries after it were removed")
     return None
+
+
+def _decoded_against(raw: str, count: int, prev: str) -> tuple[Head | None, str | None]:
+    """The stored head record decoded (``None`` if unreadable) and what is wrong with it against a chain of ``count``
+    entries whose last hash is ``prev`` (``None``: it names exactly that entry). Shared by ``verify`` and ``append``."""
+    try:
+        head = Head.decode(raw)
+    except ValueError:
+        return None, f"the chain head record is unreadable ({raw[:80]!r})"
+    if head.seq != count or head.hash != prev:
+        return head, f"the log ends at entry {count} but its head says {head.seq} (entries removed)"
+    return head, None
 
 
 def _checkpoint_problem(cp: Checkpoint, count: int, hashes: dict[int, str], check: Callable[[bytes, bytes], bool] | None) -> str | None:
