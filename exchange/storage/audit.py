@@ -29,6 +29,7 @@ import base64
 import hashlib
 import re
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -202,6 +203,16 @@ def _filled(detail: dict, name: str) -> dict:
     return detail
 
 
+def _mergeable(e: Entry) -> bool:
+    """Whether ``grouped`` may merge ``e`` (a release decision or withdrawal about one partner, not a group entry)."""
+    return e.event in GROUPED_EVENTS and bool(e.partner) and not e.partners
+
+
+def _merge_key(e: Entry) -> tuple:
+    """What entries must share before ``grouped`` compares their details."""
+    return (e.event, e.object_id, e.version, e.decision, e.clauses)
+
+
 def grouped(entries: Iterable[Entry]) -> list[Entry]:
     """The entries with each set of decisions alike but for the partner merged into one group entry (pure).
 
@@ -215,10 +226,13 @@ def grouped(entries: Iterable[Entry]) -> list[Entry]:
     entries = list(entries)
     if len({e.partner for e in entries if e.partner and e.event in GROUPED_EVENTS}) < 2:
         return entries  # one recipient (or none): nothing to merge, and nothing to template
+    # an entry no other one shares its event, object version, decision and clauses with merges with none: it passes
+    # through as it is, untemplated (partners on different routes, as rok and jp, differ in clauses: most entries)
+    seen = Counter(_merge_key(e) for e in entries if _mergeable(e))
     slots: list[Entry | list] = []  # an entry as it was, or [template entry, member names, first member entry]
     open_groups: dict[tuple, list] = {}
     for e in entries:
-        template = _templated(e.detail, e.partner) if e.event in GROUPED_EVENTS and e.partner and not e.partners else None
+        template = _templated(e.detail, e.partner) if _mergeable(e) and seen[_merge_key(e)] > 1 else None
         if template is None:
             slots.append(e)
             continue

@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exchange.storage import audit
 from exchange.storage.store import DB_FILE, Store
@@ -243,3 +245,38 @@ def test_audit_show_trace_receipts_and_metrics_still_show_both_partners(released
         assert sorted(e["partner"] for e in journey(opened.store, oid)) == ["p1", "p2"]
     finally:
         opened.close()
+
+
+# ---------------------------------------------------------------- grouped, for any batch (hypothesis)
+
+_entry = st.builds(
+    lambda p, d, k, c, r: share(p, r.replace("{p}", p), decision=d, oid=f"indicator--{k:08d}-0000-4000-8000-000000000000", clauses=c),
+    st.sampled_from(["p1", "p2", "p3", "rok", "jp"]), st.sampled_from(["share", "withhold", "redact"]), st.integers(0, 3),
+    st.sampled_from([("scf.a",), ("scf.b",), ("scf.a", "tri.c")]),
+    st.sampled_from(["goes to {p} (bilateral)", "goes to {p} and p1", "withheld from everyone", f"odd {audit.PARTNER_SLOT}"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_entry, max_size=14))
+def test_any_batch_groups_losslessly_and_an_entry_that_merges_with_none_passes_through_as_it_was(entries):
+    out = audit.grouped(entries)
+    assert sorted((e for g in out for e in audit.expand(g)), key=repr) == sorted(entries, key=repr)
+    for g in out:
+        assert len(set(g.partners)) == len(g.partners)
+        if not g.partners:  # not merged: the very entry given, never a templated copy
+            assert any(g is e for e in entries)
+    # nothing left that could have merged: no two single entries alike but for the partner, of different partners
+    singles = [g for g in out if not g.partners and g.event in audit.GROUPED_EVENTS]
+    for i, a in enumerate(singles):
+        for b in singles[i + 1:]:
+            ta, tb = audit._templated(a.detail, a.partner), audit._templated(b.detail, b.partner)
+            alike = ta is not None and ta == tb and audit._merge_key(a) == audit._merge_key(b)
+            assert not (alike and a.partner != b.partner and not _in_a_group_with(out, a, b)), (a, b)
+
+
+def _in_a_group_with(out, a, b) -> bool:
+    """Whether ``a`` or ``b`` could not join one group because one of their partners is in a group of that key already
+    (a partner twice about one version: never one group with itself)."""
+    key = audit._merge_key(a)
+    return any(audit._merge_key(g) == key and (a.partner in g.partners or b.partner in g.partners) for g in out if g.partners)
