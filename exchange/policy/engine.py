@@ -344,13 +344,15 @@ class _Ctx:
     """Per-call state: marking definitions known, caches, ``now``."""
 
     def __init__(self, route: _Route, now: int, mdefs: dict[str, dict], plain: bool = False,
-                 producers: Mapping[str, str] | None = None) -> None:
+                 producers: Mapping[str, str] | None = None, refs_memo: dict[int, tuple[dict, list]] | None = None) -> None:
         self.route, self.now, self.mdefs = route, now, mdefs
         self.plain = plain  # the channel is not encrypted (plain HTTP)
         self.producers = producers or {}  # sighted object id -> its producer's identity (clause sighting-to-producer)
         self.info_cache: dict[str, mk.MarkingInfo] = {}
         self.marks_cache: dict[Any, _Marks] = {}
         self.held: Collection[str] = frozenset()  # ids the recipient holds (evaluate(..., held=))
+        # ``_refs_of``, shared by the runs of one ``evaluate_many``
+        self.refs_memo: dict[int, tuple[dict, list]] = refs_memo if refs_memo is not None else {}
 
     def info(self, mid: str) -> mk.MarkingInfo:
         info = self.info_cache.get(mid)
@@ -1041,8 +1043,23 @@ def _reindex(path: tuple[Any, ...], removed: list[tuple[Any, ...]], removed_list
 _COMPANION_KEYS = ("created_by_ref", "object_marking_refs")
 
 
-def _refs_of(obj: dict) -> list[tuple[str, str]]:
-    """(property, referenced id) for every top-level reference, granular marking refs and extension ids."""
+def _refs_of(obj: dict, memo: dict[int, tuple[dict, list]] | None = None) -> list[tuple[str, str]]:
+    """(property, referenced id) for every top-level reference, granular marking refs and extension ids.
+
+    ``memo``: found lists by ``id(obj)`` (with the object, so that its id is not reused), for one batch judged for
+    several recipients and then for their companions (``evaluate_many``, ``companions``); read-only for callers.
+    """
+    if memo is not None:
+        hit = memo.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+    out = _find_refs(obj)
+    if memo is not None:
+        memo[id(obj)] = (obj, out)
+    return out
+
+
+def _find_refs(obj: dict) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for key, kind in ref_properties(obj):
         value = obj[key]
@@ -1071,11 +1088,11 @@ def _integrity(works: list[_Work], ctx: _Ctx, held: Collection[str], context_ok:
     """Pass 2: references must resolve (to a fixpoint), then unmarked companions travel with what references them."""
     route = ctx.route
     released, candidates = _released_and_candidates(works)
-    _resolve_references(works, route, released, candidates, held, context_ok, trace_id, trace)
+    _resolve_references(works, route, released, candidates, held, context_ok, trace_id, trace, ctx.refs_memo)
     # companions: unmarked identities / marking / extension definitions referenced by what is released
     if route.c_companions is None or not candidates:
         return
-    _share_companions(works, candidates, route.c_companions, trace_id, trace)
+    _share_companions(works, candidates, route.c_companions, trace_id, trace, ctx.refs_memo)
 
 
 def _released_and_candidates(works: list[_Work]) -> tuple[dict[str, int], dict[str, list[_Work]]]:
@@ -1092,7 +1109,8 @@ def _released_and_candidates(works: list[_Work]) -> tuple[dict[str, int], dict[s
 
 
 def _resolve_references(works: list[_Work], route: _Route, released: dict[str, int], candidates: dict[str, list[_Work]],
-                        held: Collection[str], context_ok: Any, trace_id: str | None, trace: list[str] | None) -> None:
+                        held: Collection[str], context_ok: Any, trace_id: str | None, trace: list[str] | None,
+                        memo: dict[int, tuple[dict, list]] | None = None) -> None:
     """Clauses ``integrity-required-refs`` / ``-optional-refs`` / ``-containers``: fix unresolved references to a fixpoint.
 
     A reference resolves to what is released, held by every party, already held by the recipient,
@@ -1116,7 +1134,7 @@ def _resolve_references(works: list[_Work], route: _Route, released: dict[str, i
         current = w.shared
         assert current is not None
         bad: list[tuple[str, str]] = []
-        for key, target in _refs_of(current):
+        for key, target in _refs_of(current, memo):
             if not resolved(key, target):
                 bad.append((key, target))
             elif target not in universal:
@@ -1135,12 +1153,12 @@ def _unrelease(released: dict[str, int], referrers: dict[str, list[_Work]], oid:
 
 
 def _share_companions(works: list[_Work], candidates: dict[str, list[_Work]], clause: Clause, trace_id: str | None,
-                      trace: list[str] | None) -> None:
+                      trace: list[str] | None, memo: dict[int, tuple[dict, list]] | None = None) -> None:
     """Clause ``companions``: an unmarked identity / marking / extension definition travels with an object referencing it."""
     for w in works:
         if w.decision == WITHHOLD or w.shared is None:
             continue
-        for key, target in _refs_of(w.shared):
+        for key, target in _refs_of(w.shared, memo):
             if target in candidates and _is_companion_ref(key, target):
                 for cw in candidates.pop(target):
                     cw.decision, cw.clauses, cw.shared = SHARE, (clause.id,), cw.obj
@@ -1205,7 +1223,8 @@ def _fix_refs(w: _Work, current: dict, bad: list[tuple[str, str]], route: _Route
 def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *, now: Any, context: Iterable[dict],
          held: Collection[str], concurred: Collection[str], trace_id: str | None = None,
          trace: list[str] | None = None, referenced: Collection[str] = (), transport: str | None = None,
-         producers: Mapping[str, str] | None = None, label: str | None = None) -> list[_Work]:
+         producers: Mapping[str, str] | None = None, label: str | None = None,
+         refs_memo: dict[int, tuple[dict, list]] | None = None) -> list[_Work]:
     route = _route(policy, sender, recipient, label)
     objs = objects if isinstance(objects, list) else list(objects)
     index: dict[str, dict] = {}
@@ -1225,7 +1244,7 @@ def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *
             mdefs[oid] = o
     if transport not in (None, "tls", "plain"):
         raise BadRequest(f"transport {transport!r}: expected 'tls' or 'plain'")
-    ctx = _Ctx(route, _now_micros(now), mdefs, plain=transport == "plain", producers=producers)
+    ctx = _Ctx(route, _now_micros(now), mdefs, plain=transport == "plain", producers=producers, refs_memo=refs_memo)
     held_set = held if isinstance(held, (set, frozenset, dict)) else frozenset(held)
     ctx.held = held_set
     works = []
@@ -1335,7 +1354,8 @@ class Judged:
 def evaluate_many(objects: Iterable[dict], policy: Policy, sender: str, recipients: Sequence[str], *, now: Any = None,
                   context: Iterable[dict] = (), held: Mapping[str, Collection[str]] | None = None,
                   concurred: Collection[str] = (), transport: str | None = None,
-                  producers: Mapping[str, str] | None = None) -> list[Judged]:
+                  producers: Mapping[str, str] | None = None,
+                  refs_memo: dict[int, tuple[dict, list]] | None = None) -> list[Judged]:
     """``evaluate`` for several recipients at once, once per group of recipients on equivalent routes (issue 21).
 
     Recipients are equivalent for this input when their routes' tables are equal
@@ -1344,11 +1364,13 @@ def evaluate_many(objects: Iterable[dict], policy: Policy, sender: str, recipien
     clause ``sighting-to-producer`` judges, they are the same identities.  Each
     group is evaluated once; every member's decisions equal what ``evaluate``
     returns for it, reasons included.  Groups come in the order of their first
-    recipient.
+    recipient.  ``refs_memo``: a dict the caller keeps for the batch (each object's references are found once, for
+    every group and then for ``companions``).
     """
     objs = objects if isinstance(objects, list) else list(objects)
     context = context if isinstance(context, list) else list(context)
     held = held or {}
+    refs_memo = refs_memo if refs_memo is not None else {}
     groups: dict[Any, list[str]] = {}
     for r in dict.fromkeys(recipients):
         route = _route(policy, sender, r, _RECIPIENT)
@@ -1360,7 +1382,7 @@ def evaluate_many(objects: Iterable[dict], policy: Policy, sender: str, recipien
         for members in groups.values():
             first = members[0]
             works = _run(objs, policy, sender, first, now=now, context=context, held=held.get(first, ()), concurred=concurred,
-                         transport=transport, producers=producers, label=_RECIPIENT)
+                         transport=transport, producers=producers, label=_RECIPIENT, refs_memo=refs_memo)
             generic = [_decision(w) for w in works]
             out.append(Judged(tuple(members), {r: _named(generic, r) for r in members}, tuple(d.reason for d in generic)))
     return out
@@ -1399,7 +1421,7 @@ def explain(object_id: str, objects: Iterable[dict], policy: Policy, sender: str
 
 
 def companions(decisions: Iterable[Decision], known_objects: Iterable[dict], policy: Policy, sender: str,
-               recipient: str, *, now: Any = None) -> list[dict]:
+               recipient: str, *, now: Any = None, refs_memo: dict[int, tuple[dict, list]] | None = None) -> list[dict]:
     """The objects that must travel with the released ones.
 
     Every marking definition, ``identity`` (``created_by_ref``, ``*_by_ref``) and
@@ -1407,7 +1429,8 @@ def companions(decisions: Iterable[Decision], known_objects: Iterable[dict], pol
     released in ``decisions``: taken from ``known_objects`` (latest version) or the
     official objects, judged by the same policy (unmarked ones travel under the
     ``companions`` clause; marked ones only if their markings allow), and returned
-    as they may be released (official objects first, then in ``known_objects`` order).
+    as they may be released (official objects first, then in ``known_objects`` order).  ``refs_memo``: as for
+    ``evaluate_many`` (the same dict, for the same batch).
     """
     released = set()
     wanted: set[str] = set()
@@ -1417,7 +1440,7 @@ def companions(decisions: Iterable[Decision], known_objects: Iterable[dict], pol
             released.add(d.id)
     for d in decisions:
         if d.shared is not None:
-            for key, target in _refs_of(d.shared):
+            for key, target in _refs_of(d.shared, refs_memo):
                 if _is_companion_ref(key, target) and target not in released:
                     wanted.add(target)
     latest: dict[str, dict] = {}

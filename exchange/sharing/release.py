@@ -243,6 +243,8 @@ class _Work:
         self._refs: dict[int, set[str]] = {}
         self._tlp: dict[int, str | None] = {}
         self._producers: dict[str, str] | None = None
+        #: the engine's references of each object judged (``evaluate_many``, ``companions``), found once for all recipients
+        self.refs_memo: dict[int, tuple[dict, list]] = {}
         #: the Merkle leaves of the batch's objects shared unchanged, signed once for all recipients (signatures.release_signatures)
         self.leaves: dict[int, tuple[dict, bytes]] = {}
 
@@ -302,11 +304,13 @@ def _judge_and_write_many(
     context = _context(opened, [r for r in outside if _is_context(r)], cache, src)
     # SCCF: joint attribution products go outside the partnership only with this node's own record of concurrence
     judged = evaluate_many(objs, policy, cfg.node, partners, now=now, context=context, held=held, concurred=concurred,
-                           producers=work.producers(objs))  # CERT MOU: an AMBER sighting goes to its producer only
+                           producers=work.producers(objs),  # CERT MOU: an AMBER sighting goes to its producer only
+                           refs_memo=work.refs_memo)
     plans: dict[str, tuple[list, list[dict], list[dict]]] = {}  # partner -> (decisions, companions to travel, rows to write)
     for group in judged:
         first = group.recipients[0]
-        travel = companions(group.decisions[first], context + objs, policy, cfg.node, first, now=now)  # alike for the group
+        travel = companions(group.decisions[first], context + objs, policy, cfg.node, first, now=now,
+                            refs_memo=work.refs_memo)  # alike for the group
         for p in group.recipients:
             plans[p] = (group.decisions[p], *_to_write(opened, targets[p], src, group.decisions[p], travel, from_partner, work))
     # every partner's rows in one write: a body shared by several is made and stored once
