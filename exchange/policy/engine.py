@@ -340,11 +340,15 @@ class _Marks:
         self.level, self.problem, self.problem_clause, self.iep, self.statements = level, problem, problem_clause, iep, statements
 
 
+#: ``_refs_of``'s memo: an object's references by ``id(obj)``, with the object (so that its id cannot be reused)
+RefsMemo = dict[int, tuple[dict, list]]
+
+
 class _Ctx:
     """Per-call state: marking definitions known, caches, ``now``."""
 
     def __init__(self, route: _Route, now: int, mdefs: dict[str, dict], plain: bool = False,
-                 producers: Mapping[str, str] | None = None, refs_memo: dict[int, tuple[dict, list]] | None = None) -> None:
+                 producers: Mapping[str, str] | None = None, refs_memo: RefsMemo | None = None) -> None:
         self.route, self.now, self.mdefs = route, now, mdefs
         self.plain = plain  # the channel is not encrypted (plain HTTP)
         self.producers = producers or {}  # sighted object id -> its producer's identity (clause sighting-to-producer)
@@ -352,7 +356,7 @@ class _Ctx:
         self.marks_cache: dict[Any, _Marks] = {}
         self.held: Collection[str] = frozenset()  # ids the recipient holds (evaluate(..., held=))
         # ``_refs_of``, shared by the runs of one ``evaluate_many``
-        self.refs_memo: dict[int, tuple[dict, list]] = refs_memo if refs_memo is not None else {}
+        self.refs_memo: RefsMemo = refs_memo if refs_memo is not None else {}
 
     def info(self, mid: str) -> mk.MarkingInfo:
         info = self.info_cache.get(mid)
@@ -1043,7 +1047,7 @@ def _reindex(path: tuple[Any, ...], removed: list[tuple[Any, ...]], removed_list
 _COMPANION_KEYS = ("created_by_ref", "object_marking_refs")
 
 
-def _refs_of(obj: dict, memo: dict[int, tuple[dict, list]] | None = None) -> list[tuple[str, str]]:
+def _refs_of(obj: dict, memo: RefsMemo | None = None) -> list[tuple[str, str]]:
     """(property, referenced id) for every top-level reference, granular marking refs and extension ids.
 
     ``memo``: found lists by ``id(obj)`` (with the object, so that its id is not reused), for one batch judged for
@@ -1110,7 +1114,7 @@ def _released_and_candidates(works: list[_Work]) -> tuple[dict[str, int], dict[s
 
 def _resolve_references(works: list[_Work], route: _Route, released: dict[str, int], candidates: dict[str, list[_Work]],
                         held: Collection[str], context_ok: Any, trace_id: str | None, trace: list[str] | None,
-                        memo: dict[int, tuple[dict, list]] | None = None) -> None:
+                        memo: RefsMemo | None = None) -> None:
     """Clauses ``integrity-required-refs`` / ``-optional-refs`` / ``-containers``: fix unresolved references to a fixpoint.
 
     A reference resolves to what is released, held by every party, already held by the recipient,
@@ -1153,7 +1157,7 @@ def _unrelease(released: dict[str, int], referrers: dict[str, list[_Work]], oid:
 
 
 def _share_companions(works: list[_Work], candidates: dict[str, list[_Work]], clause: Clause, trace_id: str | None,
-                      trace: list[str] | None, memo: dict[int, tuple[dict, list]] | None = None) -> None:
+                      trace: list[str] | None, memo: RefsMemo | None = None) -> None:
     """Clause ``companions``: an unmarked identity / marking / extension definition travels with an object referencing it."""
     for w in works:
         if w.decision == WITHHOLD or w.shared is None:
@@ -1224,7 +1228,7 @@ def _run(objects: Iterable[dict], policy: Policy, sender: str, recipient: str, *
          held: Collection[str], concurred: Collection[str], trace_id: str | None = None,
          trace: list[str] | None = None, referenced: Collection[str] = (), transport: str | None = None,
          producers: Mapping[str, str] | None = None, label: str | None = None,
-         refs_memo: dict[int, tuple[dict, list]] | None = None) -> list[_Work]:
+         refs_memo: RefsMemo | None = None) -> list[_Work]:
     route = _route(policy, sender, recipient, label)
     objs = objects if isinstance(objects, list) else list(objects)
     index: dict[str, dict] = {}
@@ -1355,7 +1359,7 @@ def evaluate_many(objects: Iterable[dict], policy: Policy, sender: str, recipien
                   context: Iterable[dict] = (), held: Mapping[str, Collection[str]] | None = None,
                   concurred: Collection[str] = (), transport: str | None = None,
                   producers: Mapping[str, str] | None = None,
-                  refs_memo: dict[int, tuple[dict, list]] | None = None) -> list[Judged]:
+                  refs_memo: RefsMemo | None = None) -> list[Judged]:
     """``evaluate`` for several recipients at once, once per group of recipients on equivalent routes (issue 21).
 
     Recipients are equivalent for this input when their routes' tables are equal
@@ -1421,7 +1425,7 @@ def explain(object_id: str, objects: Iterable[dict], policy: Policy, sender: str
 
 
 def companions(decisions: Iterable[Decision], known_objects: Iterable[dict], policy: Policy, sender: str,
-               recipient: str, *, now: Any = None, refs_memo: dict[int, tuple[dict, list]] | None = None) -> list[dict]:
+               recipient: str, *, now: Any = None, refs_memo: RefsMemo | None = None) -> list[dict]:
     """The objects that must travel with the released ones.
 
     Every marking definition, ``identity`` (``created_by_ref``, ``*_by_ref``) and

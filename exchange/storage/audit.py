@@ -228,15 +228,16 @@ def grouped(entries: Iterable[Entry]) -> list[Entry]:
         return entries  # one recipient (or none): nothing to merge, and nothing to template
     # an entry no other one shares its event, object version, decision and clauses with merges with none: it passes
     # through as it is, untemplated (partners on different routes, as rok and jp, differ in clauses: most entries)
-    seen = Counter(_merge_key(e) for e in entries if _mergeable(e))
+    keys = [_merge_key(e) if _mergeable(e) else None for e in entries]
+    seen = Counter(k for k in keys if k is not None)
     slots: list[Entry | list] = []  # an entry as it was, or [template entry, member names, first member entry]
     open_groups: dict[tuple, list] = {}
-    for e in entries:
-        template = _templated(e.detail, e.partner) if _mergeable(e) and seen[_merge_key(e)] > 1 else None
+    for e, k in zip(entries, keys, strict=True):
+        template = _templated(e.detail, e.partner) if k is not None and seen[k] > 1 else None
         if template is None:
             slots.append(e)
             continue
-        key = (e.event, e.object_id, e.version, e.decision, e.clauses, orjson.dumps(template, option=orjson.OPT_SORT_KEYS))
+        key = (*k, orjson.dumps(template, option=orjson.OPT_SORT_KEYS))
         group = open_groups.get(key)
         if group is not None and e.partner not in group[1]:
             group[1].append(e.partner)
