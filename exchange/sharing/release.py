@@ -137,51 +137,64 @@ def _walk(
     released to the recipient is *deferred*: judged again on every later run,
     and released once its references resolve.
     """
-    store = opened.store
     sel = Selection(src.id, versions=("all",))
     keys = {p: _bookmark(p, src.id) for p in recipients}
     while recipients:
-        # the write lock also serialises concurrent releasers; redone after a power loss
-        with _collector_paused(), store.transaction(durable=False) as conn:
-            marks = {p: _mark(store.get_state(keys[p], conn)) for p in recipients}
-            starts = list(marks.values())
-            after = None if any(m is None for m in starts) else min(starts)  # type: ignore[type-var]
-            rows, more = store.page(sel, limit=_BATCH, after=after)
-            if not rows:
-                return
-            judged_rows, objs = without_signature_rows(rows)  # signature rows are not parsed: they travel beside what they sign
-            concurred = concurred_for(opened, objs, policy)
-            from_partner = {(r.stix_id, r.version) for r in judged_rows if is_partner_origin(r.origin, src.role)}
-            work = _Work(opened, objs)  # what does not depend on the recipient, once for all of them
-            behind: dict[Any, list[str]] = {}  # recipients by where their bookmark is in this batch (usually all alike)
-            for p in recipients:
-                mark = marks[p]
-                behind.setdefault(None if mark is None or mark == after else mark, []).append(p)
-            batches: dict[str, _Batch] = {}
-            for mark, alike in behind.items():
-                mine = objs if mark is None else [o for r, o in zip(judged_rows, objs, strict=True) if (r.date_added, r.seq) > mark]
-                if mine:
-                    batches.update(_judge_and_write_many(opened, conn, alike, policy, src, mine, now, cache, concurred, from_partner, work))
-            entries: list[audit.Entry] = []
-            for p in recipients:  # in recipient order, as before
-                batch = batches.get(p)
-                if batch is None:
-                    continue
-                entries += batch.entries
-                deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
-                if deferred:
-                    dkey = f"deferred:{p}:{src.id}"
-                    old = orjson.loads(store.get_state(dkey, conn) or "[]")
-                    new = old + [[d.id, d.version] for d in deferred]
-                    store.set_state(conn, dkey, orjson.dumps(new[-_MAX_DEFERRED:]).decode())
-                totals[p].add(batch.tally)
-            audit.append(conn, audit.grouped(entries))  # every recipient's decisions, alike ones as one group entry: one chain extension per batch
-            for p in recipients:
-                store.set_state(conn, keys[p], orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
+        # the batch runs in a function of its own: what it made (rows, parsed objects, decisions, audit entries) is
+        # freed as it returns, before the collector is on again, instead of being the young generation its first
+        # collection walks (12 ms a batch of 2,000 objects to two partners, 5% of the release)
+        with _collector_paused():
+            more = _release_batch(opened, src, recipients, keys, sel, policy, deferred_kinds, now, cache, totals)
         if not more:
             return
         if pause is not None:
             pause()
+
+
+def _release_batch(
+    opened: OpenNode, src: Any, recipients: list[str], keys: dict[str, str], sel: Selection, policy: Policy,
+    deferred_kinds: set[str], now: str | None, cache: dict[Any, dict | None], totals: dict[str, Released],
+) -> bool:
+    """Judge and write the next batch of ``src`` after the recipients' bookmarks, in one transaction; whether more follow."""
+    store = opened.store
+    # the write lock also serialises concurrent releasers; redone after a power loss
+    with store.transaction(durable=False) as conn:
+        marks = {p: _mark(store.get_state(keys[p], conn)) for p in recipients}
+        starts = list(marks.values())
+        after = None if any(m is None for m in starts) else min(starts)  # type: ignore[type-var]
+        rows, more = store.page(sel, limit=_BATCH, after=after)
+        if not rows:
+            return False
+        judged_rows, objs = without_signature_rows(rows)  # signature rows are not parsed: they travel beside what they sign
+        concurred = concurred_for(opened, objs, policy)
+        from_partner = {(r.stix_id, r.version) for r in judged_rows if is_partner_origin(r.origin, src.role)}
+        work = _Work(opened, objs)  # what does not depend on the recipient, once for all of them
+        behind: dict[Any, list[str]] = {}  # recipients by where their bookmark is in this batch (usually all alike)
+        for p in recipients:
+            mark = marks[p]
+            behind.setdefault(None if mark is None or mark == after else mark, []).append(p)
+        batches: dict[str, _Batch] = {}
+        for mark, alike in behind.items():
+            mine = objs if mark is None else [o for r, o in zip(judged_rows, objs, strict=True) if (r.date_added, r.seq) > mark]
+            if mine:
+                batches.update(_judge_and_write_many(opened, conn, alike, policy, src, mine, now, cache, concurred, from_partner, work))
+        entries: list[audit.Entry] = []
+        for p in recipients:  # in recipient order, as before
+            batch = batches.get(p)
+            if batch is None:
+                continue
+            entries += batch.entries
+            deferred = [d for d in batch.decisions if d.decision == "withhold" and set(d.clauses) & deferred_kinds]
+            if deferred:
+                dkey = f"deferred:{p}:{src.id}"
+                old = orjson.loads(store.get_state(dkey, conn) or "[]")
+                new = old + [[d.id, d.version] for d in deferred]
+                store.set_state(conn, dkey, orjson.dumps(new[-_MAX_DEFERRED:]).decode())
+            totals[p].add(batch.tally)
+        audit.append(conn, audit.grouped(entries))  # every recipient's decisions, alike ones as one group entry: one chain extension per batch
+        for p in recipients:
+            store.set_state(conn, keys[p], orjson.dumps([rows[-1].date_added, rows[-1].seq]).decode())
+    return more
 
 
 @contextmanager
