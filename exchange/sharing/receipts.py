@@ -100,7 +100,7 @@ def _new_receipts(conn: Any, partner: str, items: list[tuple[str, dict]]) -> lis
     for i in range(0, len(ids), 500):
         rows = conn.execute(
             select(audit_table.c.object_id, audit_table.c.version, audit_table.c.decision, audit_table.c.clauses)
-            .where(audit_table.c.event == "receipt", audit_table.c.partner == partner, audit_table.c.object_id.in_(ids[i:i + 500]))
+            .where(audit_table.c.event == "receipt", audit_table.c.partner == partner, audit.object_filter(conn, ids[i:i + 500]))
         ).all()
         seen.update((r.object_id, r.version, r.decision, (orjson.loads(r.clauses) or [None])[0]) for r in rows)
     out = []

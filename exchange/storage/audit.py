@@ -36,11 +36,11 @@ from functools import cache, lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import AuditChainBroken, StorageError
-from exchange.storage.schema import audit, meta, object_rows
+from exchange.storage.schema import AUDIT_BUCKET, audit, meta, object_rows
 from exchange.storage.store import Store, insert_rows, now_us
 
 GENESIS = "0" * 64
@@ -536,6 +536,18 @@ def entries(store: Store) -> Iterator[dict]:
             yield from row_entries(row)
 
 
+def object_filter(conn: Connection, object_ids: str | Sequence[str]) -> ColumnElement[bool]:
+    """Entries about ``object_ids`` (one id or several), as the audit's object index finds them: one probe per run
+    of ``AUDIT_BUCKET`` entries (migration 0013), each an equality on both of the index's columns."""
+    ids = [object_ids] if isinstance(object_ids, str) else list(object_ids)
+    last = conn.execute(select(func.max(audit.c.seq))).scalar()
+    if last is None or not ids:
+        return false()
+    runs = list(range(int(last) // AUDIT_BUCKET + 1))
+    which = audit.c.object_id == ids[0] if len(ids) == 1 else audit.c.object_id.in_(ids)
+    return and_(audit.c.object_bucket.in_(runs), which)
+
+
 def select_entries(
     store: Store, *, since: int | None = None, event: Sequence[str] = (), object_id: str | None = None,
     partner: str | None = None, after_seq: int = 0,
@@ -549,11 +561,11 @@ def select_entries(
         stmt = stmt.where(audit.c.at >= since)
     if event:
         stmt = stmt.where(audit.c.event.in_(list(event)))
-    if object_id is not None:
-        stmt = stmt.where(audit.c.object_id == object_id)
     if partner is not None:
         stmt = stmt.where(involving(partner))
     with store.engine.connect() as conn:
+        if object_id is not None:
+            stmt = stmt.where(object_filter(conn, object_id))
         for row in conn.execute(stmt):
             for e in row_entries(row):
                 if partner is None or e["partner"] == partner:

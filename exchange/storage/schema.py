@@ -21,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     Index,
     Integer,
     LargeBinary,
@@ -218,6 +219,9 @@ sync_state = Table(
     Column("value", Text, nullable=False),
 )
 
+#: entries per run of the audit's object index (``audit.object_bucket``)
+AUDIT_BUCKET = 8192
+
 audit = Table(
     "audit",
     metadata,
@@ -235,5 +239,10 @@ audit = Table(
     # a group entry (issue 21, migration 0010): the JSON list of the partners it stands for, e.g. ``["p1","p2"]``
     # (``partner`` is then NULL); NULL for an entry about one partner or none (``exchange.storage.audit.grouped``)
     Column("partners", Text, nullable=True),
-    Index("ix_audit_object", "object_id"),
+    # which run of ``AUDIT_BUCKET`` consecutive entries the row is in (migration 0013): computed by the database from
+    # ``seq``, never written, not hashed.  The object index leads with it, so the entries a batch appends go into the
+    # newest run's part of the index (a few hundred pages) and not into random places of one index over the whole log,
+    # each commit rewriting most of its leaves (bench/README.md); a lookup by object probes each run (``object_filter``)
+    Column("object_bucket", BigInteger, Computed(f"seq / {AUDIT_BUCKET}"), nullable=True),
+    Index("ix_audit_object_bucket", "object_bucket", "object_id"),
 )

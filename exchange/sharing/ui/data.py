@@ -210,7 +210,7 @@ def _entries(r: Any) -> list[dict]:
 def journey(store: Store, object_id: str) -> list[dict]:
     """Every audit entry about ``object_id``, oldest first, whatever its event type (a group row: one per member)."""
     with store.engine.connect() as conn:
-        rows = conn.execute(select(audit).where(audit.c.object_id == object_id).order_by(audit.c.seq)).all()
+        rows = conn.execute(select(audit).where(audit_log.object_filter(conn, object_id)).order_by(audit.c.seq)).all()
     return [e for r in rows for e in _entries(r)]
 
 
