@@ -223,3 +223,47 @@ def test_the_planner_statistics_are_written_once_and_restored_after_a_manual_ana
     assert stats() != planned  # the real counts of a 50-row node
     Store.open(data_dir=tmp_path).close()
     assert stats() == planned
+
+
+def _version_texts(store: Store) -> dict[str, tuple[int, str]]:
+    """Each stored version's key and text, by its id, as the tables hold them (not through the store's own reads)."""
+    with store.engine.connect() as conn:
+        got = conn.execute(text("SELECT v.stix_id, v.key, vb.body FROM versions v JOIN version_bodies vb ON vb.key = v.key")).all()
+    return {sid: (key, body) for sid, key, body in got}
+
+
+def test_new_versions_get_consecutive_keys_that_hold_their_own_texts(tmp_path):
+    store = _open(tmp_path, None)
+    try:
+        first = [new_indicator(i) for i in range(5)]
+        store.add_objects(OWN, first)
+        more = [new_indicator(i) for i in range(5, 12)]
+        store.add_objects(A, more + first[:2])  # new versions after stored ones, in one batch
+        held = _version_texts(store)
+        assert sorted(k for k, _ in held.values()) == list(range(1, 13))
+        assert [held[o["id"]][0] for o in first + more] == list(range(1, 13))  # in the order they were written
+        assert all(orjson.loads(held[o["id"]][1]) == o for o in first + more)
+        assert [store.latest(A, o["id"]) for o in more] == more
+    finally:
+        store.close()
+
+
+def test_when_sqlite_picks_random_keys_the_new_versions_are_looked_up(tmp_path):
+    """Once the largest possible rowid is taken, SQLite gives new rows random ones: the keys are not assumed."""
+    store = _open(tmp_path, None)
+    try:
+        with store.transaction() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO versions (key, stix_id, version_key, version, spec_version, body_hash, rows) "
+                "VALUES (9223372036854775807, 'x-top--0b4b5f5e-3c63-4c0e-9e1a-5d2c7f1e9a11', 1, '1', '2.1', x'00', 0)"
+            )
+        objs = [new_indicator(i) for i in range(20)]
+        assert store.add_objects(OWN, objs).added == 20
+        held = _version_texts(store)
+        keys = [held[o["id"]][0] for o in objs]
+        assert keys != list(range(keys[0], keys[0] + 20))  # random, as SQLite documents it
+        assert all(orjson.loads(held[o["id"]][1]) == o for o in objs)
+        assert [store.latest(OWN, o["id"]) for o in objs] == objs
+        assert [r.body for r in store.iter_rows(Selection(OWN, versions=("all",)))] == [orjson.dumps(o).decode() for o in objs]
+    finally:
+        store.close()
