@@ -665,11 +665,12 @@ class Store:
         for (cid, objs), ids in zip(batches, ids_of, strict=True):
             if objs:
                 by_ids.setdefault(ids, []).append(keys[cid])
-        known: dict[tuple[str, int], tuple[int, bytes]] = {}
+        # the versions of every batch's ids in one lookup (a release's partners get overlapping subsets of one batch)
+        known = _versions_of(conn, list(dict.fromkeys(i for ids in by_ids for i in ids))) if by_ids else {}
         stored: dict[tuple[int, tuple[str, ...]], dict[str, list]] = {}
         for ids, ks in by_ids.items():
-            of_ids = _versions_of(conn, ids)
-            known.update(of_ids)
+            wanted_ids = set(ids)
+            of_ids = known if len(by_ids) == 1 else {k: v for k, v in known.items() if k[0] in wanted_ids}
             stored.update({(k, ids): found for k, found in _stored_versions(conn, ks, of_ids).items()})
         wanted_memo: dict[tuple[int, ...], list[str]] = {}
         for (collection_id, objs), ids, result in zip(batches, ids_of, results, strict=True):
