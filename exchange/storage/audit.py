@@ -40,7 +40,7 @@ from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, ins
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.errors import AuditChainBroken, StorageError
-from exchange.storage.schema import AUDIT_BUCKET, audit, meta, object_rows
+from exchange.storage.schema import audit, meta, object_rows
 from exchange.storage.store import Store, insert_rows, now_us
 
 GENESIS = "0" * 64
@@ -538,12 +538,13 @@ def entries(store: Store) -> Iterator[dict]:
 
 def object_filter(conn: Connection, object_ids: str | Sequence[str]) -> ColumnElement[bool]:
     """Entries about ``object_ids`` (one id or several), as the audit's object index finds them: one probe per run
-    of ``AUDIT_BUCKET`` entries (migration 0013), each an equality on both of the index's columns."""
+    of entries (``audit.object_bucket``, migration 0013), each an equality on both of the index's columns.  The runs
+    are the database's (the newest one read from the index), whatever run length its column was made with."""
     ids = [object_ids] if isinstance(object_ids, str) else list(object_ids)
-    last = conn.execute(select(func.max(audit.c.seq))).scalar()
+    last = conn.execute(select(func.max(audit.c.object_bucket))).scalar()
     if last is None or not ids:
         return false()
-    runs = list(range(int(last) // AUDIT_BUCKET + 1))
+    runs = list(range(int(last) + 1))
     which = audit.c.object_id == ids[0] if len(ids) == 1 else audit.c.object_id.in_(ids)
     return and_(audit.c.object_bucket.in_(runs), which)
 

@@ -241,8 +241,8 @@ audit = Table(
     Column("partners", Text, nullable=True),
     # which run of ``AUDIT_BUCKET`` consecutive entries the row is in (migration 0013): computed by the database from
     # ``seq``, never written, not hashed.  The object index leads with it, so the entries a batch appends go into the
-    # newest run's part of the index (a few hundred pages) and not into random places of one index over the whole log,
-    # each commit rewriting most of its leaves (bench/README.md); a lookup by object probes each run (``object_filter``)
+    # newest run's part of the index (a few hundred pages), not into random places of one index over the whole log, most
+    # of whose leaves a release batch touched (bench/README.md); a lookup by object probes each run (``audit.object_filter``)
     Column("object_bucket", BigInteger, Computed(f"seq / {AUDIT_BUCKET}"), nullable=True),
     Index("ix_audit_object_bucket", "object_bucket", "object_id"),
 )
