@@ -544,9 +544,7 @@ def object_filter(conn: Connection, object_ids: str | Sequence[str]) -> ColumnEl
     last = conn.execute(select(func.max(audit.c.object_bucket))).scalar()
     if last is None or not ids:
         return false()
-    runs = list(range(int(last) + 1))
-    which = audit.c.object_id == ids[0] if len(ids) == 1 else audit.c.object_id.in_(ids)
-    return and_(audit.c.object_bucket.in_(runs), which)
+    return and_(audit.c.object_bucket.in_(range(int(last) + 1)), audit.c.object_id.in_(ids))
 
 
 def select_entries(

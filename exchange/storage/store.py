@@ -669,8 +669,7 @@ class Store:
         known = _versions_of(conn, list(dict.fromkeys(i for ids in by_ids for i in ids))) if by_ids else {}
         stored: dict[tuple[int, tuple[str, ...]], dict[str, list]] = {}
         for ids, ks in by_ids.items():
-            wanted_ids = set(ids)
-            of_ids = known if len(by_ids) == 1 else {k: v for k, v in known.items() if k[0] in wanted_ids}
+            of_ids = known if len(by_ids) == 1 else _of_ids(known, set(ids))
             stored.update({(k, ids): found for k, found in _stored_versions(conn, ks, of_ids).items()})
         wanted_memo: dict[tuple[int, ...], list[str]] = {}
         for (collection_id, objs), ids, result in zip(batches, ids_of, results, strict=True):
@@ -1371,6 +1370,11 @@ def _insert_versions(conn: Connection, parts: Sequence[_Staged], known: dict[tup
 _ROW_COLUMNS = ("coll", "ver", "stix_type", "date_added", "is_first", "is_last", "body_hash", "encrypt_in_transit", "origin")
 #: what ``_drop_rows`` needs of each row it deletes
 _DROP_COLUMNS = (objects.c.seq, objects.c.ver, objects.c.own_body_hash, objects.c.version_body_hash)
+
+
+def _of_ids(known: dict[tuple[str, int], tuple[int, bytes]], ids: set[str]) -> dict[tuple[str, int], tuple[int, bytes]]:
+    """The part of ``_versions_of``'s answer that is about ``ids``."""
+    return {k: v for k, v in known.items() if k[0] in ids}
 
 
 def _versions_of(conn: Connection, ids: Sequence[str]) -> dict[tuple[str, int], tuple[int, bytes]]:
